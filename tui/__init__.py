@@ -1,0 +1,1 @@
+"""slimlab terminal workbench (Textual). Imports engine, never the reverse."""
