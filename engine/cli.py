@@ -1,0 +1,188 @@
+"""The headless command line: `slimlab --batch PRESET`, `slimlab inspect`, `slimlab prune`, `slimlab run`.
+
+Exit codes are typed so scripts can tell failures apart (see ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Cancelled, PresetError, SlimlabError
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILED = 1  # the run (or command) failed
+    USAGE = 2  # bad arguments or preset
+    INTERRUPTED = 130  # SIGINT/SIGTERM: stopped at a step boundary, last.pt written
+
+
+BATCH_HELP = """\
+Run a preset headless: create a run directory and execute its stages.
+
+Progress is shown as bars on a terminal and as plain lines when the output is piped.
+Exit codes: 0 done, 1 run failed, 2 bad usage or preset, 130 interrupted (last.pt written;
+resume with --resume RUN_DIR).
+"""
+
+
+def batch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimlab --batch", description=BATCH_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("preset", nargs="?", help="preset YAML file (e.g. presets/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set training.lr=0.05 --set stages.1.s=1e-4")
+    p.add_argument("--runs-dir", type=Path, help="where run directories go (default: the preset's output.runs_dir, runs/)")
+    p.add_argument("--name", help="run name (default: the preset's name); -2, -3 ... are added when taken")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a failed or cancelled run from its last good state")
+    p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: slimlab [PATH] | slimlab --batch PRESET [...] | slimlab inspect CKPT | slimlab prune CKPT ...\n"
+              "       slimlab --batch --help, slimlab inspect --help, slimlab prune --help")
+        return ExitCode.OK
+    if argv[0] == "--version":
+        from engine import __version__
+
+        print(f"slimlab {__version__}")
+        return ExitCode.OK
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "--batch":
+            return batch(rest)
+        if cmd == "run":
+            return run_existing(rest)
+        if cmd in ("inspect", "prune"):
+            from engine import slim_cli
+
+            return slim_cli.main(cmd, rest)
+    except PresetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    except SlimlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.FAILED
+    print(f"error: unknown command {cmd!r}; try slimlab --help", file=sys.stderr)
+    return ExitCode.USAGE
+
+
+def batch(argv: list[str]) -> int:
+    args = batch_parser().parse_args(argv)
+    from engine import config, runs
+
+    if args.resume is not None:
+        if args.preset or args.overrides:
+            raise PresetError("--resume continues a run as it was; give no preset or --set with it")
+        return execute(args.resume, resume=True, plain=args.plain)
+    if not args.preset:
+        raise PresetError("no preset given: slimlab --batch PRESET (see slimlab --batch --help)")
+    spec = config.load_preset(args.preset, args.overrides)
+    runs_dir = args.runs_dir or spec.output.runs_dir
+    name = args.name or spec.output.name or spec.name
+    from engine import distributed
+
+    info = distributed.from_env()
+    path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
+    prepare_run_dir(path, spec, info.is_main)
+    return execute(path, resume=False, plain=args.plain)
+
+
+def prepare_run_dir(path: Path, spec: Any, is_main: bool = True) -> None:
+    from engine.runs import RunWriter
+
+    if not is_main:
+        return
+    (path / "spec.yaml").write_text(spec.to_yaml())
+    RunWriter(path).status(state="queued", preset=spec.name, progress=0.0)
+
+
+def shared_run_dir(runs_dir: Path, name: str, info: Any) -> Path:
+    """Under torchrun all ranks must agree on one directory: rank 0 creates it and broadcasts."""
+    import torch.distributed as dist
+
+    from engine import distributed, runs
+    from engine.train import resolve_device
+
+    distributed.init(info, resolve_device("auto", info))
+    box = [str(runs.create_run_dir(runs_dir, name)) if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def run_existing(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="slimlab run", description="Execute a prepared run directory (used by the workbench).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--plain", action="store_true")
+    args = p.parse_args(argv)
+    return execute(args.run_dir, resume=args.resume, plain=True if args.plain else None)
+
+
+def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
+    """Run the spec in `path`; maps outcomes to exit codes."""
+    from engine import config, distributed
+    from engine.pipeline import Pipeline
+    from engine.progress import make_reporter
+    from engine.train import StopFlag
+
+    spec_path = path / "spec.yaml"
+    if not spec_path.exists():
+        raise PresetError(f"{path}: not a run directory (no spec.yaml)")
+    spec = config.load_preset(spec_path)
+    info = distributed.from_env()
+    stop = StopFlag()
+    install_signal_handlers(stop)
+    reporter = make_reporter(True if plain else None) if info.is_main else None
+    if reporter is None:
+        from engine.train import NullReporter
+
+        reporter = NullReporter()
+    try:
+        pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info)
+        distributed.init(info, pipeline.device)
+        reporter_msg(reporter, f"run {path}")
+        pipeline.run(resume=resume)
+        reporter_msg(reporter, f"done: {path}")
+        return ExitCode.OK
+    except (Cancelled, KeyboardInterrupt) as e:
+        reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: slimlab --batch --resume {path}")
+        return ExitCode.INTERRUPTED
+    except PresetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    except SlimlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(f"run directory: {path} (resume with: slimlab --batch --resume {path})", file=sys.stderr)
+        return ExitCode.FAILED
+    finally:
+        if hasattr(reporter, "close"):
+            reporter.close()
+        distributed.shutdown()
+
+
+def reporter_msg(reporter: Any, text: str) -> None:
+    if hasattr(reporter, "message"):
+        reporter.message(text)
+
+
+def install_signal_handlers(stop: Any) -> None:
+    """First SIGINT/SIGTERM: stop at the next step boundary. A second SIGINT: stop now."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

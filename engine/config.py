@@ -1,0 +1,439 @@
+"""Presets: YAML recipes validated into a resolved RunSpec.
+
+A preset names the model, the data, the training settings and the list of stages.
+Validation errors are turned into one message naming the file, the key and the fix
+(see `load_preset`), because a typo in a preset should never start a long run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import PresetError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    arch: str = "vgg"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None  # start from these weights instead of random init
+
+
+class DataSpec(Strict):
+    dataset: str = "shapes"  # shapes | imagefolder | cifar10 | cifar100 | torchvision:<Name>
+    path: Path | None = None
+    num_classes: int = Field(6, ge=2, le=10)  # shapes only
+    train_size: int = Field(6000, ge=16)  # shapes only
+    val_size: int = Field(1000, ge=16)  # shapes only
+    image_size: int = Field(32, ge=8, le=1024)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    augment: bool = True
+    workers: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class TrainingSpec(Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    amp: Literal["none", "fp16", "bf16"] = "none"
+    accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
+    clip_norm: float | None = Field(None, gt=0)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sync_bn: bool = False
+    log_every: int = Field(10, ge=1)  # steps between metrics lines
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("step_milestones")
+    @classmethod
+    def _milestones(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v):
+            raise ValueError("milestones are fractions of the epochs, each in (0, 1)")
+        return sorted(v)
+
+
+class TrainingOverride(Strict):
+    """Per-stage changes to the top-level training settings (all optional)."""
+
+    epochs: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: Literal["sgd", "adamw", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["cosine", "step", "constant"] | None = None
+    warmup_epochs: float | None = Field(None, ge=0)
+    amp: Literal["none", "fp16", "bf16"] | None = None
+    accumulate: int | None = Field(None, ge=1)
+    clip_norm: float | None = Field(None, gt=0)
+
+
+class StageBase(Strict):
+    name: str | None = None  # unique within a run; defaults to the type (with -2, -3 ...)
+    training: TrainingOverride = Field(default_factory=TrainingOverride)
+    model: ModelSpec | None = None  # start this stage from a fresh model instead of the current one
+    start: str | None = None  # start from the output of this earlier stage (its name)
+
+
+class TrainStage(StageBase):
+    type: Literal["train"]
+
+
+class SparseStage(StageBase):
+    type: Literal["sparse"]
+    s: float = Field(1e-4, ge=0, le=1)
+    decay: bool = False  # s * (1 - 0.9 * epoch / epochs)
+    exclude: list[str] = Field(default_factory=list)  # BN name patterns left unpenalised
+
+
+class LayerOverride(Strict):
+    threshold: float | None = Field(None, ge=0)
+    keep: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> LayerOverride:
+        if (self.threshold is None) == (self.keep is None):
+            raise ValueError("give exactly one of threshold or keep")
+        return self
+
+
+class PruneStage(StageBase):
+    type: Literal["prune"]
+    percent: float | list[float] | None = None  # a list gives one percent per round
+    threshold: float | None = Field(None, ge=0)
+    min_keep: float = Field(1, ge=0)  # >= 1: channel count; < 1: fraction of the layer
+    round_to: int = Field(1, ge=1)
+    score: Literal["max", "mean", "l2"] = "max"
+    ignore: list[str] = Field(default_factory=list)
+    overrides: dict[str, LayerOverride] = Field(default_factory=dict)
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, v: float | list[float] | None) -> float | list[float] | None:
+        for p in [v] if isinstance(v, float | int) else v or []:
+            if not 0 <= p < 1:
+                raise ValueError(f"percent {p} is outside [0, 1): it is the fraction of channels removed")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> PruneStage:
+        if (self.percent is None) == (self.threshold is None):
+            raise ValueError("give exactly one of percent or threshold")
+        return self
+
+
+class FeatureTerm(Strict):
+    type: Literal["cosine", "hint"]
+    student: str  # module path in the student
+    teacher: str  # module path in the teacher
+    weight: float = Field(1.0, ge=0)
+    projection: Literal["pool", "linear"] = "pool"  # cosine only
+    regressor: Literal["1x1", "3x3"] = "1x1"  # hint only
+
+
+class KDTerm(Strict):
+    T: float = Field(2.0, gt=0)
+    w_kd: float = Field(0.25, ge=0)
+    w_ce: float = Field(0.75, ge=0)
+
+
+class TeacherMixin(Strict):
+    # "original": the model before pruning; a stage name: that stage's output; else a checkpoint path
+    teacher: str | None = None
+    kd: KDTerm | None = None
+    features: list[FeatureTerm] = Field(default_factory=list)
+
+
+class FinetuneStage(StageBase, TeacherMixin):
+    type: Literal["finetune"]
+
+
+class DistillStage(StageBase, TeacherMixin):
+    type: Literal["distill"]
+    teacher: str  # required here
+
+    @model_validator(mode="after")
+    def _has_loss(self) -> DistillStage:
+        if self.kd is None and not self.features:
+            self.kd = KDTerm()
+        return self
+
+
+class SweepStage(StageBase):
+    type: Literal["sweep"]
+    ratios: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(19)])
+    min_keep: float = Field(1, ge=0)
+    round_to: int = Field(1, ge=1)
+    score: Literal["max", "mean", "l2"] = "max"
+    ignore: list[str] = Field(default_factory=list)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= r < 1 for r in v):
+            raise ValueError("ratios are fractions of channels removed, each in [0, 1)")
+        return v
+
+
+class EvaluateStage(StageBase):
+    type: Literal["evaluate"]
+
+
+Stage = Annotated[
+    TrainStage | SparseStage | PruneStage | FinetuneStage | DistillStage | SweepStage | EvaluateStage,
+    Field(discriminator="type"),
+]
+STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate")
+TRAINING_STAGES = ("train", "sparse", "finetune", "distill")
+
+
+class OutputSpec(Strict):
+    runs_dir: Path = Path("runs")
+    name: str | None = None  # defaults to the preset's name
+
+
+class RunSpec(Strict):
+    name: str = "run"
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    stages: list[Stage] = Field(default_factory=lambda: [TrainStage(type="train")])
+    rounds: int = Field(1, ge=1, le=20)  # repeats of the sparse -> prune -> finetune block
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _stage_names(self) -> RunSpec:
+        seen: dict[str, int] = {}
+        for stage in self.stages:
+            if stage.name is None:
+                n = seen.get(stage.type, 0) + 1
+                seen[stage.type] = n
+                stage.name = stage.type if n == 1 else f"{stage.type}-{n}"
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        for i, stage in enumerate(self.stages):
+            if stage.start is not None and stage.start not in names[:i]:
+                raise ValueError(f"stage {stage.name!r} starts from {stage.start!r}, which is not an earlier stage")
+        return self
+
+    def training_for(self, stage: StageBase) -> TrainingSpec:
+        """The top-level training settings with the stage's overrides applied."""
+        changes = stage.training.model_dump(exclude_none=True)
+        return self.training.model_copy(update=changes)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (best effort, for 'did you mean')."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            ann = current.model_fields[part].annotation
+            current = _unwrap_model(ann)
+        elif part in STAGE_TYPES:
+            current = _STAGE_CLASSES[part]
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_STAGE_CLASSES: dict[str, type[BaseModel]] = {
+    "train": TrainStage,
+    "sparse": SparseStage,
+    "prune": PruneStage,
+    "finetune": FinetuneStage,
+    "distill": DistillStage,
+    "sweep": SweepStage,
+    "evaluate": EvaluateStage,
+}
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in STAGE_TYPES and out.endswith("]"):
+            continue  # pydantic adds the union tag to the path; the user never wrote it
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid preset"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = _dotted(loc)
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(RunSpec, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            valid = f"; valid keys: {', '.join(known)}" if known else ""
+            lines.append(f"  {key}: unknown key{hint}{valid}")
+        elif e["type"] == "union_tag_invalid":
+            lines.append(f"  {key}: unknown stage type; use one of {', '.join(STAGE_TYPES)}")
+        elif e["type"] == "union_tag_not_found":
+            lines.append(f"  {key}: a stage needs a 'type': one of {', '.join(STAGE_TYPES)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            lines.append(f"  {key or '(top level)'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`training.lr=0.05` -> (['training', 'lr'], 0.05); the value is read as YAML."""
+    if "=" not in item:
+        raise PresetError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.lr=0.05")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise PresetError(f"--set {item!r}: empty key part in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise PresetError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    return parts, value
+
+
+def apply_override(data: dict, parts: list[str], value: Any, item: str) -> None:
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise PresetError(f"--set {item}: {'.'.join(parts[: i + 1])} is not an index into a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise PresetError(f"--set {item}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise PresetError(f"--set {item}: {last} is not an index into a list of {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_preset(path: str | Path, overrides: list[str] = (), base_dir: Path | None = None) -> RunSpec:
+    """Read, override and validate a preset. Raises PresetError with the whole story."""
+    path = Path(path)
+    if not path.exists():
+        raise PresetError(f"{path}: no such preset file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PresetError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PresetError(f"{path}: a preset is a mapping of keys (model, data, training, stages ...)")
+    data.setdefault("name", path.stem)
+    return spec_from_dict(data, overrides, source=str(path), base_dir=base_dir or path.parent)
+
+
+def spec_from_dict(
+    data: dict, overrides: list[str] = (), source: str = "preset", base_dir: Path | None = None
+) -> RunSpec:
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy with plain types
+    for item in overrides:
+        parts, value = parse_override(item)
+        apply_override(data, parts, value, item)
+    try:
+        spec = RunSpec.model_validate(data)
+    except ValidationError as e:
+        raise PresetError(format_errors(e, source)) from None
+    check_names(spec, source)
+    check_files(spec, source, base_dir)
+    return spec
+
+
+def check_names(spec: RunSpec, source: str) -> None:
+    """Unknown model or dataset names are preset errors, caught before any work starts."""
+    from engine import data, models
+
+    archs = [spec.model.arch] + [s.model.arch for s in spec.stages if s.model is not None]
+    for arch in archs:
+        if ":" in arch:
+            continue  # torchvision:<name> or module:Class, resolved when built
+        if arch not in models.names():
+            close = difflib.get_close_matches(arch, models.names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PresetError(
+                f"{source}: model.arch: unknown model {arch!r}{hint}; built-in: {', '.join(models.names())}, "
+                "or torchvision:<name>, or package.module:Class"
+            )
+    ds = spec.data.dataset
+    if not ds.startswith("torchvision:") and ds not in data.names():
+        close = difflib.get_close_matches(ds, data.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PresetError(
+            f"{source}: data.dataset: unknown dataset {ds!r}{hint}; use one of {', '.join(data.names())} "
+            "or torchvision:<Name>"
+        )
+
+
+def check_files(spec: RunSpec, source: str, base_dir: Path | None) -> None:
+    """Paths named by the preset must exist before a run starts."""
+    checks: list[tuple[str, Path | None]] = [("model.checkpoint", spec.model.checkpoint)]
+    if spec.data.dataset != "shapes":
+        if spec.data.path is None:
+            raise PresetError(f"{source}: data.path: dataset {spec.data.dataset!r} needs a path to its files")
+        checks.append(("data.path", spec.data.path))
+    stage_names = {s.name for s in spec.stages}
+    for i, stage in enumerate(spec.stages):
+        if stage.model is not None:
+            checks.append((f"stages[{i}].model.checkpoint", stage.model.checkpoint))
+        teacher = getattr(stage, "teacher", None)
+        if teacher and teacher != "original" and teacher not in stage_names:
+            checks.append((f"stages[{i}].teacher", Path(teacher)))
+    for key, p in checks:
+        if p is not None and not p.exists() and not (base_dir and (base_dir / p).exists()):
+            raise PresetError(f"{source}: {key}: {p} does not exist")

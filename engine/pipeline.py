@@ -1,0 +1,381 @@
+"""Runs a RunSpec's stages in order inside one run directory.
+
+The pipeline carries a *current model* from stage to stage (train -> sparse -> prune ->
+finetune ...). Each stage leaves `weights/<stage>.pt`; `weights/best.pt` is always the latest
+stage's model, `weights/last.pt` the resume point of a training stage in progress.
+status.json lists the completed stages, so a resumed run skips them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine import checkpoint, distributed
+from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
+from engine.errors import Cancelled, CheckpointError, DistillError, PresetError, PruneError
+from engine.runs import RunWriter, write_json
+from engine.train import StopFlag, Trainer, evaluate, resolve_device
+
+ROUND_STAGES = ("sparse", "prune", "finetune")
+
+
+def expand_rounds(spec: RunSpec) -> list[Any]:
+    """`rounds: N` repeats the sparse -> prune -> finetune block; a list percent gives one per round."""
+    stages = list(spec.stages)
+    idx = [i for i, s in enumerate(stages) if s.type in ROUND_STAGES]
+    if spec.rounds == 1 or not idx:
+        return [_with_round_percent(s, 0) for s in stages]
+    lo, hi = idx[0], idx[-1] + 1
+    block = stages[lo:hi]
+    out = stages[:lo]
+    for r in range(spec.rounds):
+        for s in block:
+            s2 = _with_round_percent(s, r)
+            if r > 0:
+                s2 = s2.model_copy(update={"name": f"{s.name}-r{r + 1}"})
+            out.append(s2)
+    return out + stages[hi:]
+
+
+def _with_round_percent(stage: Any, r: int) -> Any:
+    if isinstance(stage, PruneStage) and isinstance(stage.percent, list):
+        if r >= len(stage.percent):
+            raise PresetError(f"stage {stage.name}: percent lists {len(stage.percent)} values but round {r + 1} needs one")
+        return stage.model_copy(update={"percent": stage.percent[r]})
+    return stage
+
+
+@dataclass
+class Current:
+    model: nn.Module
+    arch: dict
+    plan: dict | None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_path: Path,
+        *,
+        reporter: Any = None,
+        stop: StopFlag | None = None,
+        dist_info: distributed.DistInfo | None = None,
+    ):
+        self.spec = spec
+        self.dist = dist_info or distributed.DistInfo()
+        self.writer = RunWriter(run_path, enabled=self.dist.is_main)
+        self.reporter = reporter
+        self.stop = stop or StopFlag()
+        self.stages = expand_rounds(spec)
+        self.device = resolve_device(spec.training.device, self.dist)
+        self._data: dict[int, Any] = {}
+        self.current: Current | None = None
+        self.outputs: dict[str, Path] = {}
+        self.original: Path | None = None  # the model before the latest prune, for `teacher: original`
+
+    # ---------------------------------------------------------- the whole run
+
+    def run(self, resume: bool = False) -> None:
+        w = self.writer
+        done: list[str] = []
+        if resume:
+            st = json.loads((w.path / "status.json").read_text())
+            done = list(st.get("completed", []))
+            self.outputs = {k: Path(v) for k, v in st.get("outputs", {}).items()}
+            self.original = Path(st["original"]) if st.get("original") else None
+        w.status(state="running", preset=self.spec.name, 
+                 stages=[s.name for s in self.stages], completed=done, error=None, ended=None)
+        if not resume:
+            w.status(started=time.time())
+        w.start_heartbeat()
+        w.log(f"run {w.path.name}: {len(self.stages)} stages on {self.device}" + (" (resumed)" if resume else ""))
+        try:
+            for i, stage in enumerate(self.stages):
+                if stage.name in done:
+                    continue
+                if self.current is None and done and stage.model is None and stage.start is None:
+                    self.current = self._load_output(done[-1])
+                w.status(stage=stage.name, stage_index=i, progress=0.0)
+                w.log(f"stage {stage.name} ({stage.type}) starts")
+                t0 = time.time()
+                figures = getattr(self, f"_stage_{stage.type}")(stage, resume and self._resumable(stage))
+                figures["seconds"] = round(time.time() - t0, 2)
+                w.summary(stage.name, figures)
+                done.append(stage.name)
+                w.status(completed=done, outputs={k: str(v) for k, v in self.outputs.items()},
+                         original=str(self.original) if self.original else None)
+                w.log(f"stage {stage.name} done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+                if self.stop.requested:
+                    raise Cancelled(f"{self.stop.signal_name or 'stop'} after stage {stage.name}")
+                resume = False
+            w.status(state="done", ended=time.time(), progress=1.0)
+        except (Cancelled, KeyboardInterrupt) as e:
+            w.log(f"cancelled: {e or 'interrupt'}")
+            w.status(state="cancelled", ended=time.time(), error=str(e))
+            raise
+        except BaseException as e:
+            w.log(f"failed: {type(e).__name__}: {e}")
+            w.status(state="failed", ended=time.time(), error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            w.stop_heartbeat()
+
+    def _resumable(self, stage: Any) -> bool:
+        last = self.writer.weights / "last.pt"
+        if not last.exists():
+            return False
+        raw = checkpoint.read_raw(last)
+        return raw.get("position", {}).get("stage") == stage.name
+
+    # ---------------------------------------------------------- shared pieces
+
+    def data(self, batch_size: int) -> Any:
+        if batch_size not in self._data:
+            from engine import data
+
+            self._data[batch_size] = data.build(
+                self.spec.data, batch_size=batch_size, seed=self.spec.training.seed,
+                rank=self.dist.rank, world_size=self.dist.world_size,
+            )
+        return self._data[batch_size]
+
+    def _arch(self, spec_model: Any) -> dict:
+        d = self.data(self.spec.training.batch_size)
+        return checkpoint.arch_dict(spec_model.arch, d.num_classes, d.in_channels, spec_model.kwargs)
+
+    def _fresh(self, spec_model: Any) -> Current:
+        arch = self._arch(spec_model)
+        if spec_model.checkpoint is not None:
+            loaded = checkpoint.load(spec_model.checkpoint, arch=arch)
+            self._check_classes(loaded.model, arch, str(spec_model.checkpoint))
+            return Current(loaded.model, loaded.arch, loaded.plan)
+        torch.manual_seed(self.spec.training.seed)
+        return Current(checkpoint.build_model(arch), arch, None)
+
+    def _check_classes(self, model: nn.Module, arch: dict, source: str) -> None:
+        d = self.data(self.spec.training.batch_size)
+        n = _num_outputs(model, self._input_shape(), self.device if False else torch.device("cpu"))
+        if n != d.num_classes:
+            raise CheckpointError(f"{source}: the model predicts {n} classes but dataset {self.spec.data.dataset} has {d.num_classes}")
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        d = self.data(self.spec.training.batch_size)
+        return (d.in_channels, d.image_size, d.image_size)
+
+    def _start(self, stage: Any) -> Current:
+        if stage.model is not None:
+            return self._fresh(stage.model)
+        if stage.start is not None:
+            return self._load_output(stage.start)
+        if self.current is None:
+            self.current = self._fresh(self.spec.model)
+        return self.current
+
+    def _load_output(self, name: str) -> Current:
+        loaded = checkpoint.load(self.outputs[name])
+        return Current(loaded.model, loaded.arch, loaded.plan)
+
+    def _finish(self, stage: Any, cur: Current, src: Path | None = None) -> Path:
+        """Record a stage's output model as weights/<stage>.pt and weights/best.pt."""
+        out = self.writer.weights / f"{stage.name}.pt"
+        if self.dist.is_main:
+            if src is not None:
+                _atomic_copy(src, out)
+            else:
+                checkpoint.save(out, cur.model, cur.arch, plan=cur.plan, meta={"stage": stage.name, "spec": self.spec.model_dump(mode="json")})
+            _atomic_copy(out, self.writer.weights / "best.pt")
+        distributed.barrier(self.dist)
+        self.outputs[stage.name] = out
+        self.current = cur
+        return out
+
+    def measure(self, cur: Current, out: Path, accuracy: float | None = None) -> dict[str, Any]:
+        from engine import measure
+
+        model = cur.model
+        if accuracy is None:
+            accuracy = evaluate(model, self.data(self.spec.training.batch_size).val, self.device)["accuracy"]
+        prof = measure.profile(copy.deepcopy(model).cpu().eval(), self._input_shape(), torch.device("cpu"))
+        figures = {"accuracy": accuracy, **prof, "size": out.stat().st_size if out.exists() else None}
+        if self.device.type == "cuda":
+            figures["latency_cuda_b32_ms"] = measure.latency_ms(model, self._input_shape(), 32, device=self.device)
+        return figures
+
+    # ---------------------------------------------------------- training stages
+
+    def _train(self, stage: Any, resume: bool, callbacks: list[Any], loss_fn: Any = None, cur: Current | None = None) -> dict:
+        cfg = self.spec.training_for(stage)
+        cur = cur or self._start(stage)
+        raw = None
+        if resume:
+            raw = checkpoint.read_raw(self.writer.weights / "last.pt")
+            cur = Current(checkpoint.rebuild(raw["arch"], raw.get("plan"), raw["state_dict"]), raw["arch"], raw.get("plan"))
+        model = cur.model.to(self.device).train()
+        if loss_fn is not None and hasattr(loss_fn, "retarget"):
+            loss_fn.retarget(model)
+        trainer = Trainer(
+            model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
+            arch=cur.arch, plan=cur.plan, meta={"spec": self.spec.model_dump(mode="json")},
+            loss_fn=loss_fn, callbacks=callbacks, device=self.device, dist_info=self.dist,
+            stop=self.stop, reporter=self.reporter,
+        )
+        result = trainer.fit(resume=raw)
+        best_path = self.writer.weights / "best.pt"
+        if result.best:
+            best = checkpoint.load(best_path)
+            cur = Current(best.model, best.arch, best.plan)
+            out = self._finish(stage, cur, src=best_path)
+        else:  # zero epochs: the model passes through unchanged
+            out = self._finish(stage, cur)
+        (self.writer.weights / "last.pt").unlink(missing_ok=True)
+        return self.measure(cur, out, result.best.get("accuracy")) | {"epochs": cfg.epochs}
+
+    def _stage_train(self, stage: Any, resume: bool) -> dict:
+        return self._train(stage, resume, [])
+
+    def _stage_sparse(self, stage: SparseStage, resume: bool) -> dict:
+        from engine.slim.sparse import SparsePenalty
+
+        cur = self._start(stage)
+        from engine.slim.gamma import gamma_stats
+
+        gamma_stats(cur.model)  # fails early, with the reason, on a model without BatchNorm
+        penalty = SparsePenalty(s=stage.s, decay=stage.decay, exclude=stage.exclude)
+        return self._train(stage, resume, [penalty], cur=cur) | {"s": stage.s}
+
+    def _stage_finetune(self, stage: FinetuneStage, resume: bool) -> dict:
+        cur = self._start(stage)
+        distiller = self._distiller(stage, cur) if (stage.teacher or stage.kd or stage.features) else None
+        callbacks = [distiller] if distiller else []
+        return self._train(stage, resume, callbacks, loss_fn=distiller, cur=cur)
+
+    def _stage_distill(self, stage: DistillStage, resume: bool) -> dict:
+        cur = self._start(stage)
+        distiller = self._distiller(stage, cur)
+        return self._train(stage, resume, [distiller], loss_fn=distiller, cur=cur)
+
+    def _teacher(self, name: str | None, stage: Any) -> nn.Module:
+        if name is None:
+            raise DistillError(f"stage {stage.name}: kd or feature terms need a teacher (original, a stage name, or a checkpoint)")
+        if name == "original":
+            if self.original is None:
+                raise DistillError(f"stage {stage.name}: teacher 'original' means the model before pruning, but no prune stage ran before it")
+            path = self.original
+        elif name in self.outputs:
+            path = self.outputs[name]
+        else:
+            path = Path(name)
+            if path.is_dir():
+                path = path / "weights" / "best.pt"
+            if not path.exists():
+                raise DistillError(f"stage {stage.name}: teacher checkpoint {path} does not exist")
+        return checkpoint.load(path).model
+
+    def _distiller(self, stage: Any, cur: Current) -> Any:
+        from engine.distill.distiller import Distiller
+
+        teacher = self._teacher(stage.teacher, stage).to(self.device)
+        d = self.data(self.spec.training_for(stage).batch_size)
+        x, _ = next(iter(d.val))
+        kd = stage.kd.model_dump() if stage.kd is not None else (None if stage.features else {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75})
+        return Distiller(
+            cur.model.to(self.device), teacher, kd=kd, features=[f.model_dump() for f in stage.features],
+            example_input=x[:8].to(self.device), device=self.device,
+        )
+
+    # ---------------------------------------------------------- slimming stages
+
+    def _stage_prune(self, stage: PruneStage, resume: bool) -> dict:
+        from engine.slim import plan as slim_plan
+        from engine.slim.apply import apply_plan
+
+        cur = self._start(stage)
+        self.original = self.outputs.get(_previous(self.stages, stage.name), None) or self._save_original(cur)
+        model = copy.deepcopy(cur.model).cpu().eval()
+        plan = slim_plan.plan_for_model(
+            model, self._input_shape(), percent=stage.percent, threshold=stage.threshold,
+            min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score,
+            ignore=stage.ignore, overrides={k: v.model_dump(exclude_none=True) for k, v in stage.overrides.items()},
+        )
+        for warning in plan.warnings:
+            self.writer.log(f"warning: {warning}")
+        if cur.plan:
+            raise PruneError(f"stage {stage.name}: the model was pruned before; prune stages compose through rounds of "
+                             "separate checkpoints, which is not supported on an already-planned model yet")
+        apply_plan(model, plan)
+        plan_dict = plan.to_dict()
+        if self.dist.is_main:
+            write_json(self.writer.path / "plan.json", plan_dict)
+        pruned = Current(model, cur.arch, plan_dict)
+        out = self._finish(stage, pruned)
+        totals = plan_dict.get("totals", {})
+        return self.measure(pruned, out) | {"percent": stage.percent, "threshold": stage.threshold, **{f"plan_{k}": v for k, v in totals.items()}}
+
+    def _save_original(self, cur: Current) -> Path:
+        path = self.writer.weights / "original.pt"
+        if self.dist.is_main:
+            checkpoint.save(path, cur.model, cur.arch, plan=cur.plan)
+        return path
+
+    def _stage_sweep(self, stage: SweepStage, resume: bool) -> dict:
+        from engine.slim.sweep import sweep
+
+        cur = self._start(stage)
+        val = self.data(self.spec.training.batch_size).val
+        rows = sweep(
+            copy.deepcopy(cur.model).cpu().eval(), self._input_shape(),
+            lambda m: evaluate(m.to(self.device), val, self.device), ratios=stage.ratios,
+            min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score, ignore=stage.ignore,
+        )
+        if self.dist.is_main:
+            write_json(self.writer.path / "sweep.json", {"stage": stage.name, "rows": rows})
+        base = rows[0]["accuracy"] if rows else None
+        return {"ratios": len(rows), "accuracy_at_0": base, "rows": rows}
+
+    def _stage_evaluate(self, stage: Any, resume: bool) -> dict:
+        cur = self._start(stage)
+        out = self.outputs.get(_previous(self.stages, stage.name)) or self._finish(stage, cur)
+        return self.measure(cur, out)
+
+
+def _previous(stages: list[Any], name: str) -> str | None:
+    names = [s.name for s in stages]
+    i = names.index(name)
+    return names[i - 1] if i > 0 else None
+
+
+def _min_keep(v: float) -> int | float:
+    return int(v) if v >= 1 else v
+
+
+def _num_outputs(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> int:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        n = model(torch.zeros(1, *shape, device=device)).shape[-1]
+    model.train(was)
+    return int(n)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return f"[{len(v)} rows]"
+    return str(v)

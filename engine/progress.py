@@ -1,0 +1,72 @@
+"""How a headless run reports progress: rich bars on a terminal, plain lines when piped."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class PlainReporter:
+    """One line per epoch and at most one progress line every few seconds: readable in CI logs."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 5.0):
+        self.stream = stream or sys.stdout
+        self.every_s = every_s
+        self._last = 0.0
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def stage_progress(self, stage: str, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        self.message(f"[{stage}] epoch {epoch + 1}/{epochs} batch {batch}/{batches} loss {loss:.4f}")
+
+    def epoch_done(self, stage: str, m: dict[str, Any]) -> None:
+        extra = f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}" if "gamma_lt_1e-2" in m else ""
+        self.message(
+            f"[{stage}] epoch {m['epoch'] + 1} loss {m['loss']:.4f} val_loss {m['val_loss']:.4f} "
+            f"accuracy {m['accuracy']:.2%} ({m.get('epoch_time', 0):.1f}s){extra}"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter(PlainReporter):
+    """A live progress bar per stage (only when stdout is a terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.tasks: dict[str, Any] = {}
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+    def stage_progress(self, stage: str, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        total = max(1, epochs * batches)
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
+        self.progress.update(self.tasks[stage], completed=epoch * batches + batch, total=total,
+                             info=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(plain: bool | None = None) -> PlainReporter:
+    if plain is None:
+        plain = not sys.stdout.isatty()
+    return PlainReporter() if plain else RichReporter()

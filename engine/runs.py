@@ -1,0 +1,236 @@
+"""Run directories: where a run writes, and how anyone (the workbench, a later resume) reads it back.
+
+Layout (see DESIGN.md): spec.yaml, status.json, metrics.jsonl, log.txt, weights/, plan.json,
+sweep.json, summary.json. Every JSON file is written atomically; metrics.jsonl is append-only
+so readers can tail it by byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+HEARTBEAT_S = 2.0
+STALE_S = 30.0  # a "running" status whose heartbeat is older than this is a dead process
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def create_run_dir(runs_dir: Path, name: str) -> Path:
+    """A fresh directory `name`, `name-2`, ...: mkdir is atomic, so two runs never share one."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = runs_dir / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "weights").mkdir()
+        return path
+    raise RuntimeError(f"{runs_dir}: too many runs named {name}")
+
+
+class RunWriter:
+    """Everything a running process writes into its run directory."""
+
+    def __init__(self, path: Path, *, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled  # False on DDP ranks other than 0
+        self._status: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        self._stop_beat = threading.Event()
+        if enabled and (self.path / "status.json").exists():
+            try:
+                self._status = read_json(self.path / "status.json")
+            except (OSError, ValueError):
+                self._status = {}
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "weights"
+
+    def status(self, **changes: Any) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._status.update(changes)
+            self._status["pid"] = os.getpid()
+            self._status["heartbeat"] = time.time()
+            write_json(self.path / "status.json", self._status)
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"t": round(time.time(), 3), **record}
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+    def log(self, line: str) -> None:
+        if not self.enabled:
+            return
+        stamp = time.strftime("%H:%M:%S")
+        with open(self.path / "log.txt", "a") as f:
+            f.write(f"{stamp} {line}\n")
+
+    def summary(self, stage: str, figures: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        path = self.path / "summary.json"
+        current = read_json(path) if path.exists() else {}
+        current[stage] = figures
+        write_json(path, current)
+
+    def start_heartbeat(self) -> None:
+        if not self.enabled or self._beat is not None:
+            return
+
+        def beat() -> None:
+            while not self._stop_beat.wait(HEARTBEAT_S):
+                self.status()
+
+        self._beat = threading.Thread(target=beat, name="slimlab-heartbeat", daemon=True)
+        self._beat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop_beat.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+            self._beat = None
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    state: str = "unknown"  # one of STATES, or "unreadable"
+    stage: str | None = None
+    progress: float = 0.0
+    preset: str | None = None
+    best_accuracy: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+    error: str | None = None
+    pid: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        end = self.ended or (time.time() if self.state == "running" else self.heartbeat) or time.time()
+        return max(0.0, end - self.started)
+
+
+def read_run(path: Path) -> RunInfo:
+    """Never raises: a corrupt run directory comes back as state 'unreadable' with the reason."""
+    info = RunInfo(path=path, name=path.name)
+    status_path = path / "status.json"
+    try:
+        st = read_json(status_path)
+        if not isinstance(st, dict):
+            raise ValueError("status.json is not an object")
+    except FileNotFoundError:
+        info.state, info.error = "unreadable", "no status.json"
+        return info
+    except (OSError, ValueError) as e:
+        info.state, info.error = "unreadable", f"corrupt status.json ({e})"
+        return info
+    info.state = st.get("state", "unknown")
+    info.stage = st.get("stage")
+    info.progress = float(st.get("progress", 0.0) or 0.0)
+    info.preset = st.get("preset")
+    info.best_accuracy = st.get("best_accuracy")
+    info.started = st.get("started")
+    info.ended = st.get("ended")
+    info.heartbeat = st.get("heartbeat")
+    info.error = st.get("error")
+    info.pid = st.get("pid")
+    if info.state == "running" and not pid_alive(info.pid) and _stale(info.heartbeat):
+        info.state, info.error = "failed", info.error or "process ended without writing a final status"
+    return info
+
+
+def _stale(heartbeat: float | None) -> bool:
+    return heartbeat is None or time.time() - heartbeat > STALE_S
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    if not runs_dir.is_dir():
+        return []
+    found = [read_run(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "weights").is_dir()]
+    return sorted(found, key=lambda r: r.started or 0.0, reverse=True)
+
+
+class MetricsTail:
+    """Incremental reader of metrics.jsonl: each call returns only the new complete lines."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.bad_lines = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []  # a line still being written
+        self.offset += end + 1
+        out = []
+        for line in chunk[: end + 1].splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+            else:
+                self.bad_lines += 1
+        return out

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny presets and runs that finish in seconds on two cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY = {
+    "name": "tiny",
+    "model": {"arch": "vgg", "kwargs": {"depth": 11, "width": 0.125}},
+    "data": {"dataset": "shapes", "num_classes": 4, "train_size": 256, "val_size": 64, "augment": True},
+    "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "log_every": 2, "device": "cpu"},
+    "stages": [{"type": "train"}],
+}
+
+
+@pytest.fixture
+def tiny_preset(tmp_path: Path):
+    """Write a tiny preset (optionally changed) and return its path."""
+
+    def make(**changes) -> Path:
+        data = yaml.safe_load(yaml.safe_dump(TINY))
+        for key, value in changes.items():
+            node = data
+            parts = key.split("__")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        path = tmp_path / f"{data['name']}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return make
