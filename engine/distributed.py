@@ -51,7 +51,7 @@ def shutdown() -> None:
 def wrap(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
     if not info.enabled:
         return model
-    if sync_bn:
+    if sync_bn and device.type == "cuda":  # torch's SyncBatchNorm runs on GPUs only
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

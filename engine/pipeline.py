@@ -219,10 +219,9 @@ class Pipeline:
         raw = None
         if resume:
             raw = checkpoint.read_raw(self.writer.weights / "last.pt")
-            cur = Current(checkpoint.rebuild(raw["arch"], raw.get("plan"), raw["state_dict"]), raw["arch"], raw.get("plan"))
+            # into the same module object: a distiller's hooks are already on it
+            checkpoint.load_state(cur.model, raw["state_dict"], source=str(self.writer.weights / "last.pt"))
         model = cur.model.to(self.device).train()
-        if loss_fn is not None and hasattr(loss_fn, "retarget"):
-            loss_fn.retarget(model)
         trainer = Trainer(
             model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
             arch=cur.arch, plan=cur.plan, meta={"spec": self.spec.model_dump(mode="json")},
@@ -288,10 +287,13 @@ class Pipeline:
         d = self.data(self.spec.training_for(stage).batch_size)
         x, _ = next(iter(d.val))
         kd = stage.kd.model_dump() if stage.kd is not None else (None if stage.features else {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75})
-        return Distiller(
+        distiller = Distiller(
             cur.model.to(self.device), teacher, kd=kd, features=[f.model_dump() for f in stage.features],
             example_input=x[:8].to(self.device), device=self.device,
         )
+        for line in distiller.describe():
+            self.writer.log(f"{stage.name}: {line}")
+        return distiller
 
     # ---------------------------------------------------------- slimming stages
 

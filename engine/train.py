@@ -235,7 +235,14 @@ class Trainer:
 
         seed_everything(cfg.seed + self.dist.rank)
         self._call("on_fit_start", self)
+        if resume is not None:
+            # callbacks with trainable state (hint regressors) must match the optimizer state
+            for cb, state in zip(self.callbacks, resume.get("callbacks", []), strict=False):
+                if state is not None and hasattr(cb, "load_state_dict"):
+                    cb.load_state_dict(state)
         extra_params = [p for ps in self._call("parameters") for p in ps]
+        if cfg.sync_bn and self.dist.enabled and device.type != "cuda":
+            self.writer.log("warning: training.sync_bn needs CUDA; each rank keeps its own BatchNorm statistics")
         ddp_model = distributed.wrap(model, self.dist, device, cfg.sync_bn)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad] + extra_params, cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
@@ -258,7 +265,8 @@ class Trainer:
             position = {"stage": self.stage, "epoch": epoch, "batch": batch, "step": self.step,
                         "loss_sum": loss_sum, "loss_n": loss_n}
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state(), "position": position, "best": result.best}
+                     "scaler": scaler.state_dict(), "rng": rng_state(), "position": position, "best": result.best,
+                     "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks]}
             if self.dist.is_main:
                 meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": result.last}
                 checkpoint.save(self.writer.weights / "last.pt", model, self.arch, plan=self.plan, meta=meta, resume=state)

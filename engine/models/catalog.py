@@ -1,0 +1,80 @@
+"""What the built-in architectures are called and where they live; no torch import here."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from engine.errors import ModelError
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    module: str  # module under engine.models holding the constructor
+    factory: str  # class name inside that module
+    description: str
+
+
+BUILTINS: dict[str, Builtin] = {
+    "vgg": Builtin(
+        "vgg",
+        "VGG",
+        "CIFAR VGG with BatchNorm (network-slimming paper); depth 11/13/16/19, width",
+    ),
+    "resnet_cifar": Builtin(
+        "resnet_cifar",
+        "ResNetCifar",
+        "CIFAR ResNet (depth 6n+2: 20/56/110) with 1x1 conv+BN projection shortcuts; width",
+    ),
+    "mobilenetv2": Builtin(
+        "mobilenetv2",
+        "MobileNetV2",
+        "CIFAR MobileNetV2 (stride-1 stem), inverted residuals with depthwise convs; width",
+    ),
+    "c3net": Builtin(
+        "c3net",
+        "C3Net",
+        "YOLOv5-style backbone (Conv/C3/SPPF) with a classification head; width, depth",
+    ),
+    "kd_teacher": Builtin(
+        "kd",
+        "DeepNN",
+        "Distillation tutorial teacher DeepNN (4 convs, 2048-512 classifier); bn",
+    ),
+    "kd_student": Builtin(
+        "kd",
+        "LightNN",
+        "Distillation tutorial student LightNN (2 convs, 1024-256 classifier); bn",
+    ),
+}
+
+
+def names() -> list[str]:
+    return sorted(BUILTINS)
+
+
+def is_external(arch: str) -> bool:
+    """True for `package.module:Class` forms (anything with a colon that is not torchvision)."""
+    return ":" in arch and not arch.startswith(TORCHVISION_PREFIX)
+
+
+def unknown_arch_error(arch: str) -> ModelError:
+    close = difflib.get_close_matches(arch, names(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ModelError(
+        f"Unknown architecture {arch!r}.{hint} Valid names: {', '.join(names())}; "
+        f"or 'torchvision:<name>', or an importable 'package.module:Class'."
+    )
+
+
+def describe(arch: str) -> str:
+    if arch in BUILTINS:
+        return BUILTINS[arch].description
+    if arch.startswith(TORCHVISION_PREFIX):
+        name = arch[len(TORCHVISION_PREFIX) :]
+        return f"torchvision model {name} (random init, weights are never downloaded)"
+    if is_external(arch):
+        return f"user model built by calling {arch}(num_classes=..., ...)"
+    raise unknown_arch_error(arch)

@@ -1,0 +1,163 @@
+"""Turn an architecture string into a freshly initialised torch model.
+
+Three forms are understood: a built-in name (see `catalog`), `torchvision:<name>`, and an
+importable `package.module:Class` (or factory function). Every model that comes out carries
+`default_ignore` (fnmatch patterns of layers whose outputs must never be pruned) and
+`input_size` (C, H, W), which the pruning and profiling code rely on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from engine.errors import ModelError
+from engine.models import catalog
+from engine.models.sizing import check_positive_int
+
+TORCHVISION_INPUT_SIDE = 224  # torchvision models are designed for ImageNet-sized inputs
+EXTERNAL_INPUT_SIDE = 32
+
+
+def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+    if not isinstance(arch, str) or not arch.strip():
+        raise ModelError(
+            f"Architecture must be a non-empty string, got {arch!r}; valid names: {', '.join(catalog.names())}."
+        )
+    check_positive_int(arch, "num_classes", num_classes)
+    check_positive_int(arch, "in_channels", in_channels)
+    if arch in catalog.BUILTINS:
+        return build_builtin(arch, num_classes, in_channels, kwargs)
+    if arch.startswith(catalog.TORCHVISION_PREFIX):
+        return build_torchvision(arch, num_classes, in_channels, kwargs)
+    if catalog.is_external(arch):
+        return build_external(arch, num_classes, in_channels, kwargs)
+    raise catalog.unknown_arch_error(arch)
+
+
+def build_builtin(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    entry = catalog.BUILTINS[arch]
+    factory = getattr(importlib.import_module(f"engine.models.{entry.module}"), entry.factory)
+    options = [
+        p for p in inspect.signature(factory).parameters if p not in ("num_classes", "in_channels")
+    ]
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ModelError(
+            f"{arch} does not take {', '.join(repr(k) for k in unknown)}; "
+            f"its options are: {', '.join(options)}."
+        )
+    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def build_torchvision(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    name = arch[len(catalog.TORCHVISION_PREFIX) :]
+    try:
+        from torchvision import models as tv_models
+    except (ImportError, OSError, RuntimeError) as e:
+        raise ModelError(
+            f"{arch}: torchvision is not available ({type(e).__name__}: {e}); install the 'vision' "
+            f"extra with a torchvision build matching your torch, or use a built-in arch: "
+            f"{', '.join(catalog.names())}."
+        ) from e
+    if "weights" in kwargs:
+        raise ModelError(
+            f"{arch}: 'weights' cannot be set; pretrained weights are never downloaded, models start from random init."
+        )
+    if in_channels != 3:
+        raise ModelError(
+            f"{arch}: torchvision models take 3-channel input, got in_channels={in_channels}; use a built-in arch for other channel counts."
+        )
+    available = tv_models.list_models()
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f" Did you mean {', '.join('torchvision:' + c for c in close)}?" if close else ""
+        raise ModelError(f"{arch}: torchvision has no model {name!r}.{hint}")
+    try:
+        model = tv_models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelError(
+            f"{arch}: cannot build with num_classes={num_classes} and {kwargs}: {e}"
+        ) from e
+    return annotate(model, in_channels, TORCHVISION_INPUT_SIDE)
+
+
+def build_external(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    factory = resolve_external(arch)
+    call_kwargs = {"num_classes": num_classes, **kwargs}
+    try:
+        signature: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None  # some C-level callables have no signature; just try the call
+    if signature is not None:
+        if "in_channels" in signature.parameters:
+            call_kwargs["in_channels"] = in_channels
+        try:
+            signature.bind(**call_kwargs)
+        except TypeError as e:
+            accepted = ", ".join(signature.parameters) or "nothing"
+            raise ModelError(
+                f"{arch}: cannot be called with {', '.join(call_kwargs)} ({e}); it accepts: {accepted}. "
+                f"A model factory must take num_classes."
+            ) from e
+    try:
+        model = factory(**call_kwargs)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"{arch}: building the model failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{arch}: returned {type(model).__name__}, not a torch.nn.Module.")
+    return annotate(model, in_channels, EXTERNAL_INPUT_SIDE)
+
+
+def resolve_external(arch: str) -> Callable[..., Any]:
+    module_name, _, attr_path = arch.partition(":")
+    if not module_name or not attr_path or ":" in attr_path:
+        raise ModelError(f"{arch!r} is not of the form 'package.module:Class'.")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ModelError(
+            f"{arch}: cannot import module {module_name!r} ({e}); check the spelling and that its "
+            f"folder is on PYTHONPATH."
+        ) from e
+    except Exception as e:
+        raise ModelError(
+            f"{arch}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from e
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(
+                f"{arch}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}."
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(
+            f"{arch}: {attr_path!r} is a {type(obj).__name__}, not a class or function."
+        )
+    return obj
+
+
+def annotate(model: nn.Module, in_channels: int, side: int) -> nn.Module:
+    """Give a foreign model the attributes built-ins carry, unless it defines its own."""
+    if not hasattr(model, "default_ignore"):
+        # The last Linear/Conv produces the logits; pruning its outputs would change the class count.
+        layers = [
+            name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+        ]
+        model.default_ignore = layers[-1:]
+    if not hasattr(model, "input_size"):
+        model.input_size = (in_channels, side, side)
+    return model

@@ -1,0 +1,365 @@
+"""Model registry: built-ins, torchvision and importable models, errors, pruning-friendliness."""
+
+from __future__ import annotations
+
+import fnmatch
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import engine.models as models
+from engine.errors import ModelError
+
+# Small settings per built-in so each forward/backward stays in the tens of milliseconds.
+SMALL = {
+    "vgg": {"width": 0.25},
+    "resnet_cifar": {"width": 0.25},
+    "mobilenetv2": {"width": 0.25},
+    "c3net": {"width": 0.125, "depth": 0.33},
+    "kd_teacher": {"bn": True},
+    "kd_student": {"bn": True},
+}
+SLIMMABLE = [(arch, kwargs) for arch, kwargs in SMALL.items()]
+TUTORIAL_NO_BN = [("kd_teacher", {}), ("kd_student", {})]
+
+
+def build_small(arch: str, num_classes: int = 10, in_channels: int = 3, **extra) -> nn.Module:
+    return models.build(arch, num_classes, in_channels, **{**SMALL[arch], **extra})
+
+
+def final_linears(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def test_names_are_the_builtins_sorted():
+    assert models.names() == sorted(SMALL)
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.parametrize("num_classes", [3, 10])
+def test_forward_backward_shapes(arch, num_classes):
+    torch.manual_seed(0)
+    model = build_small(arch, num_classes)
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, num_classes)
+    logits.logsumexp(dim=1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("arch,kwargs", TUTORIAL_NO_BN)
+def test_tutorial_nets_default_to_no_batchnorm(arch, kwargs):
+    model = models.build(arch, 10, **kwargs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_tutorial_layer_sizes():
+    teacher = models.build("kd_teacher", 10)
+    student = models.build("kd_student", 10)
+    assert [m.out_channels for m in teacher.modules() if isinstance(m, nn.Conv2d)] == [
+        128,
+        64,
+        64,
+        32,
+    ]
+    assert [m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)] == [16, 16]
+    assert [
+        (m.in_features, m.out_features) for m in teacher.classifier if isinstance(m, nn.Linear)
+    ] == [
+        (2048, 512),
+        (512, 10),
+    ]
+    assert [
+        (m.in_features, m.out_features) for m in student.classifier if isinstance(m, nn.Linear)
+    ] == [
+        (1024, 256),
+        (256, 10),
+    ]
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.1 for m in teacher.modules())
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_every_conv_is_followed_by_batchnorm(arch):
+    model = build_small(arch)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    for layer, following in zip(layers, layers[1:] + [None], strict=True):
+        if isinstance(layer, nn.Conv2d):
+            assert isinstance(following, nn.BatchNorm2d)
+            assert following.num_features == layer.out_channels
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_in_channels_and_input_size(arch):
+    model = build_small(arch, num_classes=4, in_channels=1)
+    assert model.input_size == (1, 32, 32)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    assert build_small(arch).input_size == (3, 32, 32)
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_default_ignore_names_exactly_the_logits_layer(arch):
+    model = build_small(arch, num_classes=7)
+    matched = [
+        n
+        for n, _ in model.named_modules()
+        if any(fnmatch.fnmatch(n, p) for p in model.default_ignore)
+    ]
+    assert matched == final_linears(model)[-1:]
+    assert model.get_submodule(matched[0]).out_features == 7
+
+
+@pytest.mark.parametrize("depth,convs", [(11, 8), (13, 10), (16, 13), (19, 16)])
+def test_vgg_depths(depth, convs):
+    model = models.build("vgg", 10, depth=depth, width=0.125)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.features) == convs
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_width_multipliers_scale_channels():
+    assert models.build("vgg", 10, width=0.5).features[0].out_channels == 32
+    assert models.build("vgg", 10, width=0.01).features[0].out_channels == 8
+    assert models.build("resnet_cifar", 10, width=2.0).conv1.out_channels == 32
+    assert models.build("mobilenetv2", 10, width=0.5).features[0][0].out_channels == 16
+    assert models.build("c3net", 10, width=0.25).model[0].conv.out_channels == 16
+
+
+def test_resnet_depth_sets_block_count():
+    model = models.build("resnet_cifar", 10, depth=32, width=0.25)
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3)] == [5, 5, 5]
+    # two stride-2 stages change shape, so exactly two projection shortcuts
+    assert (
+        sum(
+            isinstance(b.shortcut, nn.Sequential) for b in model.modules() if hasattr(b, "shortcut")
+        )
+        == 2
+    )
+
+
+def test_c3net_names_and_depth_multiplier():
+    model = models.build("c3net", 10, width=0.125, depth=0.33)
+    names = dict(model.named_modules())
+    for name in (
+        "model.0.conv",
+        "model.2.cv1.bn",
+        "model.2.m.0.cv2.conv",
+        "model.9.cv2",
+        "head.fc",
+    ):
+        assert name in names
+    assert [len(model.model[i].m) for i in (2, 4, 6, 8)] == [1, 2, 3, 1]
+    deeper = models.build("c3net", 10, width=0.125, depth=0.67)
+    assert [len(deeper.model[i].m) for i in (2, 4, 6, 8)] == [2, 4, 6, 2]
+
+
+def dependency_graph(model: nn.Module, in_channels: int = 3) -> tp.DependencyGraph:
+    example = torch.randn(1, in_channels, 32, 32)
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+
+
+@pytest.mark.parametrize("arch,kwargs", SLIMMABLE + TUTORIAL_NO_BN)
+def test_torch_pruning_prunes_first_conv_group(arch, kwargs):
+    model = models.build(arch, 5, **kwargs).eval()
+    graph = dependency_graph(model)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    before = conv.out_channels
+    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1])
+    assert graph.check_pruning_group(group)
+    group.prune()
+    assert conv.out_channels == before - 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("arch,kwargs", SLIMMABLE)
+def test_torch_pruning_prunes_every_group_but_the_classifier(arch, kwargs):
+    model = models.build(arch, 5, **kwargs).eval()
+    graph = dependency_graph(model)
+    ignored = [model.get_submodule(p) for p in model.default_ignore]
+    params_before = sum(p.numel() for p in model.parameters())
+    pruned = 0
+    for found in graph.get_all_groups(ignored_layers=ignored):
+        root = found[0].dep.target.module
+        group = graph.get_pruning_group(root, found[0].dep.handler, idxs=[0])
+        assert graph.check_pruning_group(group)
+        group.prune()
+        pruned += 1
+    assert pruned > 1
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert model.get_submodule(model.default_ignore[0]).out_features == 5
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs,expected",
+    [
+        ("vgg", {"depth": 12}, "11, 13, 16, 19"),
+        ("resnet_cifar", {"depth": 21}, "6n+2"),
+        ("vgg", {"width": 0}, "positive number"),
+        ("mobilenetv2", {"width": "wide"}, "positive number"),
+        ("c3net", {"depth": -1.0}, "positive number"),
+        ("kd_student", {"bn": "yes"}, "true or false"),
+        ("vgg", {"dropout": 0.5}, "options are: depth, width"),
+        ("kd_teacher", {"width": 2}, "options are: bn"),
+    ],
+)
+def test_bad_builtin_kwargs(arch, kwargs, expected):
+    with pytest.raises(ModelError, match=arch) as info:
+        models.build(arch, 10, **kwargs)
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("num_classes,in_channels", [(0, 3), (10, 0), (2.5, 3)])
+def test_bad_class_or_channel_counts(num_classes, in_channels):
+    with pytest.raises(ModelError, match="positive integer"):
+        models.build("vgg", num_classes, in_channels)
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ModelError) as info:
+        models.build("resnet", 10)
+    message = str(info.value)
+    assert "'resnet'" in message and "Did you mean 'resnet_cifar'" in message
+    for name in models.names():
+        assert name in message
+    with pytest.raises(ModelError, match="Valid names") as info:
+        models.build("zzz", 10)
+    assert "Did you mean" not in str(info.value)
+    with pytest.raises(ModelError, match="mobilenetv2"):
+        models.describe("mobilenet_v2")
+
+
+def test_describe():
+    for name in models.names():
+        assert models.describe(name)
+        assert "\n" not in models.describe(name)
+    assert "resnet18" in models.describe("torchvision:resnet18")
+    assert "pkg.mod:Net" in models.describe("pkg.mod:Net")
+
+
+def test_torchvision_unavailable_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
+    with pytest.raises(ModelError) as info:
+        models.build("torchvision:resnet18", 10)
+    message = str(info.value)
+    assert "torchvision is not available" in message
+    assert "'vision' extra" in message
+    assert "vgg" in message and "resnet_cifar" in message
+
+
+def write_module(tmp_path, monkeypatch, name: str, source: str) -> str:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+NET_SOURCE = """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, num_classes, in_channels=3, hidden=8):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+            self.bn = nn.BatchNorm2d(hidden)
+            self.out = nn.Linear(hidden, num_classes)
+
+        def forward(self, x):
+            return self.out(self.bn(self.conv(x)).mean((2, 3)))
+
+    def make_net(num_classes, hidden=4):
+        return Net(num_classes, hidden=hidden)
+
+    def not_a_model(num_classes):
+        return "nope"
+
+    def picky(num_classes):
+        raise ValueError("num_classes must be even")
+
+    def no_classes():
+        return Net(10)
+
+    NUMBER = 3
+"""
+
+
+def test_external_class(tmp_path, monkeypatch):
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_class", NET_SOURCE)
+    model = models.build(f"{mod}:Net", 6, in_channels=1, hidden=5)
+    assert model.conv.in_channels == 1 and model.conv.out_channels == 5
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 6)
+    assert model.default_ignore == ["out"]
+    assert model.input_size == (1, 32, 32)
+
+
+def test_external_function_without_in_channels(tmp_path, monkeypatch):
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_func", NET_SOURCE)
+    model = models.build(f"{mod}:make_net", 3, hidden=6)
+    assert model.conv.out_channels == 6
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_external_keeps_its_own_attributes(tmp_path, monkeypatch):
+    source = NET_SOURCE + textwrap.indent(
+        textwrap.dedent("""
+        class Tagged(Net):
+            default_ignore = ["out", "conv"]
+            input_size = (3, 64, 64)
+        """),
+        "    ",
+    )
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_tagged", source)
+    model = models.build(f"{mod}:Tagged", 4)
+    assert model.default_ignore == ["out", "conv"]
+    assert model.input_size == (3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "attr,kwargs,expected",
+    [
+        ("Net", {"depth": 3}, "accepts: num_classes, in_channels, hidden"),
+        ("Missing", {}, "no attribute 'Missing'"),
+        ("NUMBER", {}, "not a class or function"),
+        ("not_a_model", {}, "not a torch.nn.Module"),
+        ("picky", {}, "num_classes must be even"),
+        ("no_classes", {}, "must take num_classes"),
+    ],
+)
+def test_external_errors(tmp_path, monkeypatch, attr, kwargs, expected):
+    mod = write_module(tmp_path, monkeypatch, f"slimlab_ext_err_{attr.lower()}", NET_SOURCE)
+    with pytest.raises(ModelError, match=f"{mod}:{attr}") as info:
+        models.build(f"{mod}:{attr}", 5, **kwargs)
+    assert expected in str(info.value)
+
+
+def test_external_import_failures(tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="PYTHONPATH"):
+        models.build("slimlab_no_such_module:Net", 10)
+    mod = write_module(
+        tmp_path, monkeypatch, "slimlab_ext_broken", "raise RuntimeError('broken on import')\n"
+    )
+    with pytest.raises(ModelError, match="broken on import"):
+        models.build(f"{mod}:Net", 10)
+    with pytest.raises(ModelError, match="package.module:Class"):
+        models.build("somemodule:", 10)
+
+
+def test_import_does_not_load_torch():
+    code = (
+        "import sys, engine.models as m; m.names(); m.describe('vgg');"
+        "bad = [k for k in sys.modules if k == 'torch' or k.startswith('textual')];"
+        "assert not bad, bad"
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root
+    )
+    assert result.returncode == 0, result.stderr
