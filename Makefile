@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch: installed first, so the project's torch range pulls nothing more.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench
+.PHONY: setup tools demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/slimlab --batch presets/demo.yaml
 
-test: setup
+# tmux drives the end-to-end workbench test; without it that test is skipped with the reason.
+tools:
+	@command -v tmux >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 \
+		|| echo "tmux could not be installed: the end-to-end workbench test will be skipped"
+
+test: setup tools
 	$(BIN)/ruff check engine tui tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from engine import checkpoint, distributed
 from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
-from engine.errors import Cancelled, CheckpointError, DistillError, PresetError, PruneError
+from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
 from engine.runs import RunWriter, write_json
 from engine.train import StopFlag, Trainer, evaluate, resolve_device
 
@@ -229,6 +229,7 @@ class Pipeline:
             stop=self.stop, reporter=self.reporter,
         )
         result = trainer.fit(resume=raw)
+        distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
         best_path = self.writer.weights / "best.pt"
         if result.best:
             best = checkpoint.load(best_path)
@@ -304,17 +305,18 @@ class Pipeline:
         cur = self._start(stage)
         self.original = self.outputs.get(_previous(self.stages, stage.name), None) or self._save_original(cur)
         model = copy.deepcopy(cur.model).cpu().eval()
-        plan = slim_plan.plan_for_model(
-            model, self._input_shape(), percent=stage.percent, threshold=stage.threshold,
+        plan = slim_plan.make_plan(
+            model, input_shape=self._input_shape(), percent=stage.percent, threshold=stage.threshold,
             min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score,
             ignore=stage.ignore, overrides={k: v.model_dump(exclude_none=True) for k, v in stage.overrides.items()},
         )
         for warning in plan.warnings:
             self.writer.log(f"warning: {warning}")
-        if cur.plan:
-            raise PruneError(f"stage {stage.name}: the model was pruned before; prune stages compose through rounds of "
-                             "separate checkpoints, which is not supported on an already-planned model yet")
         apply_plan(model, plan)
+        if cur.plan:  # a later round: one plan relative to the unpruned arch keeps reloads simple
+            from engine.slim.compose import compose
+
+            plan = compose(slim_plan.PrunePlan.from_dict(cur.plan), plan)
         plan_dict = plan.to_dict()
         if self.dist.is_main:
             write_json(self.writer.path / "plan.json", plan_dict)

@@ -1,0 +1,141 @@
+"""How long slimming takes on a ResNet-50-sized model, and how fast a plan is recomputed.
+
+1. gamma stats + groups/costs (one trace) + plan + apply on resnet_cifar depth 110 width 4
+   (27.6M params, 111 BatchNorms, 16.6k BN channels; ResNet-50 has 25.6M, 53, 26.5k), CPU.
+2. plan recompute (what the inspector does on every key press) on ~100k channels: a wide
+   residual net of 800 conv-BN layers x 256 channels in 40 residual stages (205k BN channels
+   in 440 coupled groups holding 113k group channels).
+
+Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import engine.models as models
+from engine.slim import apply_plan, gamma_stats, plan_from_inputs, precompute
+
+
+def lognormal_gammas(model: nn.Module, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                g = rng.lognormal(-2.0, 1.0, m.num_features).astype(np.float32)
+                m.weight.copy_(torch.from_numpy(g))
+
+
+class WideResidual(nn.Module):
+    """Stages of residual 1x1 conv-BN blocks on a 2x2 map: many channels, cheap forward."""
+
+    def __init__(self, stages: int = 40, blocks: int = 10, width: int = 256) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 1, bias=False), nn.BatchNorm2d(width))
+        layers = []
+        for _ in range(stages * blocks):
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                    nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
+                )
+            )  # fmt: skip
+        self.blocks = nn.ModuleList(layers)
+        self.blocks_per_stage = blocks
+        self.transitions = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
+            for _ in range(stages)
+        )
+        self.fc = nn.Linear(width, 10)
+        self.default_ignore = ["fc"]
+        self.input_size = (3, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            if i % self.blocks_per_stage == 0:  # a new stage: projection, new residual group
+                x = torch.relu(self.transitions[i // self.blocks_per_stage](x))
+            x = torch.relu(x + block(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def pipeline(repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        torch.manual_seed(r)
+        model = models.build("resnet_cifar", 10, depth=110, width=4).eval()
+        lognormal_gammas(model, r)
+        t0 = time.perf_counter()
+        stats = gamma_stats(model)
+        t1 = time.perf_counter()
+        inputs = precompute(model, stats=stats)
+        t2 = time.perf_counter()
+        plan = plan_from_inputs(inputs, percent=0.5, round_to=8)
+        t3 = time.perf_counter()
+        apply_plan(model, plan)
+        t4 = time.perf_counter()
+        times.append(t4 - t0)
+        print(
+            f"  run {r}: gamma {t1 - t0:.3f}s  trace+groups+costs {t2 - t1:.3f}s  "
+            f"plan {(t3 - t2) * 1e3:.1f}ms  apply {t4 - t3:.3f}s  total {t4 - t0:.3f}s"
+        )
+    p = plan.totals
+    print(
+        f"  {len(inputs.groups)} groups, {inputs.n_channels} channels; params "
+        f"{p['params_before'] / 1e6:.1f}M -> {p['params_after'] / 1e6:.1f}M, FLOPs "
+        f"{p['flops_before'] / 1e9:.2f}G -> {p['flops_after'] / 1e9:.2f}G"
+    )
+    return statistics.median(times)
+
+
+def recompute(repeats: int) -> float:
+    torch.manual_seed(0)
+    model = WideResidual().eval()
+    lognormal_gammas(model)
+    t = time.perf_counter()
+    inputs = precompute(model)
+    print(
+        f"  precompute once: {time.perf_counter() - t:.1f}s for {len(inputs.groups)} groups, "
+        f"{inputs.n_channels} channels"
+    )
+    plan_from_inputs(inputs, percent=0.5)  # first call: nothing lazy left, but warm caches
+    times = []
+    settings = [{"percent": p, "round_to": r} for p in np.linspace(0.3, 0.7, 9) for r in (1, 8)] + [
+        {"threshold": 0.1, "min_keep": 0.1, "overrides": {"blocks.1*": {"keep": 0.5}}}
+    ]
+    for _ in range(repeats):
+        for opts in settings:
+            t = time.perf_counter()
+            plan = plan_from_inputs(inputs, **opts)
+            times.append(time.perf_counter() - t)
+    print(
+        f"  {len(times)} recomputes: median {statistics.median(times) * 1e3:.2f}ms, "
+        f"max {max(times) * 1e3:.2f}ms (kept {plan.totals['prunable_after']} of "
+        f"{plan.totals['prunable_before']} channels in the last)"
+    )
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s)")
+    print("prune pipeline on resnet_cifar depth 110 width 4 (targets: <= 3 s)")
+    pipeline_s = pipeline(args.repeats)
+    print("plan recompute on ~100k channels (target: <= 20 ms)")
+    plan_ms = recompute(args.repeats)
+    print(f"prune_pipeline_s: {pipeline_s:.3f}")
+    print(f"plan_recompute_ms: {plan_ms:.2f}")
+
+
+if __name__ == "__main__":
+    main()

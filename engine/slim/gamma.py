@@ -1,0 +1,75 @@
+"""|gamma| of every BatchNorm: the channel importance network slimming prunes by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import PruneError
+
+
+@dataclass
+class GammaStats:
+    """Per-BatchNorm |gamma| (float32 numpy arrays) in module order, plus layers skipped and why."""
+
+    layers: list[str]
+    gammas: dict[str, np.ndarray]
+    skipped: dict[str, str] = field(default_factory=dict)  # BN name -> reason (affine=False)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: int(self.gammas[name].size) for name in self.layers}
+
+    @property
+    def total(self) -> int:
+        return int(sum(g.size for g in self.gammas.values()))
+
+    def all(self) -> np.ndarray:
+        """Every |gamma| concatenated in layer order (for histograms and global percentiles)."""
+        if not self.layers:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([self.gammas[name] for name in self.layers])
+
+
+def _no_bn_error(model: nn.Module) -> PruneError:
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    biased = [n for n, m in convs if m.bias is not None]
+    if convs and len(biased) == len(convs):
+        return PruneError(
+            f"{type(model).__name__} has no BatchNorm but all {len(convs)} convs have a bias: "
+            "BatchNorm seems fused into the convs (an exported/inference checkpoint). Network slimming "
+            "needs the unfused BatchNorm layers: load the training checkpoint instead"
+        )
+    return PruneError(
+        f"{type(model).__name__} has no BatchNorm layer: network slimming ranks channels by "
+        "BatchNorm |gamma|. Add BatchNorm after each conv and sparse-train, or use another "
+        "criterion (magnitude / L1-norm filter pruning, not built into slimlab)"
+    )
+
+
+def gamma_stats(model: nn.Module) -> GammaStats:
+    """|gamma| of every affine BatchNorm of `model`; BatchNorms with affine=False are skipped and reported."""
+    layers: list[str] = []
+    gammas: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if m.weight is None:
+            skipped[name] = "affine=False (no gamma)"
+            continue
+        with torch.no_grad():
+            gammas[name] = m.weight.detach().abs().float().cpu().numpy()
+        layers.append(name)
+    if not layers:
+        if skipped:
+            raise PruneError(
+                f"every BatchNorm of {type(model).__name__} has affine=False ({', '.join(list(skipped)[:3])}"
+                f"{', ...' if len(skipped) > 3 else ''}): there is no gamma to rank channels by. "
+                "Use affine BatchNorm and sparse-train"
+            )
+        raise _no_bn_error(model)
+    return GammaStats(layers, gammas, skipped)
