@@ -38,6 +38,7 @@ class DataSpec(Strict):
     augment: bool = True
     workers: int = Field(0, ge=0)
     seed: int = 0
+    fallback: str | None = None  # dataset used instead when `path` does not exist (e.g. shapes)
 
 
 class TrainingSpec(Strict):
@@ -423,7 +424,7 @@ def check_names(spec: RunSpec, source: str) -> None:
 def check_files(spec: RunSpec, source: str, base_dir: Path | None) -> None:
     """Paths named by the preset must exist before a run starts."""
     checks: list[tuple[str, Path | None]] = [("model.checkpoint", spec.model.checkpoint)]
-    if spec.data.dataset != "shapes":
+    if spec.data.dataset != "shapes" and not spec.data.fallback:
         if spec.data.path is None:
             raise PresetError(f"{source}: data.path: dataset {spec.data.dataset!r} needs a path to its files")
         checks.append(("data.path", spec.data.path))

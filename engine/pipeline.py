@@ -93,7 +93,7 @@ class Pipeline:
             done = list(st.get("completed", []))
             self.outputs = {k: Path(v) for k, v in st.get("outputs", {}).items()}
             self.original = Path(st["original"]) if st.get("original") else None
-        w.status(state="running", preset=self.spec.name, 
+        w.status(state="running", preset=self.spec.name,
                  stages=[s.name for s in self.stages], completed=done, error=None, ended=None)
         if not resume:
             w.status(started=time.time())
@@ -118,6 +118,7 @@ class Pipeline:
                 if self.stop.requested:
                     raise Cancelled(f"{self.stop.signal_name or 'stop'} after stage {stage.name}")
                 resume = False
+            self._compare()
             w.status(state="done", ended=time.time(), progress=1.0)
         except (Cancelled, KeyboardInterrupt) as e:
             w.log(f"cancelled: {e or 'interrupt'}")
@@ -130,6 +131,17 @@ class Pipeline:
         finally:
             w.stop_heartbeat()
 
+    def _compare(self) -> None:
+        """summary.json's `comparison`: every stage's accuracy, params and FLOPs side by side."""
+        path = self.writer.path / "summary.json"
+        if not self.dist.is_main or not path.exists():
+            return
+        summary = json.loads(path.read_text())
+        rows = {name: {k: fig.get(k) for k in ("accuracy", "params", "flops", "latency_b1_ms")}
+                for name, fig in summary.items() if isinstance(fig, dict) and "accuracy" in fig and name != "comparison"}
+        self.writer.summary("comparison", rows)
+        self.writer.log("comparison: " + "; ".join(f"{k} {v['accuracy']:.2%}" for k, v in rows.items() if v["accuracy"] is not None))
+
     def _resumable(self, stage: Any) -> bool:
         last = self.writer.weights / "last.pt"
         if not last.exists():
@@ -139,12 +151,19 @@ class Pipeline:
 
     # ---------------------------------------------------------- shared pieces
 
+    def data_spec(self) -> Any:
+        spec = self.spec.data
+        if spec.fallback and (spec.path is None or not spec.path.exists()):
+            self.writer.log(f"data: {spec.dataset} not found at {spec.path}; using {spec.fallback} instead")
+            return spec.model_copy(update={"dataset": spec.fallback, "path": None, "fallback": None})
+        return spec
+
     def data(self, batch_size: int) -> Any:
         if batch_size not in self._data:
             from engine import data
 
             self._data[batch_size] = data.build(
-                self.spec.data, batch_size=batch_size, seed=self.spec.training.seed,
+                self.data_spec(), batch_size=batch_size, seed=self.spec.training.seed,
                 rank=self.dist.rank, world_size=self.dist.world_size,
             )
         return self._data[batch_size]
@@ -303,7 +322,7 @@ class Pipeline:
         from engine.slim.apply import apply_plan
 
         cur = self._start(stage)
-        self.original = self.outputs.get(_previous(self.stages, stage.name), None) or self._save_original(cur)
+        self.original = self._current_output(stage) or self._save_original(cur)
         model = copy.deepcopy(cur.model).cpu().eval()
         plan = slim_plan.make_plan(
             model, input_shape=self._input_shape(), percent=stage.percent, threshold=stage.threshold,
@@ -324,6 +343,12 @@ class Pipeline:
         out = self._finish(stage, pruned)
         totals = plan_dict.get("totals", {})
         return self.measure(pruned, out) | {"percent": stage.percent, "threshold": stage.threshold, **{f"plan_{k}": v for k, v in totals.items()}}
+
+    def _current_output(self, stage: Any) -> Path | None:
+        """The file holding the model this stage starts from, when it is the pipeline's current one."""
+        if stage.model is None and stage.start is None and self.outputs:
+            return list(self.outputs.values())[-1]
+        return None
 
     def _save_original(self, cur: Current) -> Path:
         path = self.writer.weights / "original.pt"
@@ -348,14 +373,8 @@ class Pipeline:
 
     def _stage_evaluate(self, stage: Any, resume: bool) -> dict:
         cur = self._start(stage)
-        out = self.outputs.get(_previous(self.stages, stage.name)) or self._finish(stage, cur)
+        out = self._current_output(stage) or self._finish(stage, cur)
         return self.measure(cur, out)
-
-
-def _previous(stages: list[Any], name: str) -> str | None:
-    names = [s.name for s in stages]
-    i = names.index(name)
-    return names[i - 1] if i > 0 else None
 
 
 def _min_keep(v: float) -> int | float:

@@ -139,7 +139,7 @@ class RunInfo:
     heartbeat: float | None = None
     error: str | None = None
     pid: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the whole status.json
 
     @property
     def elapsed(self) -> float | None:
@@ -173,6 +173,7 @@ def read_run(path: Path) -> RunInfo:
     info.heartbeat = st.get("heartbeat")
     info.error = st.get("error")
     info.pid = st.get("pid")
+    info.extra = st
     if info.state == "running" and not pid_alive(info.pid) and _stale(info.heartbeat):
         info.state, info.error = "failed", info.error or "process ended without writing a final status"
     return info

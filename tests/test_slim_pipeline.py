@@ -35,7 +35,8 @@ def run(tmp_path: Path, preset: Path, name: str, overrides: list[str] = ()) -> P
 def test_sparse_prune_finetune_sweep(tmp_path, tiny_preset):
     path = run(tmp_path, tiny_preset(stages=STAGES), "slim")
     summary = json.loads((path / "summary.json").read_text())
-    assert list(summary) == ["train", "sparse", "prune", "finetune", "sweep"]
+    assert list(summary) == ["train", "sparse", "prune", "finetune", "sweep", "comparison"]
+    assert set(summary["comparison"]) == {"train", "sparse", "prune", "finetune"}
     assert summary["prune"]["flops"] < summary["sparse"]["flops"]
     assert summary["prune"]["params"] < summary["sparse"]["params"]
     assert summary["finetune"]["flops"] == summary["prune"]["flops"]
