@@ -30,3 +30,8 @@ def test_engine_sources_never_import_textual_or_tui():
             if s.startswith(("import textual", "from textual", "import tui", "from tui")):
                 offenders.append(f"{path}: {s}")
     assert offenders == []
+
+
+def test_validating_a_preset_does_not_import_torch():
+    loaded = modules_after("from engine.config import load_preset; load_preset('presets/demo.yaml')")
+    assert "torch" not in loaded

@@ -1,0 +1,49 @@
+"""Datasets and batch loaders: every dataset becomes one in-memory uint8 tensor per split.
+
+Importing this package stays cheap: torch and the dataset modules load inside `build`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.data.bundle import DataBundle
+
+if TYPE_CHECKING:
+    from engine.config import DataSpec
+
+__all__ = ["DataBundle", "build", "names"]
+
+
+def build(
+    spec: DataSpec,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> DataBundle:
+    """Load the dataset `spec` names and wrap its splits in train and val loaders.
+
+    `spec.seed` fixes the data itself (generated shapes, the held-out split);
+    `seed` fixes the order and augmentation of the batches, so a run's seed
+    can change without changing its data.
+    """
+    from engine.data.registry import build as _build
+
+    return _build(
+        spec,
+        batch_size=batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+    )
+
+
+def names() -> list[str]:
+    """The built-in dataset names; `torchvision:<Name>` is accepted as well."""
+    from engine.data.catalog import NAMES
+
+    return list(NAMES)

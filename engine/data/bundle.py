@@ -1,0 +1,21 @@
+"""What `engine.data.build` hands to the trainer: two loaders and the facts about the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.data.loader import TensorLoader
+
+
+@dataclass
+class DataBundle:
+    train: TensorLoader
+    val: TensorLoader
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
