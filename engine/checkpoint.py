@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError, SlimlabError
+from engine.formats import CHECKPOINT_FORMAT
 
-FORMAT = "slimlab/1"
-EXTENSIONS = (".pt", ".pth", ".ckpt", ".safetensors")
+FORMAT = CHECKPOINT_FORMAT
 
 
 def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | None = None) -> dict:

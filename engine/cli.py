@@ -48,7 +48,9 @@ def batch_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: slimlab [PATH] | slimlab --batch PRESET [...] | slimlab inspect CKPT | slimlab prune CKPT ...\n"
+        print("usage: slimlab [PATH] [--runs-dir DIR] [--presets-dir DIR]   open the workbench\n"
+              "       slimlab --batch PRESET [--set KEY=VALUE ...]           run a preset headless\n"
+              "       slimlab inspect CKPT | slimlab prune CKPT ...          slimming from the shell\n"
               "       slimlab --batch --help, slimlab inspect --help, slimlab prune --help")
         return ExitCode.OK
     if argv[0] == "--version":

@@ -1,6 +1,7 @@
 """Network slimming: BatchNorm-gamma sparsity, coupled channel groups, prune plans, pruning.
 
-Names are loaded on first use so `import engine.slim` does not import torch.
+Names are loaded on first use so `import engine.slim` does not import torch. A name equal to a
+submodule's (`sweep`) is left out: once the submodule is imported, the attribute is the module.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ _EXPORTS = {
     "plan_from_inputs": "engine.slim.plan",
     "apply_plan": "engine.slim.apply",
     "check_plan": "engine.slim.apply",
-    "sweep": "engine.slim.sweep",
 }
 
 __all__ = sorted(_EXPORTS)

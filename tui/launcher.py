@@ -1,0 +1,136 @@
+"""Start, cancel and resume runs as OS processes that outlive the workbench.
+
+A run is `python -m engine run DIR --plain` in its own session, so closing the TUI (or a
+Ctrl+C in it) never reaches it; a later TUI finds it again by reading run directories.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import runs
+from engine.errors import SlimlabError
+
+# Processes started by this workbench, so they are reaped (no zombies that look alive to
+# `pid_alive`) and can be signalled before they have written their own pid.
+_children: dict[Path, subprocess.Popen] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class Launched:
+    path: Path
+    pid: int
+
+
+class LaunchError(SlimlabError):
+    """A run that could not be started, cancelled or resumed as asked."""
+
+
+def launch(spec: Any, runs_dir: Path, name: str | None = None) -> Launched:
+    """Create the run directory for a validated RunSpec and start it."""
+    from engine.cli import prepare_run_dir
+
+    path = runs.create_run_dir(Path(runs_dir), name or spec.output.name or spec.name)
+    prepare_run_dir(path, spec)
+    return Launched(path, _spawn(path, resume=False))
+
+
+def resume(path: Path) -> Launched:
+    """Continue a failed or cancelled run from its last good state."""
+    info = runs.read_run(path)
+    if info.state not in ("failed", "cancelled"):
+        raise LaunchError(f"{path.name} is {info.state}; only failed or cancelled runs resume")
+    if not (path / "spec.yaml").exists():
+        raise LaunchError(f"{path.name} has no spec.yaml to resume from")
+    if _running_child(path) is not None:
+        raise LaunchError(f"{path.name} is still shutting down; try again in a moment")
+    return Launched(path, _spawn(path, resume=True))
+
+
+def cancel(path: Path) -> str:
+    """SIGTERM the run's process: it stops at the next step boundary and writes last.pt."""
+    child = _running_child(path)
+    info = runs.read_run(path)
+    if child is not None:
+        # Ours: signal the process itself, which works even before it has written its pid.
+        child.send_signal(signal.SIGTERM)
+        return f"cancelling {path.name}: it stops at the next step and writes last.pt"
+    if info.state != "running":
+        raise LaunchError(f"{path.name} is {info.state}, not running")
+    # prepare_run_dir writes the launcher's own pid while queued; never signal ourselves.
+    if not info.pid or info.pid == os.getpid() or not runs.pid_alive(info.pid):
+        raise LaunchError(f"{path.name}: no live process to cancel (pid {info.pid})")
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except OSError as e:
+        raise LaunchError(f"{path.name}: cannot signal pid {info.pid} ({e.strerror})") from None
+    return f"cancelling {path.name}: it stops at the next step and writes last.pt"
+
+
+def children() -> dict[Path, int]:
+    """Runs this process started that are still going (path -> pid)."""
+    with _lock:
+        return {p: c.pid for p, c in _children.items() if c.poll() is None}
+
+
+def _running_child(path: Path) -> subprocess.Popen | None:
+    with _lock:
+        child = _children.get(path)
+    return child if child is not None and child.poll() is None else None
+
+
+def _spawn(path: Path, *, resume: bool) -> int:
+    cmd = [sys.executable, "-m", "engine", "run", str(path), "--plain"] + (["--resume"] if resume else [])
+    out = open(path / "stdout.txt", "ab")  # noqa: SIM115 - owned by the child from here on
+    try:
+        child = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        out.close()
+    with _lock:
+        _children[path] = child
+    threading.Thread(target=_reap, args=(path, child), name=f"slimlab-reap-{child.pid}", daemon=True).start()
+    return child.pid
+
+
+def _reap(path: Path, child: subprocess.Popen) -> None:
+    """Wait for the child; if it died before writing a final state, record why."""
+    code = child.wait()
+    with _lock:
+        if _children.get(path) is child:
+            del _children[path]
+    info = runs.read_run(path)
+    if info.state not in ("queued", "running"):
+        return
+    if code < 0:
+        reason = f"process stopped by {signal.Signals(-code).name} before writing a final status"
+    else:
+        reason = f"process exited with code {code} before writing a final status"
+    tail = _tail(path / "stdout.txt")
+    runs.RunWriter(path).status(
+        state="cancelled" if code == -signal.SIGTERM else "failed",
+        ended=time.time(), error=reason + (f": {tail}" if tail else ""),
+    )
+
+
+def _tail(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of the child's output: usually the error that stopped it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""

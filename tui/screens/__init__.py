@@ -1,0 +1,1 @@
+"""The workbench screens, one per mode (switched with the number keys)."""

@@ -1,0 +1,612 @@
+"""Inspector (2): one checkpoint's |gamma| and the engine's prune plan, recomputed per key press.
+
+The model is loaded and traced once in a thread worker (`engine.checkpoint.load`,
+`engine.slim.precompute`); after that every key press calls `plan_from_inputs` (numpy only)
+and re-renders. `self.plan` is the PrunePlan on screen, and it is the object that `s` saves
+and `x` applies, so what is shown is exactly what gets cut.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, DataTable, Footer, LoadingIndicator, Static
+from textual.worker import get_current_worker
+
+from tui.widgets.ckpt_format import display_path, fmt_count
+from tui.widgets.ckpt_trust import TrustModal
+from tui.widgets.histogram import GammaHistogram
+from tui.widgets.inspector_jobs import JobBar
+from tui.widgets.inspector_modals import OverrideModal, ValueModal
+from tui.widgets.inspector_state import (
+    SWEEP_RATIOS,
+    GroupGammas,
+    PlanSettings,
+    cut_fraction,
+    group_gammas,
+    group_name,
+    parse_float,
+    parse_min_keep,
+    parse_override,
+    parse_percent,
+    parse_round_to,
+    settings_from_spec,
+    stepped_percent,
+    summary_text,
+    sweep_dataset,
+)
+from tui.widgets.inspector_sweep import SweepPlot
+from tui.widgets.inspector_table import GroupTable
+
+PRUNE_STEPS = 3
+SWEEP_REDRAW_S = 0.25
+STEP_KEYS = Binding.Group("±1%", compact=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    from engine.errors import SlimlabError
+
+    return str(exc) if isinstance(exc, SlimlabError) else f"{type(exc).__name__}: {exc}"
+
+
+class InspectorScreen(Screen):
+    """Threshold/percent exploration on one checkpoint; `load(path)` opens one."""
+
+    SUB_TITLE = "2 Inspector"
+    BINDINGS = [
+        Binding("left", "step(-1)", "Threshold down 1%", key_display="←", priority=True, group=STEP_KEYS,
+                id="inspector.step_down"),
+        Binding("right", "step(1)", "Threshold up 1%", key_display="→", priority=True, group=STEP_KEYS,
+                id="inspector.step_up"),
+        Binding("shift+left", "step(-10)", "Threshold down 10%", key_display="⇧←", priority=True, show=False,
+                id="inspector.step_down_10"),
+        Binding("shift+right", "step(10)", "Threshold up 10%", key_display="⇧→", priority=True, show=False,
+                id="inspector.step_up_10"),
+        Binding("t", "threshold", "Threshold", id="inspector.threshold"),
+        Binding("p", "percent", "Percent", id="inspector.percent"),
+        Binding("k", "min_keep", "Min keep", show=False, id="inspector.min_keep"),
+        Binding("r", "round_to", "Round to", show=False, id="inspector.round_to"),
+        Binding("enter", "override", "Layer override", id="inspector.override"),
+        Binding("l", "log", "Log counts", show=False, id="inspector.log"),
+        Binding("s", "save_plan", "Save", id="inspector.save_plan"),
+        Binding("x", "prune", "Prune", id="inspector.prune"),
+        Binding("w", "sweep", "Sweep", id="inspector.sweep"),
+    ]
+
+    @dataclass
+    class LoadStep(Message):
+        generation: int
+        text: str
+
+    @dataclass
+    class ModelReady(Message):
+        generation: int
+        path: Path
+        loaded: Any
+        inputs: Any
+
+    @dataclass
+    class LoadFailed(Message):
+        generation: int
+        path: Path
+        error: str
+        needs_trust: bool
+
+    @dataclass
+    class PruneProgress(Message):
+        generation: int
+        text: str
+        done: int
+
+    @dataclass
+    class PruneDone(Message):
+        generation: int
+        out: Path | None
+        plan_path: Path | None
+        error: str | None
+        params: int = 0
+
+    @dataclass
+    class SweepProgress(Message):
+        generation: int
+        rows: list[dict[str, Any]]
+        source: str
+        text: str
+
+    @dataclass
+    class SweepDone(Message):
+        generation: int
+        rows: list[dict[str, Any]]
+        source: str
+        error: str | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: Path | None = None
+        self.loaded: Any = None
+        self.inputs: Any = None
+        self.plan: Any = None
+        self.settings = PlanSettings()
+        self.gammas: dict[int, GroupGammas] = {}
+        self.sweep_rows: list[dict[str, Any]] = []
+        self.sweep_source = ""
+        self.generation = 0
+        self._pending: tuple[Path, bool] | None = None
+        self._started = False  # set by on_mount: `is_mounted` turns true only after every mount handler
+        self._sweeping = False
+        self._sweep_latest: tuple[list[dict[str, Any]], str] | None = None  # newest rows not drawn yet
+
+    def compose(self) -> ComposeResult:
+        yield Static("Inspector", id="inspector-title", classes="screen-title")
+        with ContentSwitcher(initial="inspector-message", id="inspector-switcher"):
+            with Vertical(id="inspector-message"):
+                yield Static(
+                    "No checkpoint open. Choose one on the checkpoints screen (1) and press enter, "
+                    "or start with: slimlab CHECKPOINT.pt",
+                    id="inspector-message-text",
+                )
+                yield LoadingIndicator(id="inspector-loading")
+            with Vertical(id="inspector-body"):
+                yield Static("", id="summary")
+                with Horizontal(id="plots"):
+                    yield GammaHistogram(id="histogram")
+                    yield SweepPlot(id="sweep")
+                yield Static("", id="sweep-note")
+                yield GroupTable(id="groups")
+                yield JobBar(id="prune-job")
+                yield JobBar(id="sweep-job")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#inspector-loading").display = False
+        self.query_one("#sweep", SweepPlot).display = False
+        self.query_one("#sweep-note").display = False
+        self._started = True
+        self.set_interval(SWEEP_REDRAW_S, self._draw_sweep)
+        if self._pending is not None:
+            path, trust = self._pending
+            self._pending = None
+            self.load(path, trust=trust)
+
+    # ------------------------------------------------------------ loading
+
+    @property
+    def ready(self) -> bool:
+        return self.plan is not None and self.inputs is not None
+
+    def load(self, path: Path, *, trust: bool = False) -> None:
+        """Open `path` (works before the screen is mounted: the load starts on mount)."""
+        path = Path(path)
+        if not self._started:
+            self._pending = (path, trust)
+            return
+        self.generation += 1
+        self.workers.cancel_group(self, "sweep")
+        self._sweeping = False
+        self._sweep_latest = None
+        self.path, self.loaded, self.inputs, self.plan = path, None, None, None
+        self.sweep_rows, self.sweep_source = [], ""
+        for job in self.query(JobBar):
+            job.finish()
+        self.query_one("#inspector-title", Static).update(f"{display_path(path)} · loading")
+        self._message(f"Loading {display_path(path)} …", loading=True)
+        self._load(self.generation, path, trust)
+
+    def _message(self, text: str, *, loading: bool = False) -> None:
+        self.query_one("#inspector-message-text", Static).update(text)
+        self.query_one("#inspector-loading").display = loading
+        self.query_one("#inspector-switcher", ContentSwitcher).current = "inspector-message"
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="load")
+    def _load(self, generation: int, path: Path, trust: bool) -> None:
+        try:
+            self.post_message(self.LoadStep(generation, f"Loading {display_path(path)}: reading the checkpoint …"))
+            from engine import checkpoint
+            from engine.slim import gamma_stats, precompute
+
+            loaded = checkpoint.load(path, trust=trust)
+            self.post_message(self.LoadStep(generation, f"Loading {display_path(path)}: tracing channel groups …"))
+            stats = gamma_stats(loaded.model)
+            inputs = precompute(loaded.model, stats=stats)
+        except Exception as exc:  # any failure is shown on screen; the app keeps running
+            text = describe_error(exc)
+            self.post_message(self.LoadFailed(generation, path, text, "pickled Python objects" in text))
+            return
+        self.post_message(self.ModelReady(generation, path, loaded, inputs))
+
+    def on_inspector_screen_load_step(self, message: LoadStep) -> None:
+        if message.generation == self.generation:
+            self._message(message.text, loading=True)
+
+    def on_inspector_screen_load_failed(self, message: LoadFailed) -> None:
+        if message.generation != self.generation:
+            return
+        self._message(f"Could not open {display_path(message.path)}:\n\n{message.error}\n\n"
+                      "Press 1 to choose another checkpoint.")
+        if message.needs_trust:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.load(message.path, trust=True)
+
+            self.app.push_screen(TrustModal(message.path, message.error), answered)
+
+    def on_inspector_screen_model_ready(self, message: ModelReady) -> None:
+        if message.generation != self.generation:
+            return
+        from engine.errors import SlimlabError
+        from engine.slim.plan import plan_from_inputs
+
+        loaded, inputs = message.loaded, message.inputs
+        settings = settings_from_spec(loaded.meta)
+        try:
+            plan = plan_from_inputs(inputs, **settings.options())
+        except SlimlabError:
+            settings = PlanSettings()  # the spec's rule does not fit this model: start from the default
+            plan = plan_from_inputs(inputs, **settings.options())
+        self.loaded, self.inputs, self.settings, self.plan = loaded, inputs, settings, plan
+        self.gammas = group_gammas(inputs)
+        self.query_one("#inspector-title", Static).update(self._title_text())
+        self.query_one("#histogram", GammaHistogram).set_values(inputs.arrays().sorted_prunable)
+        table = self.query_one("#groups", GroupTable)
+        table.populate(inputs.groups, self.gammas, self._model_order())
+        self.query_one("#sweep", SweepPlot).display = False
+        self.query_one("#sweep-note").display = False
+        self.query_one("#inspector-switcher", ContentSwitcher).current = "inspector-body"
+        self.render_plan()
+        table.focus()
+
+    def _title_text(self) -> str:
+        arch = self.loaded.arch or {}
+        kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
+        name = arch.get("name", "?") + (f"({kwargs})" if kwargs else "")
+        groups = self.inputs.groups
+        prunable = sum(1 for g in groups if g.prunable)
+        pruned = "  [already pruned]" if self.loaded.plan else ""
+        return (f"{display_path(self.path)} · {name} · {self.inputs.n_channels} channels in {len(groups)} "
+                f"groups ({prunable} prunable) · score {self.inputs.score}{pruned}")
+
+    def _model_order(self) -> list[int]:
+        """Groups in module order of their first BatchNorm; groups without one go last."""
+        position = {name: i for i, name in enumerate(self.inputs.gammas)}
+        far = len(position)
+
+        def key(g: Any) -> tuple[int, int]:
+            spots = [position[n] for n in g.layers if n in position]
+            return (min(spots) if spots else far, g.id)
+
+        return [g.id for g in sorted(self.inputs.groups, key=key)]
+
+    # ------------------------------------------------------------ the plan
+
+    def compute(self, settings: PlanSettings) -> Any:
+        """The engine's plan for `settings`; raises the engine's error when it refuses them."""
+        from engine.slim.plan import plan_from_inputs
+
+        return plan_from_inputs(self.inputs, **settings.options())
+
+    def apply(self, settings: PlanSettings, plan: Any | None = None) -> bool:
+        try:
+            plan = plan if plan is not None else self.compute(settings)
+        except Exception as exc:
+            self.notify(describe_error(exc), title="Plan not changed", severity="error")
+            return False
+        self.settings, self.plan = settings, plan
+        self.render_plan()
+        return True
+
+    def current_ratio(self) -> float:
+        t = self.plan.totals
+        return 1.0 - t["prunable_after"] / t["prunable_before"] if t["prunable_before"] else 0.0
+
+    def render_plan(self) -> None:
+        plan = self.plan
+        self.query_one("#summary", Static).update(summary_text(plan, self.settings))
+        self.query_one("#histogram", GammaHistogram).set_threshold(plan.options.get("global_threshold"))
+        self.query_one("#groups", GroupTable).show_plan(plan)
+        if self.sweep_rows:
+            self.query_one("#sweep", SweepPlot).set_current(self.current_ratio())
+
+    def _need_model(self) -> bool:
+        if self.ready:
+            return True
+        self.notify("Open a checkpoint first (screen 1, enter).", severity="warning")
+        return False
+
+    def action_step(self, steps: int) -> None:
+        if not self._need_model():
+            return
+        s = self.settings
+        current = s.percent if s.percent is not None else cut_fraction(self.inputs.arrays().sorted_prunable, s.threshold)
+        self.apply(s.with_percent(stepped_percent(current, steps)))
+
+    def _ask(self, title: str, help: str, value: str, make: Any) -> None:
+        """A value modal whose input becomes new settings; the engine's refusal shows inline."""
+
+        def check(text: str) -> tuple[PlanSettings, Any]:
+            settings = make(text)
+            return settings, self.compute(settings)
+
+        def done(result: tuple[PlanSettings, Any] | None) -> None:
+            if result is not None:
+                self.apply(*result)
+
+        self.app.push_screen(ValueModal(title, help, value, check), done)
+
+    def action_threshold(self) -> None:
+        if not self._need_model():
+            return
+        thr = self.plan.options.get("global_threshold")
+        self._ask("Threshold", "Channels whose |gamma| score is below this value are cut (e.g. 0.01).",
+                  "" if thr is None else f"{thr:.6g}",
+                  lambda text: self.settings.with_threshold(parse_float(text, "threshold")))
+
+    def action_percent(self) -> None:
+        if not self._need_model():
+            return
+        pct = self.settings.percent if self.settings.percent is not None else self.current_ratio()
+        self._ask("Percent", "Fraction of prunable channels to cut, globally: 0.5 or 50%.", f"{pct:.4g}",
+                  lambda text: self.settings.with_percent(parse_percent(text)))
+
+    def action_min_keep(self) -> None:
+        if not self._need_model():
+            return
+        self._ask("min_keep", "Channels every group keeps at least: a count (e.g. 4) or a fraction "
+                  "of the group (e.g. 0.1). 0 lets a group be cut down to its best channel only if "
+                  "the rule keeps any.", f"{self.settings.min_keep:g}",
+                  lambda text: replace(self.settings, min_keep=parse_min_keep(text)))
+
+    def action_round_to(self) -> None:
+        if not self._need_model():
+            return
+        self._ask("round_to", "Round each group's kept count up to a multiple of this (e.g. 8).",
+                  str(self.settings.round_to),
+                  lambda text: replace(self.settings, round_to=parse_round_to(text)))
+
+    def action_log(self) -> None:
+        hist = self.query_one("#histogram", GammaHistogram)
+        hist.set_log(not hist.log_scale)
+
+    # ------------------------------------------------------------ per-layer override
+
+    def action_override(self) -> None:
+        if not self._need_model():
+            return
+        gid = self.query_one("#groups", GroupTable).selected_group()
+        if gid is not None:
+            self.open_override(gid)
+
+    @on(DataTable.RowSelected, "#groups")
+    def row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if self.ready and event.row_key.value is not None:
+            self.open_override(int(event.row_key.value))
+
+    def open_override(self, gid: int) -> None:
+        group = self.plan.groups[gid]
+        if group.ignored:
+            self.notify(f"{group_name(group)} is left whole: {group.reason or 'not prunable'}", severity="warning")
+            return
+        pattern = self.inputs.groups[gid].root
+
+        def check(kind: str, text: str) -> tuple[PlanSettings, Any]:
+            settings = self.settings.with_override(pattern, parse_override(kind, text))
+            return settings, self.compute(settings)
+
+        def done(result: tuple[str, Any] | None) -> None:
+            if result is None:
+                return
+            action, value = result
+            if action == "clear":
+                self.apply(self.settings.with_override(pattern, None))
+            else:
+                self.apply(*value)
+
+        if group.override:
+            key, value = next(iter(group.override.items()))
+            rule = f"its override ({key} {value:g})"
+        else:
+            rule = "the global threshold"
+        status = (f"Keeps {group.kept} of {group.total} channels under {rule}. Set a threshold or a keep ratio "
+                  f"for this group only (pattern '{pattern}').")
+        self.app.push_screen(
+            OverrideModal(group_name(group), self.gammas[gid].values, group.threshold,
+                          self.settings.overrides.get(pattern), check, status),
+            done,
+        )
+
+    # ------------------------------------------------------------ save the plan
+
+    def action_save_plan(self) -> None:
+        if not self._need_model():
+            return
+
+        def check(text: str) -> Path:
+            if not text.strip():
+                raise ValueError("give a file name, e.g. plan.json")
+            path = Path(text.strip()).expanduser()
+            if path.is_dir():
+                raise ValueError(f"{path} is a directory; give a file name inside it")
+            return path
+
+        def done(path: Path | None) -> None:
+            if path is not None:
+                self.save_plan(path)
+
+        self.app.push_screen(
+            ValueModal("Save plan", "The plan as shown (PrunePlan JSON); `slimlab prune --plan` and "
+                       "prune stages read it.", str(self.path.parent / "plan.json"), check),
+            done,
+        )
+
+    def save_plan(self, path: Path) -> None:
+        from engine.runs import write_json
+
+        try:
+            write_json(path, self.plan.to_dict())
+        except OSError as exc:
+            self.notify(f"{path}: {exc.strerror or exc}", title="Plan not saved", severity="error")
+            return
+        self.notify(f"Plan saved to {path}", title="Saved")
+
+    # ------------------------------------------------------------ prune now
+
+    def action_prune(self) -> None:
+        if not self._need_model():
+            return
+        if self.query_one("#prune-job", JobBar).running:
+            self.notify("Pruning is already running.", severity="warning")
+            return
+        from engine.slim.prune_file import default_out
+
+        def check(text: str) -> Path:
+            path = Path(text.strip()).expanduser()
+            if not text.strip():
+                raise ValueError("give a file name, e.g. model-pruned.pt")
+            if path.suffix not in (".pt", ".pth", ".ckpt"):
+                raise ValueError(f"{path.name}: use a .pt, .pth or .ckpt name")
+            if path.resolve() == self.path.resolve():
+                raise ValueError("that is the checkpoint being inspected; choose another name")
+            return path
+
+        def done(out: Path | None) -> None:
+            if out is not None:
+                self.prune_to(out)
+
+        again = " It was pruned before: the new plan is composed with its stored one." if self.loaded.plan else ""
+        self.app.push_screen(
+            ValueModal("Prune now", f"Write the pruned model ({fmt_count(self.plan.totals['params_after'])} params) "
+                       f"and plan.json beside it.{again}", str(default_out(self.path)), check),
+            done,
+        )
+
+    def prune_to(self, out: Path) -> None:
+        self.query_one("#prune-job", JobBar).start(f"pruning → {out.name}", PRUNE_STEPS)
+        self._prune(self.generation, out, self.plan, self.loaded, self.path)
+
+    @work(thread=True, exit_on_error=False, group="prune")
+    def _prune(self, generation: int, out: Path, plan: Any, loaded: Any, source: Path) -> None:
+        try:
+            from engine import checkpoint
+            from engine.slim.prune_file import prune_checkpoint
+
+            self.post_message(self.PruneProgress(generation, "copying the model", 1))
+            # prune_checkpoint cuts the model it is given; the inspector keeps showing the original.
+            own = replace(loaded, model=copy.deepcopy(loaded.model))
+            self.post_message(self.PruneProgress(generation, f"cutting channels, writing {out.name}", 2))
+            result = prune_checkpoint(own, plan, out, source=source)
+            self.post_message(self.PruneProgress(generation, "reloading it to check it rebuilds", 3))
+            reloaded = checkpoint.load(out)
+            params = sum(p.numel() for p in reloaded.model.parameters())
+        except Exception as exc:
+            self.post_message(self.PruneDone(generation, None, None, describe_error(exc)))
+            return
+        self.post_message(self.PruneDone(generation, out, Path(result["plan"]), None, int(params)))
+
+    def on_inspector_screen_prune_progress(self, message: PruneProgress) -> None:
+        if message.generation == self.generation:
+            self.query_one("#prune-job", JobBar).step(f"pruning: {message.text}", message.done)
+
+    def on_inspector_screen_prune_done(self, message: PruneDone) -> None:
+        if message.generation != self.generation:
+            return
+        self.query_one("#prune-job", JobBar).finish()
+        if message.error:
+            self.notify(message.error, title="Prune failed", severity="error")
+        else:
+            self.notify(f"Wrote {message.out} ({fmt_count(message.params)} params, reloaded fine) and "
+                        f"{message.plan_path}", title="Pruned")
+
+    # ------------------------------------------------------------ sensitivity sweep
+
+    def action_sweep(self) -> None:
+        if not self._need_model():
+            return
+        if self._sweeping:
+            self.notify("A sweep is already running.", severity="warning")
+            return
+        self._sweeping = True
+        self.query_one("#sweep-job", JobBar).start("sweep: preparing data …", len(SWEEP_RATIOS))
+        s = self.settings
+        self._sweep(self.generation, self.loaded, self.inputs,
+                    {"min_keep": s.min_keep, "round_to": s.round_to, "overrides": s.options()["overrides"]})
+
+    @work(thread=True, exit_on_error=False, group="sweep")
+    def _sweep(self, generation: int, loaded: Any, inputs: Any, plan_opts: dict[str, Any]) -> None:
+        worker = get_current_worker()
+        rows: list[dict[str, Any]] = []
+        source = ""
+        try:
+            import torch
+
+            from engine import data
+            from engine.slim.sweep import sweep
+            from engine.train import evaluate
+
+            num_classes = int((loaded.arch or {}).get("num_classes") or 0)
+            if not num_classes:
+                with torch.no_grad():
+                    num_classes = int(loaded.model(torch.zeros(1, *inputs.input_shape)).shape[-1])
+            spec, source = sweep_dataset(loaded.meta, num_classes, inputs.input_shape)
+            self.post_message(self.SweepProgress(generation, [], source, f"sweep: building {spec.dataset} data …"))
+            bundle = data.build(spec, batch_size=256)
+            device = torch.device("cpu")
+
+            def score(model: Any) -> dict[str, float]:
+                return evaluate(model, bundle.val, device)
+
+            for i, ratio in enumerate(SWEEP_RATIOS):
+                if worker.is_cancelled:
+                    return
+                rows += sweep(loaded.model, inputs, score, ratios=[ratio], **plan_opts)
+                self.post_message(self.SweepProgress(
+                    generation, list(rows), source, f"sweep: {i + 1}/{len(SWEEP_RATIOS)} ratios on {spec.dataset}"))
+        except Exception as exc:
+            self.post_message(self.SweepDone(generation, rows, source, describe_error(exc)))
+            return
+        self.post_message(self.SweepDone(generation, rows, source, None))
+
+    def on_inspector_screen_sweep_progress(self, message: SweepProgress) -> None:
+        if message.generation != self.generation:
+            return
+        self.query_one("#sweep-job", JobBar).step(message.text, len(message.rows))
+        if message.rows:
+            self._sweep_latest = (message.rows, message.source)  # drawn by the timer, at most 4 times a second
+
+    def _draw_sweep(self) -> None:
+        if self._sweep_latest is not None:
+            rows, source = self._sweep_latest
+            self._sweep_latest = None
+            self._show_sweep(rows, source)
+
+    def on_inspector_screen_sweep_done(self, message: SweepDone) -> None:
+        if message.generation != self.generation:
+            return
+        self._sweeping = False
+        self._sweep_latest = None
+        self.query_one("#sweep-job", JobBar).finish()
+        if message.rows:
+            self._show_sweep(message.rows, message.source)
+        if message.error:
+            self.notify(message.error, title="Sweep failed", severity="error")
+        else:
+            self.notify(f"{len(message.rows)} ratios evaluated on {message.source}", title="Sweep done")
+
+    def _show_sweep(self, rows: list[dict[str, Any]], source: str) -> None:
+        self.sweep_rows, self.sweep_source = rows, source
+        plot = self.query_one("#sweep", SweepPlot)
+        plot.display = True
+        plot.current = self.current_ratio()
+        plot.set_rows(rows, source)
+        note = self.query_one("#sweep-note", Static)
+        note.display = True
+        note.update(f"sweep data: {source}")
+

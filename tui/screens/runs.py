@@ -1,0 +1,235 @@
+"""Runs: every run directory under the runs folder, live, with launch / cancel / resume.
+
+Runs are OS processes; this screen holds nothing about them in memory. Each second it re-reads
+the run directories (in a thread), so runs started by another workbench, by `slimlab --batch`
+or before this workbench was opened show up the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.markup import escape
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from engine import runs
+from tui import launcher
+from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, raw_status, stage_position
+
+COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
+           ("progress", "Progress"), ("best", "Best acc"), ("elapsed", "Elapsed"))
+STATE_STYLE = {"running": "bold green", "done": "", "failed": "bold red", "cancelled": "yellow",
+               "unreadable": "bold red", "queued": "cyan"}
+DEFAULT_PRESET_DIRS = (Path("presets"), Path("~/.config/slimlab/presets"))
+
+
+def progress_cell(info: runs.RunInfo, width: int = 10) -> Text:
+    if info.state in ("unreadable", "unknown"):
+        return Text("-")
+    frac = 1.0 if info.state == "done" else max(0.0, min(1.0, info.progress))
+    filled = round(frac * width)
+    bar = Text("█" * filled, style="green" if info.state in ("running", "done") else "dim")
+    bar.append("░" * (width - filled), style="dim")
+    bar.append(f" {100 * frac:3.0f}%")
+    return bar
+
+
+def row_cells(info: runs.RunInfo) -> dict[str, Text | str]:
+    stage = info.stage or "-"
+    pos = stage_position(raw_status(info)) if info.state != "unreadable" else None
+    if pos and info.stage:
+        stage = f"{info.stage} {pos[0]}/{pos[1]}"
+    return {
+        "name": info.name,
+        "preset": info.preset or "-",
+        "stage": stage,
+        "status": Text(info.state, style=STATE_STYLE.get(info.state, "")),
+        "progress": progress_cell(info),
+        "best": fmt_accuracy(info.best_accuracy),
+        "elapsed": fmt_elapsed(info.elapsed),
+    }
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory when under it, else with ~ for home: short and familiar."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        pass
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home):] if text.startswith(home + os.sep) else text
+
+
+def sort_key(info: runs.RunInfo) -> float:
+    # Queued runs have no start time yet but a heartbeat from when they were prepared.
+    return info.started or info.heartbeat or 0.0
+
+
+class RunsScreen(Screen):
+    """A live table of run directories."""
+
+    REFRESH_S = 1.0
+
+    DEFAULT_CSS = """
+    RunsScreen { layout: vertical; }
+    RunsScreen #runs-title { height: 1; padding: 0 1; background: $boost; }
+    RunsScreen #runs-table { height: 1fr; }
+    RunsScreen #runs-detail { height: auto; max-height: 4; padding: 0 1; border-top: solid $panel; }
+    """
+
+    BINDINGS = [
+        Binding("n", "new_run", "New run", id="runs.new"),
+        Binding("c", "cancel_run", "Cancel", id="runs.cancel"),
+        Binding("R", "resume_run", "Resume", id="runs.resume"),
+        # priority: the table would otherwise take Enter and hide the key from the footer
+        Binding("enter", "open_run", "Monitor", priority=True, id="runs.open"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.infos: dict[str, runs.RunInfo] = {}
+        self._order: list[str] = []
+        self._select_after: str | None = None
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(getattr(self.app, "runs_dir", None) or "runs")
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="runs-title", classes="screen-title")
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Static("", id="runs-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-title", Static).update(f"Runs in [b]{escape(display_path(self.runs_dir))}[/b]")
+        self.set_interval(self.REFRESH_S, self._tick, name="runs-refresh")
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def _tick(self) -> None:
+        if self.is_current:
+            self.refresh_runs()
+
+    @work(thread=True, exclusive=True, group="runs-scan", exit_on_error=False)
+    def refresh_runs(self) -> None:
+        found = sorted(runs.list_runs(self.runs_dir), key=sort_key, reverse=True)
+        self.app.call_from_thread(self._show, found)
+
+    # ------------------------------------------------------------ table
+
+    def _show(self, found: list[runs.RunInfo]) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        order = [str(r.path) for r in found]
+        cells = {str(r.path): row_cells(r) for r in found}
+        self.infos = {str(r.path): r for r in found}
+        if order != self._order:
+            selected = self._select_after or self.selected_key()
+            table.clear()
+            for key in order:
+                table.add_row(*cells[key].values(), key=key)
+            self._order = order
+            if selected in order:
+                table.move_cursor(row=order.index(selected))
+            if self._select_after in order:
+                self._select_after = None
+        else:
+            for key in order:
+                for col, value in cells[key].items():
+                    if str(table.get_cell(key, col)) != str(value):
+                        table.update_cell(key, col, value)
+        self._show_detail()
+
+    def selected_key(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self._order or table.cursor_row < 0 or table.cursor_row >= len(self._order):
+            return None
+        return self._order[table.cursor_row]
+
+    def selected(self) -> runs.RunInfo | None:
+        key = self.selected_key()
+        return self.infos.get(key) if key else None
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        detail = self.query_one("#runs-detail", Static)
+        info = self.selected()
+        if info is None:
+            detail.update(f"No runs in {escape(display_path(self.runs_dir))} yet. Press [b]n[/b] to start one."
+                          if not self._order else "")
+            return
+        style = STATE_STYLE.get(info.state, "")
+        line = f"[b]{escape(info.name)}[/b]  [{style}]{info.state}[/]" if style else f"[b]{escape(info.name)}[/b]  {info.state}"
+        if info.state == "running" and info.pid:
+            line += f"  pid {info.pid}"
+        hints = {"running": "c cancels", "failed": "R resumes", "cancelled": "R resumes"}
+        line += f"  [dim]({hints[info.state] + ', ' if info.state in hints else ''}Enter monitors)[/]"
+        if info.error:
+            line += f"\n[red]{escape(info.error)}[/]"
+        detail.update(line)
+
+    # ------------------------------------------------------------ actions
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _row_selected(self) -> None:
+        self.action_open_run()  # a mouse click on a selected row
+
+    def action_open_run(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        open_run = getattr(self.app, "open_run", None)
+        if callable(open_run):
+            open_run(info.path)
+        else:
+            from tui.screens.monitor import MonitorScreen
+
+            self.app.push_screen(MonitorScreen(info.path))
+
+    def action_new_run(self) -> None:
+        from tui.screens.launch import LaunchScreen
+
+        dirs = getattr(self.app, "presets_dirs", None) or list(DEFAULT_PRESET_DIRS)
+        self.app.push_screen(LaunchScreen(list(dirs), self.runs_dir), self._launched)
+
+    def _launched(self, path: Path | None) -> None:
+        if path is not None:
+            self._select_after = str(path)
+            self.refresh_runs()
+
+    def action_cancel_run(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        try:
+            self.notify(launcher.cancel(info.path), title="Cancel")
+        except launcher.LaunchError as e:
+            self.notify(str(e), severity="warning", title="Cancel")
+        self.refresh_runs()
+
+    def action_resume_run(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        try:
+            launched = launcher.resume(info.path)
+        except launcher.LaunchError as e:
+            self.notify(str(e), severity="warning", title="Resume")
+            return
+        self.notify(f"resuming {launched.path.name} (pid {launched.pid})", title="Resume")
+        self.refresh_runs()

@@ -1,0 +1,147 @@
+"""Side panel of the checkpoint browser: what `engine.checkpoint.peek` read, or a run's status."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from engine.runs import RunInfo
+from tui.widgets.ckpt_format import fmt_count, fmt_size
+from tui.widgets.ckpt_tree import STATE_STYLES
+
+
+def fmt_metric(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        if key == "accuracy" or key.startswith("acc"):
+            return f"{100 * value:.2f}%"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _rows(table: Table, rows: list[tuple[str, Any]]) -> None:
+    for key, value in rows:
+        if value is None or value == "":
+            continue
+        table.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+
+
+def _table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
+def peek_renderable(info: dict[str, Any]) -> Group:
+    """The panel for one checkpoint: its facts, or the reason it cannot be read."""
+    title = Text(Path(info.get("path", "?")).name, style="bold")
+    table = _table()
+    _rows(table, [("size", fmt_size(info.get("size")))])
+    if "error" in info:
+        parts: list[Any] = [title, table, Text("")]
+        if info.get("needs_trust"):
+            parts.append(Text("Holds pickled Python objects: opening it runs code from the file.", style="bold yellow"))
+            parts.append(Text("Press enter to open it in the inspector; you will be asked to confirm.", style="yellow"))
+        else:
+            parts.append(Text("Cannot be read:", style="bold red"))
+        parts.append(Text(str(info["error"]), style="red" if not info.get("needs_trust") else "dim"))
+        return Group(*parts)
+    arch = info.get("arch")
+    if isinstance(arch, dict):
+        kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
+        arch_text = f"{arch.get('name')}({kwargs})" if kwargs else str(arch.get("name"))
+        classes = f"{arch.get('num_classes')} classes, {arch.get('in_channels', 3)} input channels"
+    else:
+        arch_text, classes = "unknown (a bare state_dict: the inspector needs a slimlab checkpoint)", None
+    _rows(table, [
+        ("format", info.get("format")),
+        ("arch", arch_text),
+        ("", classes),
+        ("stage", info.get("stage")),
+        ("epoch", info.get("epoch")),
+        ("params", f"{fmt_count(info.get('params'))} ({info.get('params')})" if info.get("params") is not None else None),
+        ("BN layers", info.get("bn_layers")),
+        ("tensors", info.get("tensors")),
+        ("resumable", "yes (optimizer state inside)" if info.get("resumable") else None),
+    ])
+    parts = [title, table]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        mt = _table()
+        keys = [k for k in ("accuracy", "val_loss", "loss", "epoch_time") if k in metrics]
+        keys += [k for k in sorted(metrics) if k not in keys and isinstance(metrics[k], (int, float))][:8]
+        _rows(mt, [(k, fmt_metric(k, metrics[k])) for k in keys])
+        parts += [Text(""), Text("metrics", style="bold"), mt]
+    plan = info.get("plan")
+    if plan:
+        pt = _table()
+        _rows(pt, [
+            ("groups", plan.get("groups")),
+            ("channels", f"{plan.get('channels_before')} → {plan.get('channels_after')}"
+             if "channels_before" in plan else None),
+            ("params", f"{fmt_count(plan.get('params_before'))} → {fmt_count(plan.get('params_after'))}"
+             if "params_before" in plan else None),
+            ("FLOPs", f"{fmt_count(plan.get('flops_before'))} → {fmt_count(plan.get('flops_after'))}"
+             if "flops_before" in plan else None),
+        ])
+        parts += [Text(""), Text("pruned (plan)", style="bold"), pt]
+    parts += [Text(""), Text("enter: open in the inspector", style="dim")]
+    return Group(*parts)
+
+
+def run_renderable(info: RunInfo) -> Group:
+    table = _table()
+    state = Text(info.state, style=STATE_STYLES.get(info.state, ""))
+    elapsed = info.elapsed
+    _rows(table, [
+        ("state", state),
+        ("preset", info.preset),
+        ("stage", f"{info.stage} ({100 * info.progress:.0f}%)" if info.stage else None),
+        ("best accuracy", f"{100 * info.best_accuracy:.2f}%" if isinstance(info.best_accuracy, (int, float)) else None),
+        ("started", time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) if info.started else None),
+        ("elapsed", f"{elapsed:.0f} s" if elapsed is not None else None),
+    ])
+    parts: list[Any] = [Text(f"run {info.name}", style="bold"), table]
+    if info.error:
+        parts += [Text(""), Text(str(info.error), style="red")]
+    parts += [Text(""), Text("m: follow it on the monitor screen · expand weights/ for its checkpoints", style="dim")]
+    return Group(*parts)
+
+
+class CheckpointPanel(VerticalScroll):
+    """Shows one thing at a time: a checkpoint, a run directory, a folder, or a message."""
+
+    DEFAULT_CSS = """
+    CheckpointPanel > Static { width: 1fr; }
+    """
+
+    def compose(self):
+        yield Static("Move to a checkpoint to see what it holds.", id="panel-body")
+
+    shown: Any = None  # the renderable on display
+    kind = "empty"  # what it shows: empty, reading, peek, run or folder
+
+    def _set(self, renderable: Any, kind: str) -> None:
+        self.shown, self.kind = renderable, kind
+        self.query_one("#panel-body", Static).update(renderable)
+        self.scroll_home(animate=False)
+
+    def show_reading(self, path: Path) -> None:
+        self._set(Text.assemble((path.name, "bold"), "\n\nreading …"), "reading")
+
+    def show_peek(self, info: dict[str, Any]) -> None:
+        self._set(peek_renderable(info), "peek")
+
+    def show_run(self, info: RunInfo) -> None:
+        self._set(run_renderable(info), "run")
+
+    def show_folder(self, path: Path) -> None:
+        self._set(Text.assemble((path.name or str(path), "bold"), "\n\n",
+                                ("folder: enter expands it", "dim")), "folder")

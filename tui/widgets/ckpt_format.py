@@ -1,0 +1,37 @@
+"""Short text for numbers and paths, shared by the browser and the inspector (no numpy: the
+browser is on the first frame)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory when below it: shorter, and the same on every machine."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def fmt_count(n: float | None) -> str:
+    """1234567 -> 1.23M; parameter and FLOP counts."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_size(n: int | None) -> str:
+    """Bytes as B / KiB / MiB / GiB."""
+    if not n:
+        return "0 B"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,123 @@
+"""A directory tree showing only checkpoints and the directories that lead to them.
+
+Filtering runs in DirectoryTree's loader thread; a directory is kept when it is a run
+directory (it has a status.json) or holds a checkpoint within a few levels. The scan skips
+hidden, cache and virtualenv directories and stops after a bounded number of entries, so a
+large working directory stays quick to open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DirectoryTree
+from textual.widgets.directory_tree import DirEntry
+from textual.widgets.tree import TreeNode
+
+from engine.formats import CHECKPOINT_SUFFIXES
+from engine.runs import RunInfo, read_run
+
+SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", ".git", ".venv", "venv"}
+SCAN_DEPTH = 4
+SCAN_BUDGET = 5000
+
+STATE_STYLES = {
+    "running": "bold green",
+    "queued": "cyan",
+    "done": "blue",
+    "failed": "bold red",
+    "cancelled": "yellow",
+    "unreadable": "bold red",
+}
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "status.json").is_file()
+
+
+def holds_checkpoints(path: Path, depth: int = SCAN_DEPTH, budget: int = SCAN_BUDGET) -> bool:
+    """True when a checkpoint (or a run directory) lies within `depth` levels below `path`.
+
+    When the scan runs out of budget before deciding, the directory is shown: hiding a
+    directory that does hold checkpoints would be worse than showing an empty one.
+    """
+    level = [path]
+    seen = 0
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if seen > budget:
+                            return True
+                        name = entry.name
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if not (name.startswith(".") or name in SKIP_DIRS):
+                                    below.append(Path(entry.path))
+                            elif name.lower().endswith(CHECKPOINT_SUFFIXES) or name == "status.json":
+                                return True
+                        except OSError:
+                            continue
+            except OSError:
+                continue
+        if not below:
+            return False
+        level = below
+    return False
+
+
+class CheckpointTree(DirectoryTree):
+    """DirectoryTree of checkpoints; run directories carry their state after their name."""
+
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Inspect / expand", id="checkpoints.tree.select"),
+    ]
+
+    def __init__(self, path: str | Path, *, id: str | None = None) -> None:
+        super().__init__(path, id=id)
+        self.runs: dict[Path, RunInfo] = {}  # resolved run directory -> its status
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        kept: list[Path] = []
+        for path in paths:
+            if path.name.startswith(".") or path.name in SKIP_DIRS:
+                continue
+            try:
+                if path.is_dir():
+                    if is_run_dir(path):
+                        self.runs[path] = read_run(path)
+                        kept.append(path)
+                    elif holds_checkpoints(path):
+                        kept.append(path)
+                elif is_checkpoint(path):
+                    kept.append(path)
+            except OSError:
+                continue
+        return kept
+
+    def run_info(self, path: Path) -> RunInfo | None:
+        return self.runs.get(path) or self.runs.get(path.resolve())
+
+    def render_label(self, node: TreeNode[DirEntry], base_style: Style, style: Style) -> Text:
+        label = super().render_label(node, base_style, style)
+        if node.data is None:
+            return label
+        info = self.runs.get(node.data.path)
+        if info is not None:
+            label.append(f"  {info.state}", style=STATE_STYLES.get(info.state, "dim"))
+            best = info.best_accuracy
+            if isinstance(best, (int, float)):
+                label.append(f" {100 * best:.1f}%", style="dim")
+        return label

@@ -1,0 +1,92 @@
+"""The inspector's table of coupled channel groups: what each keeps under the current plan.
+
+Rows are built once per model; a new plan only rewrites the cells whose values changed, so a
+key press costs a handful of cell updates rather than a table rebuild.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from tui.widgets.histogram import fmt_gamma
+from tui.widgets.inspector_state import GroupGammas, group_name
+
+COLUMNS = (
+    ("group", "group"),
+    ("channels", "channels"),
+    ("kept", "kept"),
+    ("removed", "% removed"),
+    ("min", "min |γ|"),
+    ("median", "median"),
+    ("max", "max |γ|"),
+    ("flag", "flag"),
+)
+
+
+def flag_of(group: Any) -> Text:
+    if group.ignored:
+        return Text("fixed", style="dim")
+    parts = []
+    if group.clamped:
+        parts.append(Text("clamped", style="bold yellow"))
+    if group.override:
+        key, value = next(iter(group.override.items()))
+        parts.append(Text(f"{key} {value:g}", style="cyan"))
+    return Text(" ").join(parts) if parts else Text("")
+
+
+class GroupTable(DataTable):
+    """One row per coupled group, in model order; row keys are the group ids."""
+
+    DEFAULT_CSS = """
+    GroupTable { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._shown: dict[int, tuple[Any, ...]] = {}
+        self.order: list[int] = []
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    def populate(self, groups: list[Any], gammas: dict[int, GroupGammas], order: list[int]) -> None:
+        """Fill the rows for a newly loaded model (static columns included)."""
+        self.clear()
+        self._shown = {}
+        self.order = list(order)
+        by_id = {g.id: g for g in groups}
+        for gid in order:
+            g, s = by_id[gid], gammas[gid]
+            self.add_row(
+                Text(group_name(g)), Text(str(g.total), justify="right"), Text("", justify="right"),
+                Text("", justify="right"), Text(fmt_gamma(s.min), justify="right"),
+                Text(fmt_gamma(s.median), justify="right"), Text(fmt_gamma(s.max), justify="right"),
+                Text(""), key=str(gid),
+            )
+
+    def show_plan(self, plan: Any) -> None:
+        """Update kept / % removed / flag of the groups whose values changed."""
+        for g in plan.groups:
+            key = str(g.id)
+            removed = 100.0 * (g.total - g.kept) / g.total if g.total else 0.0
+            state = (g.kept, g.clamped, g.ignored, tuple(sorted((g.override or {}).items())))
+            if self._shown.get(g.id) == state:
+                continue
+            self._shown[g.id] = state
+            style = "bold red" if g.kept < g.total else ""
+            self.update_cell(key, "kept", Text(str(g.kept), style=style, justify="right"))
+            self.update_cell(key, "removed", Text(f"{removed:.1f}", style=style, justify="right"))
+            self.update_cell(key, "flag", flag_of(g))
+
+    def selected_group(self) -> int | None:
+        if not self.row_count:
+            return None
+        row = self.cursor_row
+        if not 0 <= row < len(self.order):
+            return None
+        return self.order[row]

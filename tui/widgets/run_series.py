@@ -1,0 +1,106 @@
+"""In-memory series built from a run's metrics lines, fed incrementally as lines arrive.
+
+The x axis of step plots is a run-wide step: each training stage restarts its own step
+count, so a stage's steps are shifted past the end of the stage before it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MEMORY_KEYS = ("mem_allocated", "mem_reserved", "mem_peak", "rss")
+GAMMA_KEYS = ("gamma_lt_1e-2", "gamma_lt_1e-3")
+
+
+@dataclass
+class Series:
+    label: str
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+
+    def add(self, x: float, y: Any) -> bool:
+        if isinstance(y, bool) or not isinstance(y, int | float) or not math.isfinite(y):
+            return False  # NaN/inf would break the plot's axis range
+        self.xs.append(float(x))
+        self.ys.append(float(y))
+        return True
+
+
+@dataclass
+class RunSeries:
+    """Everything the monitor plots; `versions` counts changes per plot so only those redraw."""
+
+    loss: Series = field(default_factory=lambda: Series("train loss"))
+    val_loss: Series = field(default_factory=lambda: Series("val loss"))
+    accuracy: Series = field(default_factory=lambda: Series("val accuracy %"))
+    lr: Series = field(default_factory=lambda: Series("lr"))
+    memory: dict[str, Series] = field(default_factory=dict)
+    gamma: dict[str, Series] = field(default_factory=dict)
+    stage_marks: list[tuple[float, str]] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("loss", "accuracy", "lr", "memory", "gamma"), 0))
+    stage: str | None = None
+    epoch: int | None = None  # the latest epoch seen in the current stage (0-based)
+    epochs_done: int = 0  # completed epochs over the whole run
+    lines: int = 0
+    _offset: float = 0.0
+    _last_x: float = 0.0
+
+    def feed(self, records: list[dict[str, Any]]) -> bool:
+        """Add metrics lines; True when any plot changed."""
+        changed: set[str] = set()
+        for rec in records:
+            self._one(rec, changed)
+        for name in changed:
+            self.versions[name] += 1
+        self.lines += len(records)
+        return bool(changed)
+
+    def _one(self, rec: dict[str, Any], changed: set[str]) -> None:
+        stage = rec.get("stage")
+        if stage != self.stage:
+            if self.stage is not None:
+                self._offset = self._last_x
+            self.stage = stage
+            self.stage_marks.append((self._offset, str(stage)))
+            changed.add("loss")
+        step = rec.get("step")
+        x = self._offset + (step if isinstance(step, int | float) else 0)
+        self._last_x = max(self._last_x, x)
+        if isinstance(rec.get("epoch"), int):
+            self.epoch = rec["epoch"]
+        is_epoch = "accuracy" in rec or "val_loss" in rec
+        if is_epoch:
+            self.epochs_done += 1
+            if self.val_loss.add(x, rec.get("val_loss")):
+                changed.add("loss")
+            if isinstance(rec.get("accuracy"), int | float) and self.accuracy.add(x, 100.0 * rec["accuracy"]):
+                changed.add("accuracy")
+            for key in GAMMA_KEYS:
+                if key in rec and self.gamma.setdefault(key, Series(f"|gamma| < {key[9:]} %")).add(
+                    self.epochs_done, 100.0 * rec[key] if isinstance(rec[key], int | float) else None
+                ):
+                    changed.add("gamma")
+        else:
+            if self.loss.add(x, rec.get("loss")):
+                changed.add("loss")
+            if self.lr.add(x, rec.get("lr")):
+                changed.add("lr")
+        # CUDA figures win over RSS: a GPU run's host memory is not the interesting number.
+        keys = [k for k in MEMORY_KEYS[:3] if k in rec] or [k for k in MEMORY_KEYS[3:] if k in rec]
+        for key in keys:
+            if self.memory.setdefault(key, Series(f"{key} MiB")).add(x, rec[key]):
+                changed.add("memory")
+
+
+def decimate(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:
+    """At most `limit` points, evenly strided, keeping the last one (plotext is slow on long lists)."""
+    n = len(xs)
+    if n <= limit or limit < 2:
+        return xs, ys
+    stride = -(-n // (limit - 1))
+    out_x, out_y = xs[::stride], ys[::stride]
+    if (n - 1) % stride:
+        out_x, out_y = out_x + [xs[-1]], out_y + [ys[-1]]
+    return out_x, out_y
