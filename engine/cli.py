@@ -154,6 +154,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")
         pipeline.run(resume=resume)
+        show_summary(reporter, path)
         reporter_msg(reporter, f"done: {path}")
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt) as e:
@@ -170,6 +171,16 @@ def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
         if hasattr(reporter, "close"):
             reporter.close()
         distributed.shutdown()
+
+
+def show_summary(reporter: Any, path: Path) -> None:
+    summary = path / "summary.json"
+    if hasattr(reporter, "summary") and summary.exists():
+        import json
+
+        rows = json.loads(summary.read_text()).get("comparison")
+        if rows:
+            reporter.summary(rows)
 
 
 def reporter_msg(reporter: Any, text: str) -> None:

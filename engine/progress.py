@@ -32,8 +32,28 @@ class PlainReporter:
             f"accuracy {m['accuracy']:.2%} ({m.get('epoch_time', 0):.1f}s){extra}"
         )
 
+    def summary(self, rows: dict[str, dict[str, Any]]) -> None:
+        """The stages side by side at the end of a run."""
+        lines = [f"{'stage':<16} {'accuracy':>9} {'params':>12} {'FLOPs':>14} {'latency b1':>11}"]
+        for name, r in rows.items():
+            lines.append(f"{name:<16} {_pct(r.get('accuracy')):>9} {_num(r.get('params')):>12} "
+                         f"{_num(r.get('flops')):>14} {_ms(r.get('latency_b1_ms')):>11}")
+        self.message("\n".join(lines))
+
     def close(self) -> None:
         pass
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _num(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
 
 
 class RichReporter(PlainReporter):
@@ -57,9 +77,10 @@ class RichReporter(PlainReporter):
         )
         self.progress.start()
         self.tasks: dict[str, Any] = {}
+        self.batches: dict[str, int] = {}
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False)
+        self.progress.console.print(text, highlight=False, markup=False)
 
     def stage_progress(self, stage: str, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
         total = max(1, epochs * batches)
@@ -67,6 +88,22 @@ class RichReporter(PlainReporter):
             self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
         self.progress.update(self.tasks[stage], completed=epoch * batches + batch, total=total,
                              info=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+        self.batches[stage] = batches
+
+    def epoch_done(self, stage: str, m: dict[str, Any]) -> None:
+        super().epoch_done(stage, m)
+        if stage in self.tasks:  # log points fall inside epochs; the bar should end full
+            self.progress.update(self.tasks[stage], completed=(m["epoch"] + 1) * self.batches[stage])
+
+    def summary(self, rows: dict[str, dict[str, Any]]) -> None:
+        from rich.table import Table
+
+        t = Table(title="stages", title_justify="left")
+        for col in ("stage", "accuracy", "params", "FLOPs", "latency b1"):
+            t.add_column(col, justify="left" if col == "stage" else "right")
+        for name, r in rows.items():
+            t.add_row(name, _pct(r.get("accuracy")), _num(r.get("params")), _num(r.get("flops")), _ms(r.get("latency_b1_ms")))
+        self.progress.console.print(t)
 
     def close(self) -> None:
         self.progress.stop()
