@@ -2,7 +2,7 @@
 
 Both train the same model on the same batches for one epoch and evaluate once; the engine
 also writes metrics lines, status.json and checkpoints, as it does in a real run. Rounds
-alternate A/B so machine noise hits both; the ratio uses medians.
+alternate the order (A B, B A, ...) so machine noise and warm-up hit both; the ratio uses medians.
 Last line: `trainer_throughput_ratio: X` (bare time / engine time; 1.0 = no overhead).
 """
 
@@ -26,7 +26,7 @@ from engine.train import Trainer, evaluate  # noqa: E402
 
 ARCH = checkpoint.arch_dict("vgg", 6, 3, {"depth": 11, "width": 0.5})
 CFG = TrainingSpec(epochs=1, batch_size=128, lr=0.05, device="cpu", log_every=10)
-ROUNDS = 3
+ROUNDS = 6
 
 
 def bare(bundle) -> float:
@@ -66,9 +66,13 @@ def main() -> None:
     bare(bundle)  # warm-up: allocator, kernels
     a, b = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(ROUNDS):
-            a.append(bare(bundle))
-            b.append(engine(bundle, Path(tmp)))
+        for i in range(ROUNDS):
+            if i % 2 == 0:
+                a.append(bare(bundle))
+                b.append(engine(bundle, Path(tmp)))
+            else:
+                b.append(engine(bundle, Path(tmp)))
+                a.append(bare(bundle))
     ta, tb = statistics.median(a), statistics.median(b)
     n = len(bundle.train.dataset) if hasattr(bundle.train, "dataset") else 3072
     print(f"bare loop:   {ta:.2f} s/epoch (median of {ROUNDS}) ~{n / ta:.0f} img/s")

@@ -14,22 +14,14 @@ from engine.errors import Cancelled, DistillError
 from engine.pipeline import Pipeline
 from engine.runs import create_run_dir
 
+from helpers import StopAfter
+
 STAGES = [
     {"name": "teacher", "type": "train"},
     {"name": "student", "type": "distill", "model": {"arch": "kd_student"}, "teacher": "teacher",
      "kd": {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75},
      "features": [{"type": "hint", "student": "features", "teacher": "features.24", "weight": 0.5, "regressor": "3x3"}]},
 ]
-
-
-class StopAfter:
-    def __init__(self, n: int):
-        self.n, self.calls, self.signal_name = n, 0, "SIGTERM"
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
 
 
 def make(tmp_path, preset, name):
@@ -90,3 +82,12 @@ def test_teacher_with_other_class_count(tmp_path, tiny_preset):
     spec, path = make(tmp_path, tiny_preset(stages=stages), "classes")
     with pytest.raises(DistillError, match="class"):
         Pipeline(spec, path).run()
+
+
+def test_teacher_from_another_runs_directory(tmp_path, tiny_preset):
+    spec, first = make(tmp_path, tiny_preset(stages=[{"type": "train", "training": {"epochs": 1}}]), "teacher-run")
+    Pipeline(spec, first).run()
+    stages = [{"type": "distill", "model": {"arch": "kd_student"}, "teacher": str(first), "training": {"epochs": 1}}]
+    spec, path = make(tmp_path, tiny_preset(stages=stages), "from-run")
+    Pipeline(spec, path).run()
+    assert "stage distill done" in (path / "log.txt").read_text()

@@ -20,13 +20,7 @@ from engine.slim.groups import find_groups, is_depthwise, layer_kind
 from engine.slim.inputs import precompute
 from engine.slim.plan import PrunePlan, plan_from_inputs
 
-SMALL = {
-    "vgg": {"width": 0.25},
-    "resnet_cifar": {"width": 0.25},
-    "mobilenetv2": {"width": 0.25},
-    "c3net": {"width": 0.125, "depth": 0.33},
-    "kd_teacher": {"bn": True},
-}
+from helpers import SMALL_SLIMMABLE as SMALL
 
 
 class Conv(nn.Module):

@@ -11,6 +11,8 @@ import engine.models as models
 from engine.errors import PruneError
 from engine.slim.groups import find_groups, group_scores
 
+from helpers import SMALL_SLIMMABLE as SMALL
+
 
 def cbr(c1: int, c2: int, k: int = 3, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -178,13 +180,6 @@ def test_group_scores_max_mean_l2_over_member_bns():
         group_scores(stem, {}, "max")
 
 
-SMALL = {
-    "vgg": {"width": 0.25},
-    "resnet_cifar": {"width": 0.25},
-    "mobilenetv2": {"width": 0.25},
-    "c3net": {"width": 0.125, "depth": 0.33},
-    "kd_teacher": {"bn": True},
-}
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))

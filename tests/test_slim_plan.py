@@ -19,6 +19,8 @@ from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
 from engine.slim.plan import PrunePlan, make_plan, plan_from_inputs
 
+from helpers import SMALL_SLIMMABLE as SMALL
+
 
 def cbr(c1: int, c2: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU())
@@ -210,13 +212,6 @@ def test_from_dict_rejects_broken_plans(chain):
         PrunePlan.from_dict({"weights": 1})
 
 
-SMALL = {
-    "vgg": {"width": 0.25},
-    "resnet_cifar": {"width": 0.25},
-    "mobilenetv2": {"width": 0.25},
-    "c3net": {"width": 0.125, "depth": 0.33},
-    "kd_teacher": {"bn": True},
-}
 
 
 def lognormal_gammas(model: nn.Module, seed: int = 0) -> None:

@@ -16,17 +16,7 @@ from engine.errors import Cancelled, RunError
 from engine.pipeline import Pipeline
 from engine.runs import create_run_dir, read_run
 
-
-class StopAfter:
-    """A stop flag that turns on after `n` checks (the trainer checks once per optimizer step)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls, self.signal_name = n, 0, "SIGTERM"
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
+from helpers import StopAfter
 
 
 def new_run(tmp_path: Path, preset: Path, name: str, overrides: list[str] = ()) -> tuple[Path, object]:

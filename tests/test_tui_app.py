@@ -4,18 +4,13 @@ first frame."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from textual.command import CommandList, CommandPalette
-from textual.pilot import Pilot
 
 from engine import checkpoint, runs
 from tui import cli
@@ -25,26 +20,11 @@ from tui.palette import ActionsProvider
 from tui.screens.checkpoints import CheckpointsScreen
 from tui.screens.inspector import InspectorScreen
 
+from helpers import run_async, wait_for
+
 SIZE = (100, 30)
 MODES = {"1": "checkpoints", "2": "inspector", "3": "runs", "4": "monitor", "5": "compare"}
 ARCH = checkpoint.arch_dict("vgg", 4, 3, {"depth": 11, "width": 0.125})
-
-
-def run_async(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_checkpoint(path: Path) -> Path:

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import io
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,8 @@ from tui.screens.checkpoints import CheckpointsScreen
 from tui.screens.inspector import InspectorScreen
 from tui.widgets.ckpt_tree import CheckpointTree, holds_checkpoints
 from tui.widgets.ckpt_trust import TrustModal
+
+from helpers import run_async, wait_for
 
 ARCH = checkpoint.arch_dict("vgg", 4, 3, {"depth": 11, "width": 0.125})
 SIZE = (100, 30)
@@ -42,23 +40,6 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save(path, make_model(seed), ARCH, meta={"epoch": 7, "stage": "train", "metrics": {"accuracy": 0.8125}})
     return path
-
-
-def run_async(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def labels(tree: CheckpointTree) -> dict[str, str]:

@@ -3,12 +3,8 @@ input is refused with the engine's message, and s / x / w write or show real res
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,8 @@ from tui.widgets.histogram import GammaHistogram
 from tui.widgets.inspector_modals import OverrideModal, ValueModal
 from tui.widgets.inspector_sweep import SweepPlot
 from tui.widgets.inspector_table import GroupTable
+
+from helpers import run_async, wait_for
 
 ARCH = checkpoint.arch_dict("vgg", 4, 3, {"depth": 11, "width": 0.125})
 SIZE = (100, 30)
@@ -50,23 +48,6 @@ def make_checkpoint(path: Path, seed: int = 0, meta: dict | None = None) -> Path
     meta = meta if meta is not None else {"epoch": 3, "stage": "sparse", "metrics": {"accuracy": 0.75}}
     checkpoint.save(path, make_model(seed), ARCH, meta=meta)
     return path
-
-
-def run_async(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def ready_inspector(pilot: Pilot) -> InspectorScreen:

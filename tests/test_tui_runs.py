@@ -5,8 +5,6 @@ The run-directory helpers here are shared with the monitor, compare and snapshot
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import math
 import os
@@ -26,6 +24,8 @@ from tui import launcher
 from tui.screens.launch import LaunchScreen
 from tui.screens.monitor import MonitorScreen
 from tui.screens.runs import RunsScreen
+
+from helpers import run_async, wait_for
 
 T0 = 1_700_000_000.0  # fixed start time: elapsed figures on screen stay the same run to run
 DEAD_PID = 2**22 + 12345  # above the default pid_max: never a live process
@@ -127,25 +127,6 @@ class HostApp(App):
 
     def on_mount(self) -> None:
         self.push_screen(self._make_screen())
-
-
-def run_async(fn: Callable) -> Callable:
-    """Run an async test on its own event loop (no asyncio plugin needed); fixtures pass through."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.1)
-        if condition():
-            return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_state(path: Path, states: tuple[str, ...], timeout: float = 120.0) -> runs.RunInfo:
