@@ -103,8 +103,8 @@ class Pipeline:
             for i, stage in enumerate(self.stages):
                 if stage.name in done:
                     continue
-                if self.current is None and done and stage.model is None and stage.start is None:
-                    self.current = self._load_output(done[-1])
+                if self.current is None and self.outputs and stage.model is None and stage.start is None:
+                    self.current = self._load_output(list(self.outputs)[-1])  # resuming after earlier stages
                 w.status(stage=stage.name, stage_index=i, progress=0.0)
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
@@ -183,7 +183,7 @@ class Pipeline:
 
     def _check_classes(self, model: nn.Module, arch: dict, source: str) -> None:
         d = self.data(self.spec.training.batch_size)
-        n = _num_outputs(model, self._input_shape(), self.device if False else torch.device("cpu"))
+        n = _num_outputs(model, self._input_shape())
         if n != d.num_classes:
             raise CheckpointError(f"{source}: the model predicts {n} classes but dataset {self.spec.data.dataset} has {d.num_classes}")
 
@@ -381,11 +381,11 @@ def _min_keep(v: float) -> int | float:
     return int(v) if v >= 1 else v
 
 
-def _num_outputs(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> int:
+def _num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:
     was = model.training
     model.eval()
     with torch.no_grad():
-        n = model(torch.zeros(1, *shape, device=device)).shape[-1]
+        n = model(torch.zeros(1, *shape)).shape[-1]
     model.train(was)
     return int(n)
 

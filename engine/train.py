@@ -34,6 +34,7 @@ class Callback(Protocol):
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def parameters(self) -> list[nn.Parameter]: ...  # extra trainable parameters (regressors)
+    def before_backward(self, trainer: Trainer, loss: torch.Tensor) -> None: ...  # every micro-batch
     def after_backward(self, trainer: Trainer) -> None: ...  # grads accumulated and unscaled
     def after_step(self, trainer: Trainer) -> None: ...
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float]: ...
@@ -291,6 +292,7 @@ class Trainer:
                             loss, terms = self.loss_fn(logits, x, y)
                         if device.type == "cpu" or last_micro:
                             self._check_finite(loss, epoch, i)
+                        self._call("before_backward", self, loss)
                         scaler.scale(loss / accumulate).backward()
                     loss_sum += loss.item() if device.type == "cpu" else 0.0
                     loss_n += 1

@@ -93,3 +93,22 @@ def test_threshold_above_every_gamma_is_clamped_with_a_warning(tmp_path, tiny_pr
     prunable = [g for g in plan["groups"] if not g["ignored"]]
     assert all(g["kept"] == 2 and g["clamped"] for g in prunable)
     assert "warning" in (path / "log.txt").read_text()
+
+
+def test_resume_inside_finetune_after_prune_and_sweep(tmp_path, tiny_preset):
+    from engine.errors import Cancelled
+
+    from helpers import StopAfter
+
+    stages = [{"type": "train", "training": {"epochs": 1}}, {"type": "prune", "percent": 0.4},
+              {"type": "sweep", "ratios": [0.0, 0.5]}, {"type": "finetune", "training": {"epochs": 2}}]
+    spec = load_preset(tiny_preset(stages=stages))
+    path = create_run_dir(tmp_path / "runs", "resume")
+    prepare_run_dir(path, spec)
+    with pytest.raises(Cancelled):
+        Pipeline(spec, path, stop=StopAfter(8 + 3)).run()  # 8 train steps, then 3 finetune steps
+    Pipeline(spec, path).run(resume=True)
+    status = json.loads((path / "status.json").read_text())
+    assert status["state"] == "done" and status["completed"] == ["train", "prune", "sweep", "finetune"]
+    final = checkpoint.load(path / "weights" / "best.pt")
+    assert final.plan is not None and final.plan == json.loads((path / "plan.json").read_text())
