@@ -160,6 +160,16 @@ def test_c3net_names_and_depth_multiplier():
     assert [len(deeper.model[i].m) for i in (2, 4, 6, 8)] == [2, 4, 6, 2]
 
 
+def test_c3net_starts_trainable_on_32px():
+    model = models.build("c3net", 8)
+    # residual Bottlenecks start as the identity and the logits start uniform
+    gammas = [m.cv2.bn.weight for m in model.modules() if type(m).__name__ == "Bottleneck"]
+    assert gammas and all(torch.count_nonzero(g) == 0 for g in gammas)
+    assert torch.count_nonzero(model.head.fc.weight) == 0
+    assert model.head.conv.conv.out_channels == 320  # 1280 scaled by width 0.25
+    assert model.model(torch.randn(2, 3, 32, 32)).shape[-2:] == (4, 4)
+
+
 def dependency_graph(model: nn.Module, in_channels: int = 3) -> tp.DependencyGraph:
     example = torch.randn(1, in_channels, 32, 32)
     return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)

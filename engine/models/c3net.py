@@ -2,8 +2,21 @@
 Classify head. Module names follow YOLOv5 (`model.0.conv`, `model.2.cv1.bn`, `model.2.m.0.cv2`)
 so slimming recipes written for YOLOv5 read the same here.
 
-One change for 32x32 inputs: the stem is a 3x3 stride-1 conv instead of YOLOv5's 6x6 stride-2,
-so CIFAR images end at 2x2 rather than 1x1.
+Differences from YOLOv5, all because these models train from scratch for a few epochs on
+32x32 images (YOLOv5 trains for hundreds of epochs at 224px with warmup):
+
+- The stem is a 3x3 stride-1 conv instead of 6x6 stride-2, and row 1 keeps stride 1, so 32x32
+  inputs end at 4x4. With YOLOv5's strides the last C3 and SPPF run at 2x2 or 1x1, where a 3x3
+  conv mostly sees padding.
+- Conv weights use Kaiming (fan-out) init, the last BN gamma of every Bottleneck starts at zero
+  and BatchNorm keeps PyTorch's eps/momentum. With PyTorch's default init and SiLU, the batch's
+  features collapse onto a few directions by the deep stages at init (effective rank of 128
+  images ~6 after the head conv), and SGD then stays at chance; zero gammas make each residual
+  Bottleneck start as the identity. YOLOv5's momentum 0.03 leaves the eval running stats stale
+  after a few hundred steps.
+- The Classify hidden width scales with `width` (1280 at width 1) and its Linear starts at zero:
+  a fixed 1280-wide SiLU feature makes the Linear's effective step lr * |f|^2 about ten times
+  that of a CIFAR ResNet's, so early steps throw the logits far past chance.
 """
 
 from __future__ import annotations
@@ -14,9 +27,10 @@ from torch import nn
 from engine.models.sizing import check_multiplier, check_positive_int, input_size, make_divisible
 
 # (out channels, repeats, kernel, stride) for the YOLOv5 v6 backbone rows 0-8; row 9 is SPPF.
+# Rows 0 and 1 have stride 1 here (see the module docstring).
 BACKBONE = (
     ("Conv", 64, 1, 3, 1),
-    ("Conv", 128, 1, 3, 2),
+    ("Conv", 128, 1, 3, 1),
     ("C3", 128, 3, 1, 1),
     ("Conv", 256, 1, 3, 2),
     ("C3", 256, 6, 1, 1),
@@ -25,7 +39,7 @@ BACKBONE = (
     ("Conv", 1024, 1, 3, 2),
     ("C3", 1024, 3, 1, 1),
 )
-HEAD_CHANNELS = 1280  # YOLOv5 Classify's hidden width
+HEAD_CHANNELS = 1280  # YOLOv5 Classify's hidden width, scaled by `width` here
 
 
 class Conv(nn.Module):
@@ -89,12 +103,12 @@ class SPPF(nn.Module):
 class Classify(nn.Module):
     """YOLOv5 classification head: 1x1 Conv, global average pool, dropout, Linear."""
 
-    def __init__(self, c1: int, num_classes: int, dropout: float = 0.0):
+    def __init__(self, c1: int, num_classes: int, dropout: float = 0.0, hidden: int = HEAD_CHANNELS):
         super().__init__()
-        self.conv = Conv(c1, HEAD_CHANNELS, 1, 1)
+        self.conv = Conv(c1, hidden, 1, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(torch.flatten(self.pool(self.conv(x)), 1)))
@@ -126,15 +140,21 @@ class C3Net(nn.Module):
             channels = out
         layers.append(SPPF(channels, channels, 5))
         self.model = nn.Sequential(*layers)
-        self.head = Classify(channels, num_classes, dropout)
+        self.head = Classify(channels, num_classes, dropout, make_divisible(HEAD_CHANNELS * width))
 
         self.default_ignore: list[str] = ["head.fc"]
         self.input_size = input_size(in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Why each of these differs from YOLOv5 is in the module docstring.
         for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                # YOLOv5's BatchNorm settings
-                m.eps = 1e-3
-                m.momentum = 0.03
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.cv2.bn.weight)
+        nn.init.zeros_(self.head.fc.weight)
+        nn.init.zeros_(self.head.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.model(x))
