@@ -8,10 +8,8 @@ so a pruned model reloads without its class having been pickled.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.atomic import atomic_file
 from engine.errors import CheckpointError, SlimlabError
 from engine.formats import CHECKPOINT_FORMAT
 
@@ -39,18 +38,8 @@ def build_model(arch: dict) -> nn.Module:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb", durable=True) as f:
+        torch.save(obj, f)
 
 
 def save(

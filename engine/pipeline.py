@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint, distributed
+from engine.atomic import atomic_file
 from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
 from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
 from engine.runs import RunWriter, write_json
@@ -108,7 +109,7 @@ class Pipeline:
                 w.status(stage=stage.name, stage_index=i, progress=0.0)
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
-                figures = getattr(self, f"_stage_{stage.type}")(stage, resume and self._resumable(stage))
+                figures = getattr(self, f"_stage_{stage.type}")(stage, self._resume_state(stage) if resume else None)
                 figures["seconds"] = round(time.time() - t0, 2)
                 w.summary(stage.name, figures)
                 done.append(stage.name)
@@ -142,12 +143,13 @@ class Pipeline:
         self.writer.summary("comparison", rows)
         self.writer.log("comparison: " + "; ".join(f"{k} {v['accuracy']:.2%}" for k, v in rows.items() if v["accuracy"] is not None))
 
-    def _resumable(self, stage: Any) -> bool:
+    def _resume_state(self, stage: Any) -> dict | None:
+        """last.pt when it is the resume point of `stage` (read once, used by the trainer)."""
         last = self.writer.weights / "last.pt"
         if not last.exists():
-            return False
+            return None
         raw = checkpoint.read_raw(last)
-        return raw.get("position", {}).get("stage") == stage.name
+        return raw if raw.get("position", {}).get("stage") == stage.name else None
 
     # ---------------------------------------------------------- shared pieces
 
@@ -232,14 +234,13 @@ class Pipeline:
 
     # ---------------------------------------------------------- training stages
 
-    def _train(self, stage: Any, resume: bool, callbacks: list[Any], loss_fn: Any = None, cur: Current | None = None) -> dict:
+    def _train(self, stage: Any, resume: dict | None, callbacks: list[Any], loss_fn: Any = None,
+               cur: Current | None = None) -> dict:
         cfg = self.spec.training_for(stage)
         cur = cur or self._start(stage)
-        raw = None
-        if resume:
-            raw = checkpoint.read_raw(self.writer.weights / "last.pt")
+        if resume is not None:
             # into the same module object: a distiller's hooks are already on it
-            checkpoint.load_state(cur.model, raw["state_dict"], source=str(self.writer.weights / "last.pt"))
+            checkpoint.load_state(cur.model, resume["state_dict"], source=str(self.writer.weights / "last.pt"))
         model = cur.model.to(self.device).train()
         trainer = Trainer(
             model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
@@ -247,7 +248,7 @@ class Pipeline:
             loss_fn=loss_fn, callbacks=callbacks, device=self.device, dist_info=self.dist,
             stop=self.stop, reporter=self.reporter,
         )
-        result = trainer.fit(resume=raw)
+        result = trainer.fit(resume=resume)
         distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
         best_path = self.writer.weights / "best.pt"
         if result.best:
@@ -259,10 +260,10 @@ class Pipeline:
         (self.writer.weights / "last.pt").unlink(missing_ok=True)
         return self.measure(cur, out, result.best.get("accuracy")) | {"epochs": cfg.epochs}
 
-    def _stage_train(self, stage: Any, resume: bool) -> dict:
+    def _stage_train(self, stage: Any, resume: dict | None) -> dict:
         return self._train(stage, resume, [])
 
-    def _stage_sparse(self, stage: SparseStage, resume: bool) -> dict:
+    def _stage_sparse(self, stage: SparseStage, resume: dict | None) -> dict:
         from engine.slim.sparse import SparsePenalty
 
         cur = self._start(stage)
@@ -272,13 +273,13 @@ class Pipeline:
         penalty = SparsePenalty(s=stage.s, decay=stage.decay, exclude=stage.exclude)
         return self._train(stage, resume, [penalty], cur=cur) | {"s": stage.s}
 
-    def _stage_finetune(self, stage: FinetuneStage, resume: bool) -> dict:
+    def _stage_finetune(self, stage: FinetuneStage, resume: dict | None) -> dict:
         cur = self._start(stage)
         distiller = self._distiller(stage, cur) if (stage.teacher or stage.kd or stage.features) else None
         callbacks = [distiller] if distiller else []
         return self._train(stage, resume, callbacks, loss_fn=distiller, cur=cur)
 
-    def _stage_distill(self, stage: DistillStage, resume: bool) -> dict:
+    def _stage_distill(self, stage: DistillStage, resume: dict | None) -> dict:
         cur = self._start(stage)
         distiller = self._distiller(stage, cur)
         return self._train(stage, resume, [distiller], loss_fn=distiller, cur=cur)
@@ -317,7 +318,7 @@ class Pipeline:
 
     # ---------------------------------------------------------- slimming stages
 
-    def _stage_prune(self, stage: PruneStage, resume: bool) -> dict:
+    def _stage_prune(self, stage: PruneStage, resume: dict | None) -> dict:
         from engine.slim import plan as slim_plan
         from engine.slim.apply import apply_plan
 
@@ -356,7 +357,7 @@ class Pipeline:
             checkpoint.save(path, cur.model, cur.arch, plan=cur.plan)
         return path
 
-    def _stage_sweep(self, stage: SweepStage, resume: bool) -> dict:
+    def _stage_sweep(self, stage: SweepStage, resume: dict | None) -> dict:
         from engine.slim.sweep import sweep
 
         cur = self._start(stage)
@@ -371,7 +372,7 @@ class Pipeline:
         base = rows[0]["accuracy"] if rows else None
         return {"ratios": len(rows), "accuracy_at_0": base, "rows": rows}
 
-    def _stage_evaluate(self, stage: Any, resume: bool) -> dict:
+    def _stage_evaluate(self, stage: Any, resume: dict | None) -> dict:
         cur = self._start(stage)
         out = self._current_output(stage) or self._finish(stage, cur)
         return self.measure(cur, out)
@@ -391,9 +392,8 @@ def _num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with open(src, "rb") as s, atomic_file(dst, "wb", durable=True) as d:
+        shutil.copyfileobj(s, d)
 
 
 def _fmt(v: Any) -> str:

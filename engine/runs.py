@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.atomic import atomic_file
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 HEARTBEAT_S = 2.0
@@ -23,16 +24,9 @@ STALE_S = 30.0  # a "running" status whose heartbeat is older than this is a dea
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
 
 
 def read_json(path: Path) -> Any:
