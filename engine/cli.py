@@ -35,7 +35,7 @@ resume with --resume RUN_DIR).
 def batch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimlab --batch", description=BATCH_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("preset", nargs="?", help="preset YAML file (e.g. presets/demo.yaml)")
+    p.add_argument("preset", nargs="?", help="preset YAML file, or the name of a built-in preset (e.g. demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set training.lr=0.05 --set stages.1.s=1e-4")
     p.add_argument("--runs-dir", type=Path, help="where run directories go (default: the preset's output.runs_dir, runs/)")

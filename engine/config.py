@@ -364,10 +364,10 @@ def apply_override(data: dict, parts: list[str], value: Any, item: str) -> None:
 
 
 def load_preset(path: str | Path, overrides: list[str] = (), base_dir: Path | None = None) -> RunSpec:
-    """Read, override and validate a preset. Raises PresetError with the whole story."""
-    path = Path(path)
-    if not path.exists():
-        raise PresetError(f"{path}: no such preset file")
+    """Read, override and validate a preset (a file or a built-in name). Raises PresetError with the whole story."""
+    from engine import presets
+
+    path = presets.locate(path)  # a file, or the name of a built-in preset (demo)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

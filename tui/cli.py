@@ -21,7 +21,8 @@ def workbench_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", type=Path, help="folder to browse or checkpoint to inspect (default: .)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories live (default: runs/)")
     p.add_argument("--presets-dir", type=Path, action="append", dest="presets_dirs", metavar="DIR",
-                   help="extra preset folder (default: ./presets and ~/.config/slimlab/presets)")
+                   help="a folder of presets for the new-run picker, offered with the built-in presets, "
+                        "./presets and ~/.config/slimlab/presets (repeatable)")
     return p
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,6 +29,7 @@ from tui import launcher
 PRESET_SUFFIXES = (".yaml", ".yml")
 AMP_CHOICES = ("none", "fp16", "bf16")
 NAME_KEY = "output.name"
+PICK_TITLE = "New run: pick a preset (Enter), or tab to type a preset file's path"
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PresetChoice:
     description: str = ""
     data: dict[str, Any] | None = None
     error: str | None = None
+    source: str = ""  # "built-in" or the folder/file it was found in
 
 
 @dataclass
@@ -46,32 +49,42 @@ class FormField:
     value: str
 
 
-def find_presets(dirs: list[Path]) -> list[PresetChoice]:
-    """Every preset file in `dirs`, read but not validated (an unreadable one carries its error)."""
+def read_preset(path: Path, source: str = "") -> PresetChoice:
+    """One preset file, read but not validated (an unreadable one carries its error)."""
+    choice = PresetChoice(path, path.stem, source=source)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping of keys")
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        choice.error = f"unreadable: {str(e).splitlines()[0]}"
+        return choice
+    data.setdefault("name", path.stem)
+    choice.name = str(data["name"])
+    desc = str(data.get("description") or "").strip()
+    choice.description = desc.splitlines()[0] if desc else ""
+    choice.data = data
+    return choice
+
+
+def find_presets(dirs: list[Path], builtin: bool = True) -> list[PresetChoice]:
+    """Every preset file in `dirs`, then the built-in ones (each file once, by its real path)."""
+    from engine import presets
+
     out: list[PresetChoice] = []
     seen: set[Path] = set()
-    for d in dirs:
+    shipped = presets.folder().resolve()
+    for d in [*dirs, *([shipped] if builtin else [])]:
         d = Path(d).expanduser()
         if not d.is_dir():
             continue
         for path in sorted(p for p in d.iterdir() if p.suffix in PRESET_SUFFIXES and p.is_file()):
-            if path.resolve() in seen:
+            real = path.resolve()
+            if real in seen:
                 continue
-            seen.add(path.resolve())
-            choice = PresetChoice(path, path.stem)
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-                if not isinstance(data, dict):
-                    raise ValueError("not a mapping of keys")
-            except (OSError, ValueError, yaml.YAMLError) as e:
-                choice.error = f"unreadable: {str(e).splitlines()[0]}"
-            else:
-                data.setdefault("name", path.stem)
-                choice.name = str(data["name"])
-                desc = str(data.get("description") or "").strip()
-                choice.description = desc.splitlines()[0] if desc else ""
-                choice.data = data
-            out.append(choice)
+            seen.add(real)
+            source = "built-in" if real.parent == shipped else f"{path.parent.name}/{path.name}"
+            out.append(read_preset(path, source))
     return out
 
 
@@ -182,7 +195,9 @@ class LaunchScreen(ModalScreen[Path | None]):
     }
     LaunchScreen #launch-title { height: 1; text-style: bold; }
     LaunchScreen #launch-steps { height: auto; }
-    LaunchScreen #launch-pick { height: auto; max-height: 20; }
+    LaunchScreen #launch-pick { height: auto; }
+    LaunchScreen #launch-presets { height: auto; max-height: 18; }
+    LaunchScreen #launch-path-row { height: 1; margin-top: 1; }
     LaunchScreen #launch-form { height: auto; max-height: 20; }
     LaunchScreen .field-row { height: 1; }
     LaunchScreen .field-row Label { width: 22; padding: 0 1 0 0; }
@@ -211,9 +226,14 @@ class LaunchScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="launch-dialog"):
-            yield Label("New run: pick a preset (Enter)", id="launch-title")
+            yield Label(PICK_TITLE, id="launch-title")
             with ContentSwitcher(initial="launch-pick", id="launch-steps"):
-                yield OptionList(id="launch-pick")
+                with Vertical(id="launch-pick"):
+                    yield OptionList(id="launch-presets")
+                    with Horizontal(id="launch-path-row", classes="field-row"):
+                        yield Label("or a preset file")
+                        yield Input(placeholder="path/to/preset.yaml (tab here, then Enter)", compact=True,
+                                    id="launch-path")
                 yield VerticalScroll(id="launch-form")
             yield Static("", id="launch-errors")
         yield Footer()
@@ -221,17 +241,16 @@ class LaunchScreen(ModalScreen[Path | None]):
     def on_mount(self) -> None:
         self._warm_up()
         self.presets = find_presets(self.presets_dirs)
-        picker = self.query_one("#launch-pick", OptionList)
-        if not self.presets:
-            where = ", ".join(str(d) for d in self.presets_dirs) or "no preset folders configured"
-            self._errors([f"no presets found in {where}"])
+        picker = self.query_one("#launch-presets", OptionList)
         for i, p in enumerate(self.presets):
             detail = p.error or p.description
-            prompt = f"{p.name}  [dim]{p.path.parent.name}/{p.path.name}[/]" + (f"\n  [dim]{detail}[/]" if detail else "")
+            prompt = f"{escape(p.name)}  [dim]{escape(p.source)}[/]" + (f"\n  [dim]{escape(detail)}[/]" if detail else "")
             picker.add_option(Option(prompt, id=str(i), disabled=p.error is not None))
         if self.presets:
             picker.highlighted = 0
-        picker.focus()
+            picker.focus()
+        else:
+            self.query_one("#launch-path", Input).focus()
 
     @work(thread=True, exit_on_error=False, group="launch-warm-up")
     def _warm_up(self) -> None:
@@ -244,9 +263,26 @@ class LaunchScreen(ModalScreen[Path | None]):
 
     # ------------------------------------------------------------ steps
 
-    @on(OptionList.OptionSelected, "#launch-pick")
+    @on(OptionList.OptionSelected, "#launch-presets")
     async def _picked(self, event: OptionList.OptionSelected) -> None:
         await self.open_form(self.presets[int(event.option.id or 0)])
+
+    @on(Input.Submitted, "#launch-path")
+    async def _typed(self, event: Input.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if not text:
+            self._errors(["type the path of a preset file (.yaml), e.g. presets/demo.yaml"])
+            return
+        path = Path(text).expanduser()
+        if not path.is_file():
+            self._errors([f"{text}: no such file"])
+            return
+        choice = read_preset(path, str(path))
+        if choice.error:
+            self._errors([f"{text}: {choice.error}"])
+            return
+        await self.open_form(choice)
 
     async def open_form(self, choice: PresetChoice) -> None:
         self.choice = None  # no validation while the rows are swapped
@@ -342,7 +378,7 @@ class LaunchScreen(ModalScreen[Path | None]):
     def _edited(self) -> None:
         self.validate_form()
 
-    @on(Input.Submitted)
+    @on(Input.Submitted, "#launch-form Input")
     def _submitted(self) -> None:
         self.action_launch()
 
@@ -355,8 +391,8 @@ class LaunchScreen(ModalScreen[Path | None]):
             self.choice = None
             self.checked = None
             switcher.current = "launch-pick"
-            self.query_one("#launch-title", Label).update("New run: pick a preset (Enter)")
+            self.query_one("#launch-title", Label).update(PICK_TITLE)
             self._errors([])
-            self.query_one("#launch-pick", OptionList).focus()
+            self.query_one("#launch-presets" if self.presets else "#launch-path").focus()
         else:
             self.dismiss(None)
