@@ -34,11 +34,22 @@ class DataSpec(Strict):
     train_size: int = Field(6000, ge=16)  # shapes only
     val_size: int = Field(1000, ge=16)  # shapes only
     image_size: int = Field(32, ge=8, le=1024)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # held out of train when there is no val split
+    # held out of train as the test split, for datasets without one (shapes, imagefolder)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     augment: bool = True
     workers: int = Field(0, ge=0)
     seed: int = 0
     fallback: str | None = None  # dataset used instead when `path` does not exist (e.g. shapes)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataSpec:
+        if self.test_fraction > 0 and self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
+                "training images; keep their sum below 1"
+            )
+        return self
 
 
 class TrainingSpec(Strict):

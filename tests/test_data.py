@@ -17,7 +17,7 @@ from engine.config import DataSpec
 from engine.data import cifar, imagefolder, shapes
 from engine.data.augment import crop_flip
 from engine.data.loader import TensorLoader
-from engine.data.split import holdout
+from engine.data.split import holdout, split_indices
 from engine.data.stats import channel_mean_std
 from engine.errors import DataError
 
@@ -279,14 +279,24 @@ def make_cifar100(root: Path, n: int = 20) -> Path:
 def test_cifar10_from_batch_files(tmp_path, form):
     folder = make_cifar10(tmp_path)
     path = folder if form == "folder" else tmp_path
-    bundle = data.build(DataSpec(dataset="cifar10", path=path), batch_size=32)
-    assert bundle.train.dataset_size == 100 and bundle.val.dataset_size == 20
+    bundle = data.build(DataSpec(dataset="cifar10", path=path, val_fraction=0.2), batch_size=32)
+    # The test batch is the test split; val is held out of the training batches.
+    assert bundle.train.dataset_size + bundle.val.dataset_size == 100
+    assert 12 <= bundle.val.dataset_size <= 28 and bundle.test.dataset_size == 20
     assert bundle.num_classes == 10 and bundle.class_names[0] == "airplane"
     assert bundle.in_channels == 3 and bundle.image_size == 32
     assert bundle.mean == cifar.LAYOUTS["cifar10"].mean
-    first = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
-    assert np.array_equal(bundle.train.images[0].numpy().reshape(-1), first[b"data"][0])
-    assert bundle.train.labels[:20].tolist() == first[b"labels"]
+    rows = []
+    for i in range(1, 6):
+        batch = pickle.loads((folder / f"data_batch_{i}").read_bytes(), encoding="bytes")
+        rows += [(bytes(r), int(y)) for r, y in zip(batch[b"data"], batch[b"labels"], strict=True)]
+    got = [(bytes(img.numpy().reshape(-1)), int(y)) for img, y in zip(
+        torch.cat([bundle.train.images, bundle.val.images]),
+        torch.cat([bundle.train.labels, bundle.val.labels]), strict=True)]
+    assert sorted(got) == sorted(rows)
+    test = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
+    assert np.array_equal(bundle.test.images.numpy().reshape(20, -1), test[b"data"])
+    assert bundle.test.labels.tolist() == test[b"labels"]
     x, y = next(iter(bundle.train))
     assert x.shape == (32, 3, 32, 32) and y.dtype == torch.int64
 
@@ -298,7 +308,7 @@ def test_cifar100_from_batch_files(tmp_path, form):
     bundle = data.build(DataSpec(dataset="cifar100", path=path), batch_size=8)
     assert bundle.num_classes == 100 and bundle.class_names[99] == "class99"
     test = pickle.loads((folder / "test").read_bytes(), encoding="bytes")
-    assert bundle.val.labels.tolist() == test[b"fine_labels"]
+    assert bundle.test.labels.tolist() == test[b"fine_labels"]
     assert bundle.std == cifar.LAYOUTS["cifar100"].std
 
 
@@ -424,14 +434,14 @@ def test_imagefolder_corrupt_image_names_the_file(tmp_path):
     make_folder(tmp_path, 3)
     (tmp_path / "red" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="cannot decode .*broken.png"):
-        data.build(DataSpec(dataset="imagefolder", path=tmp_path), batch_size=4)
+        data.build(DataSpec(dataset="imagefolder", path=tmp_path, val_fraction=0.5), batch_size=4)
 
 
 def test_imagefolder_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
     make_folder(tmp_path, 3)
     monkeypatch.setattr(imagefolder, "MAX_DECODED_BYTES", 1000)
     with pytest.raises(DataError, match="smaller data.image_size"):
-        data.build(DataSpec(dataset="imagefolder", path=tmp_path), batch_size=4)
+        data.build(DataSpec(dataset="imagefolder", path=tmp_path, val_fraction=0.5), batch_size=4)
 
 
 # --- names ------------------------------------------------------------------
@@ -455,3 +465,74 @@ def test_torchvision_unavailable_says_what_to_use(tmp_path, monkeypatch):
 def test_drop_last_with_too_few_images_is_a_clear_error():
     with pytest.raises(DataError, match="no full batch of 500"):
         data.build(small_shapes(), batch_size=500, drop_last=True)
+
+
+# --- test split ---------------------------------------------------------------
+
+
+def image_keys(images: torch.Tensor) -> set[bytes]:
+    return {bytes(img.numpy()) for img in images}
+
+
+def test_no_test_split_unless_asked():
+    assert data.build(small_shapes(), batch_size=16).test is None
+
+
+def test_shapes_test_fraction_holds_out_a_stratified_disjoint_test_split():
+    bundle = data.build(small_shapes(num_classes=4, test_fraction=0.2), batch_size=16)
+    assert bundle.test is not None
+    assert bundle.train.dataset_size == 96 and bundle.test.dataset_size == 24
+    assert sorted(set(bundle.test.labels.tolist())) == [0, 1, 2, 3]
+    train, val, test = (image_keys(s.images) for s in (bundle.train, bundle.val, bundle.test))
+    assert not (test & train) and not (test & val)
+    again = data.build(small_shapes(num_classes=4, test_fraction=0.2), batch_size=16)
+    assert torch.equal(again.test.images, bundle.test.images)
+    # Evaluation splits are neither shuffled nor augmented.
+    assert torch.equal(torch.cat([y for _, y in bundle.test]), bundle.test.labels)
+
+
+def test_test_fraction_leaving_a_class_empty_is_a_clear_error():
+    with pytest.raises(DataError, match=r"test_fraction=0.02 leaves a class without test.*'circle' \(20 images\).*at least 0.05"):
+        data.build(small_shapes(train_size=120, test_fraction=0.02), batch_size=16)
+    with pytest.raises(DataError, match=r"'b' \(1 images\); every class needs at least 2 images"):
+        split_indices(np.array([0, 0, 0, 1]), val_fraction=0.1, test_fraction=0.3, seed=0, class_names=["a", "b"])
+
+
+def test_imagefolder_test_folder_is_the_test_split(tmp_path):
+    make_folder(tmp_path / "train", 4)
+    make_folder(tmp_path / "val", 2)
+    make_folder(tmp_path / "test", 3, ext=".jpg")
+    spec = DataSpec(dataset="imagefolder", path=tmp_path, image_size=8)
+    bundle = data.build(spec, batch_size=5)
+    assert bundle.train.dataset_size == 12 and bundle.val.dataset_size == 6
+    assert bundle.test.dataset_size == 9 and bundle.test.labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    with pytest.raises(DataError, match="has its own test split .*test.*remove data.test_fraction"):
+        data.build(spec.model_copy(update={"test_fraction": 0.2}), batch_size=5)
+    (tmp_path / "test" / "purple").mkdir()
+    with pytest.raises(DataError, match=r"only in test: \['purple'\]"):
+        data.build(spec, batch_size=5)
+
+
+def test_imagefolder_without_test_folder_carves_test_and_val(tmp_path):
+    make_folder(tmp_path, 10)
+    spec = DataSpec(dataset="imagefolder", path=tmp_path, image_size=8, val_fraction=0.2, test_fraction=0.3)
+    bundle = data.build(spec, batch_size=4)
+    counts = [torch.bincount(s.labels, minlength=3).tolist() for s in (bundle.train, bundle.val, bundle.test)]
+    assert counts == [[5, 5, 5], [2, 2, 2], [3, 3, 3]]
+    # Without a test split the val choice is what it always was.
+    plain = data.build(spec.model_copy(update={"test_fraction": 0.0}), batch_size=4)
+    assert plain.test is None and plain.val.dataset_size == 6
+
+
+def test_cifar_has_its_own_test_split(tmp_path):
+    make_cifar10(tmp_path)
+    with pytest.raises(DataError, match="cifar10 has its own test split .*test_batch"):
+        data.build(DataSpec(dataset="cifar10", path=tmp_path, test_fraction=0.1), batch_size=8)
+
+
+def test_val_and_test_fractions_must_leave_training_images():
+    from engine.config import spec_from_dict
+    from engine.errors import PresetError
+
+    with pytest.raises(PresetError, match="data: val_fraction 0.5 \\+ test_fraction 0.5 leave no training"):
+        spec_from_dict({"data": {"val_fraction": 0.5, "test_fraction": 0.5}})

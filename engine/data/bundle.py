@@ -1,4 +1,4 @@
-"""What `engine.data.build` hands to the trainer: two loaders and the facts about the data."""
+"""What `engine.data.build` hands to the trainer: the loaders and the facts about the data."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class DataBundle:
+    """`val` selects epochs; `test` (None when the data has no test split) is held out
+    from every choice and only reported."""
+
     train: TensorLoader
     val: TensorLoader
     num_classes: int
@@ -19,3 +22,4 @@ class DataBundle:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test: TensorLoader | None = None

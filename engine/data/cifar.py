@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.splits import Splits
+from engine.data.splits import Splits, carve, no_test_fraction
 from engine.errors import DataError
 
 
@@ -139,14 +139,18 @@ def _read_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def load(name: str, path: Path | None) -> Splits:
-    """Read `cifar10` or `cifar100`; the test batch is the validation split."""
+def load(
+    name: str, path: Path | None, *, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> Splits:
+    """Read `cifar10` or `cifar100`: the test batch is the test split, and the val split
+    (which selects epochs) is a class-stratified `val_fraction` of the training batches."""
     layout = LAYOUTS[name]
+    no_test_fraction(test_fraction, name, f"the {layout.test_file} file")
     root = _find_root(name, path)
     parts = [_read_batch(root / f, layout) for f in layout.train_files]
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
-    val_x, val_y = _read_batch(root / layout.test_file, layout)
+    test_x, test_y = _read_batch(root / layout.test_file, layout)
     meta = _read_pickle(root / layout.meta_file)
     raw_names = meta.get(layout.names_key)
     if raw_names is None or len(raw_names) != layout.num_classes:
@@ -155,12 +159,19 @@ def load(name: str, path: Path | None) -> Splits:
             f"under {layout.names_key!r}"
         )
     class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
+    (tx, ty), (vx, vy), _ = carve(
+        torch.from_numpy(np.ascontiguousarray(train_x)), torch.from_numpy(train_y),
+        val_fraction=val_fraction, test_fraction=0.0, seed=seed,
+        class_names=class_names, source=name,
+    )
     return Splits(
-        train_images=torch.from_numpy(np.ascontiguousarray(train_x)),
-        train_labels=torch.from_numpy(train_y),
-        val_images=torch.from_numpy(np.ascontiguousarray(val_x)),
-        val_labels=torch.from_numpy(val_y),
+        train_images=tx,
+        train_labels=ty,
+        val_images=vx,
+        val_labels=vy,
         class_names=class_names,
         mean=layout.mean,
         std=layout.std,
+        test_images=torch.from_numpy(np.ascontiguousarray(test_x)),
+        test_labels=torch.from_numpy(test_y),
     )

@@ -1,8 +1,9 @@
 """`imagefolder`: one folder per class, decoded once into memory.
 
-Layouts: `<path>/train/<class>/...` with an optional `<path>/val/<class>/...`, or
-just `<path>/<class>/...`; without a val folder a stratified `val_fraction` of the
-training images is held out. Every image is converted to RGB, resized on its
+Layouts: `<path>/train/<class>/...` with optional `<path>/val/<class>/...` and
+`<path>/test/<class>/...`, or just `<path>/<class>/...`; without a val (test) folder
+a stratified `val_fraction` (`test_fraction`) of the training images is held out.
+Every image is converted to RGB, resized on its
 shorter side and centre-cropped to `image_size`, and kept as one uint8 tensor: for
 simplicity and speed, at the price of memory, so the total decoded size is capped
 at about 4 GiB.
@@ -11,14 +12,15 @@ at about 4 GiB.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.data.split import holdout
-from engine.data.splits import Splits
+from engine.data.split import split_indices
+from engine.data.splits import Splits, no_test_fraction
 from engine.errors import DataError
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -75,12 +77,42 @@ def _decode_all(files: list[Path], size: int, workers: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load(
-    path: Path | None, *, image_size: int, val_fraction: float, seed: int, workers: int = 0
-) -> Splits:
+@dataclass
+class FolderSplits:
+    """The image files of each split (paths and labels), before any decoding."""
+
+    root: Path
+    classes: list[str]
+    files: dict[str, list[Path]]  # "train", "val", and "test" when there is a test split
+    labels: dict[str, np.ndarray]
+
+    def count(self) -> int:
+        return sum(len(f) for f in self.files.values())
+
+
+def _same_classes(train_dir: Path, other: Path, classes: list[str], what: str) -> None:
+    other_classes = _class_dirs(other)
+    if other_classes != classes:
+        only_train = sorted(set(classes) - set(other_classes))
+        only_other = sorted(set(other_classes) - set(classes))
+        raise DataError(
+            f"imagefolder: class folders differ between {train_dir} and {other} "
+            f"(only in train: {only_train or '-'}; only in {what}: {only_other or '-'}); "
+            f"make both hold the same class names"
+        )
+
+
+def scan(path: Path | None, *, val_fraction: float, test_fraction: float, seed: int) -> FolderSplits:
+    """Find the class folders and image files of every split; nothing is decoded here.
+
+    `<path>/train` with optional `val/` and `test/` beside it, or `<path>/<class>/...`.
+    A missing val (test) folder is replaced by a class-stratified `val_fraction`
+    (`test_fraction`) of the training images, chosen by `seed`.
+    """
     if path is None:
         raise DataError(
-            "imagefolder needs data.path: a folder of <class>/ image folders (or train/ and val/)"
+            "imagefolder needs data.path: a folder of <class>/ image folders "
+            "(or train/ with optional val/ and test/)"
         )
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -88,7 +120,9 @@ def load(
             f"imagefolder: {root} is not a directory; set data.path to the dataset folder"
         )
     train_dir = root / "train" if (root / "train").is_dir() else root
-    val_dir = root / "val" if train_dir != root and (root / "val").is_dir() else None
+    nested = train_dir != root
+    val_dir = root / "val" if nested and (root / "val").is_dir() else None
+    test_dir = root / "test" if nested and (root / "test").is_dir() else None
 
     classes = _class_dirs(train_dir)
     if not classes:
@@ -99,39 +133,64 @@ def load(
         raise DataError(
             f"imagefolder: {train_dir} has one class folder ({classes[0]}); a classifier needs two or more"
         )
-    if val_dir is not None:
-        val_classes = _class_dirs(val_dir)
-        if val_classes != classes:
-            only_train = sorted(set(classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(classes))
-            raise DataError(
-                f"imagefolder: class folders differ between {train_dir} and {val_dir} "
-                f"(only in train: {only_train or '-'}; only in val: {only_val or '-'}); "
-                "make both hold the same class names"
-            )
+    if test_dir is not None:
+        no_test_fraction(test_fraction, "imagefolder", f"the folder {test_dir}")
+    for folder, what in ((val_dir, "val"), (test_dir, "test")):
+        if folder is not None:
+            _same_classes(train_dir, folder, classes, what)
 
-    train_files, train_labels = _scan(train_dir, classes)
-    val_files, val_labels = _scan(val_dir, classes) if val_dir is not None else ([], [])
-    decoded = (len(train_files) + len(val_files)) * 3 * image_size * image_size
-    if decoded > MAX_DECODED_BYTES:
-        raise DataError(
-            f"imagefolder: {len(train_files) + len(val_files)} images at {image_size}x{image_size} "
-            f"would take {decoded / 2**30:.1f} GiB in memory (limit 4 GiB); set a smaller data.image_size"
-        )
-
-    images = _decode_all(train_files + val_files, image_size, workers)
-    labels = torch.tensor(train_labels + val_labels, dtype=torch.int64)
-    n_train = len(train_files)
-    if val_dir is not None:
-        return Splits(
-            images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], classes
-        )
-
-    train_idx, val_idx = holdout(np.asarray(train_labels), val_fraction, seed)
-    if len(val_idx) == 0:
+    pool_files, pool_labels = _scan(train_dir, classes)
+    labels = np.asarray(pool_labels, dtype=np.int64)
+    train_idx, val_idx, test_idx = split_indices(
+        labels,
+        val_fraction=0.0 if val_dir is not None else val_fraction,
+        test_fraction=0.0 if test_dir is not None else test_fraction,
+        seed=seed,
+        class_names=classes,
+        source=f"imagefolder {train_dir}",
+    )
+    files = {"train": [pool_files[i] for i in train_idx]}
+    out_labels = {"train": labels[train_idx]}
+    for name, folder, idx in (("val", val_dir, val_idx), ("test", test_dir, test_idx)):
+        if folder is not None:
+            f, y = _scan(folder, classes)
+            files[name], out_labels[name] = f, np.asarray(y, dtype=np.int64)
+        elif name == "val" or test_fraction > 0:
+            files[name], out_labels[name] = [pool_files[i] for i in idx], labels[idx]
+    if not files["val"]:
         raise DataError(
             f"imagefolder: val_fraction={val_fraction} holds out no images of {root}; "
             "raise data.val_fraction or add a val/ folder next to train/"
         )
-    ti, vi = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    return Splits(images[ti], labels[ti], images[vi], labels[vi], classes)
+    return FolderSplits(root, classes, files, out_labels)
+
+
+def load(
+    path: Path | None,
+    *,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    workers: int = 0,
+    test_fraction: float = 0.0,
+) -> Splits:
+    """Every split decoded into memory (see `scan` for the layouts)."""
+    found = scan(path, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    decoded = found.count() * 3 * image_size * image_size
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(
+            f"imagefolder: {found.count()} images at {image_size}x{image_size} "
+            f"would take {decoded / 2**30:.1f} GiB in memory (limit 4 GiB); set a smaller data.image_size"
+        )
+    parts = {
+        name: (_decode_all(files, image_size, workers), torch.from_numpy(found.labels[name]))
+        for name, files in found.files.items()
+    }
+    test = parts.get("test")
+    return Splits(
+        *parts["train"],
+        *parts["val"],
+        found.classes,
+        test_images=test[0] if test else None,
+        test_labels=test[1] if test else None,
+    )

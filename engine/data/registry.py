@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from engine.data.splits import Splits
 
 
-
 def _unknown(name: str) -> DataError:
     choices = [*NAMES, TORCHVISION_PREFIX + "<Name>"]
     close = difflib.get_close_matches(name.lower(), NAMES, n=1)
@@ -36,11 +35,15 @@ def load_splits(spec: DataSpec) -> Splits:
             val_size=spec.val_size,
             image_size=spec.image_size,
             seed=spec.seed,
+            test_fraction=spec.test_fraction,
         )
     if name in ("cifar10", "cifar100"):
         from engine.data import cifar
 
-        return cifar.load(name, spec.path)
+        return cifar.load(
+            name, spec.path, val_fraction=spec.val_fraction, seed=spec.seed,
+            test_fraction=spec.test_fraction,
+        )
     if name == "imagefolder":
         from engine.data import imagefolder
 
@@ -50,11 +53,15 @@ def load_splits(spec: DataSpec) -> Splits:
             val_fraction=spec.val_fraction,
             seed=spec.seed,
             workers=spec.workers,
+            test_fraction=spec.test_fraction,
         )
     if name.startswith(TORCHVISION_PREFIX):
         from engine.data import vision
 
-        return vision.load(name, spec.path, image_size=spec.image_size)
+        return vision.load(
+            name, spec.path, image_size=spec.image_size, val_fraction=spec.val_fraction,
+            seed=spec.seed, test_fraction=spec.test_fraction,
+        )
     raise _unknown(name)
 
 
@@ -89,16 +96,12 @@ def build(
         pad_shards=True,
         **common,
     )
-    # Validation shards stay disjoint and unpadded so per-rank counts sum to exact figures.
-    val = TensorLoader(
-        s.val_images,
-        s.val_labels,
-        shuffle=False,
-        augment=False,
-        drop_last=False,
-        pad_shards=False,
-        **common,
-    )
+    # Evaluation shards stay disjoint and unpadded so per-rank counts sum to exact figures.
+    evaluation = {"shuffle": False, "augment": False, "drop_last": False, "pad_shards": False}
+    val = TensorLoader(s.val_images, s.val_labels, **evaluation, **common)
+    test = None
+    if s.test_images is not None and s.test_labels is not None:
+        test = TensorLoader(s.test_images, s.test_labels, **evaluation, **common)
     if len(train) == 0:
         raise DataError(
             f"{spec.dataset}: {train.num_samples} training images per rank make no full batch "
@@ -107,6 +110,7 @@ def build(
     return DataBundle(
         train=train,
         val=val,
+        test=test,
         num_classes=len(s.class_names),
         in_channels=int(s.train_images.shape[1]),
         image_size=int(s.train_images.shape[-1]),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine.data.splits import Splits
+from engine.data.splits import Splits, carve
 from engine.errors import DataError
 
 # Order matters: `num_classes=k` uses the first k kinds.
@@ -148,8 +148,20 @@ def generate(
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
 
-def load(*, num_classes: int, train_size: int, val_size: int, image_size: int, seed: int) -> Splits:
-    """Train and val drawn from separate streams of the same seed, so they never share images."""
+def load(
+    *,
+    num_classes: int,
+    train_size: int,
+    val_size: int,
+    image_size: int,
+    seed: int,
+    test_fraction: float = 0.0,
+) -> Splits:
+    """Train and val drawn from separate streams of the same seed, so they never share images.
+
+    With `test_fraction` > 0 that fraction of the `train_size` images (per class) is
+    held out as the test split, so train, val and test are disjoint.
+    """
     if not 2 <= num_classes <= len(KINDS):
         raise DataError(
             f"shapes has {len(KINDS)} kinds ({', '.join(KINDS)}); "
@@ -160,6 +172,13 @@ def load(*, num_classes: int, train_size: int, val_size: int, image_size: int, s
     if image_size < 8:
         raise DataError(f"shapes draws at data.image_size >= 8, not {image_size}")
     kw = {"num_classes": num_classes, "image_size": image_size, "seed": seed}
+    names = list(KINDS[:num_classes])
     tx, ty = generate(train_size, stream=0, **kw)
     vx, vy = generate(val_size, stream=1, **kw)
-    return Splits(tx, ty, vx, vy, list(KINDS[:num_classes]))
+    if test_fraction <= 0:
+        return Splits(tx, ty, vx, vy, names)
+    (tx, ty), _, (sx, sy) = carve(
+        tx, ty, val_fraction=0.0, test_fraction=test_fraction, seed=seed,
+        class_names=names, source="shapes",
+    )
+    return Splits(tx, ty, vx, vy, names, test_images=sx, test_labels=sy)

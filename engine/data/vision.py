@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from engine.data.splits import Splits
+from engine.data.splits import Splits, carve, no_test_fraction
 from engine.errors import DataError
 
 PREFIX = "torchvision:"
@@ -69,8 +69,18 @@ def _materialise(ds: Any, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-def load(dataset: str, path: Path | None, *, image_size: int) -> Splits:
+def load(
+    dataset: str,
+    path: Path | None,
+    *,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    test_fraction: float = 0.0,
+) -> Splits:
+    """The dataset's `train=False` part is the test split; val is held out of `train=True`."""
     name = dataset[len(PREFIX) :]
+    no_test_fraction(test_fraction, dataset, "its train=False part")
     datasets = _import_datasets()
     cls = getattr(datasets, name, None)
     if cls is None or not isinstance(cls, type):
@@ -83,15 +93,19 @@ def load(dataset: str, path: Path | None, *, image_size: int) -> Splits:
     root = str(Path(path).expanduser())
     try:
         train = cls(root=root, train=True, download=False)
-        val = cls(root=root, train=False, download=False)
+        test = cls(root=root, train=False, download=False)
     except (RuntimeError, OSError, TypeError, ValueError) as exc:
         raise DataError(
             f"{dataset}: cannot open it under {root} ({exc}); download it there first "
             "(datasets with no train/test switch are not supported: use imagefolder)"
         ) from exc
     train_x, train_y = _materialise(train, image_size)
-    val_x, val_y = _materialise(val, image_size)
+    test_x, test_y = _materialise(test, image_size)
     classes = [str(c) for c in getattr(train, "classes", [])]
     if not classes:
         classes = [str(i) for i in range(int(train_y.max()) + 1)]
-    return Splits(train_x, train_y, val_x, val_y, classes)
+    (tx, ty), (vx, vy), _ = carve(
+        train_x, train_y, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
+        class_names=classes, source=dataset,
+    )
+    return Splits(tx, ty, vx, vy, classes, test_images=test_x, test_labels=test_y)
