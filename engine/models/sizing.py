@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from numbers import Real
 
-from engine.errors import ModelError
+from engine.errors import ModelError, PresetError
 
 SMALLEST_WIDTH = 8  # fewer channels than this leaves slimming nothing to choose from
 
@@ -47,3 +48,18 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 def input_size(in_channels: int, side: int = 32) -> tuple[int, int, int]:
     return (in_channels, side, side)
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """`3x32x32` (also `3,32,32` or `3 32 32`) -> (3, 32, 32): channels, height, width.
+
+    Raises PresetError (bad usage) naming the text and the expected form.
+    """
+    parts = [p for p in re.split(r"[x×,\s]+", str(text).strip().lower()) if p]
+    dims = tuple(int(p) for p in parts) if all(p.isascii() and p.isdigit() for p in parts) else ()
+    if len(dims) != 3 or any(d < 1 for d in dims):
+        raise PresetError(
+            f"input size {text!r} is not CxHxW (channels x height x width, three positive integers), "
+            "e.g. 3x32x32"
+        )
+    return dims  # type: ignore[return-value]
