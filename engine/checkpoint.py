@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from engine.atomic import atomic_file
-from engine.errors import CheckpointError, SlimlabError
+from engine.errors import CheckpointError, NeedsTrust, SlimlabError, UntrustedCheckpoint
 from engine.formats import CHECKPOINT_FORMAT
+from engine.trust import Trust
 
 FORMAT = CHECKPOINT_FORMAT
 
@@ -30,10 +31,30 @@ def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | 
     return {"name": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs or {})}
 
 
-def build_model(arch: dict) -> nn.Module:
+def build_model(arch: dict, trust: Trust | None = None, source: str | None = None) -> nn.Module:
+    """Build an arch dict; a `module:Class` only when `trust` permits it (see engine/trust.py)."""
     from engine import models
 
-    return models.build(arch["name"], arch["num_classes"], arch.get("in_channels", 3), **arch.get("kwargs", {}))
+    check_arch_dict(arch, source or "checkpoint")
+    return models.build_from(arch["name"], arch["num_classes"], arch.get("in_channels", 3), dict(arch.get("kwargs", {})),
+                             trust=trust, source=source)
+
+
+def check_arch_dict(arch: Any, source: str) -> None:
+    """An arch read from a file is data of a fixed shape; anything else is a corrupt file."""
+    ok = (
+        isinstance(arch, dict)
+        and isinstance(arch.get("name"), str)
+        and type(arch.get("num_classes")) is int
+        and type(arch.get("in_channels", 3)) is int
+        and isinstance(arch.get("kwargs", {}), dict)
+        and all(isinstance(k, str) for k in arch.get("kwargs", {}))
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{source}: its arch entry is malformed (expected name, num_classes, in_channels, kwargs); "
+            "the file is corrupt or was not written by slimlab"
+        )
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -92,9 +113,10 @@ def read_raw(path: str | Path, *, trust: bool = False) -> Any:
         if not _needs_code(e):
             raise CheckpointError(f"{path}: not a readable checkpoint ({_short(e)})") from None
         if not trust:
-            raise CheckpointError(
+            raise UntrustedCheckpoint(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the file. "
-                "Load it only if you trust its source: pass --trust (or confirm in the workbench)."
+                "Load it only if you trust its source: pass --trust (or confirm in the workbench).",
+                kind="pickle", source=str(path),
             ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({_short(e)}); re-save or re-copy it") from None
@@ -197,11 +219,16 @@ def find_module(raw: Any) -> nn.Module | None:
     return None
 
 
-def load(path: str | Path, *, arch: dict | None = None, trust: bool = False) -> Loaded:
-    """Load any accepted checkpoint into a model on the CPU (in float32, eval mode)."""
-    raw = read_raw(path, trust=trust)
+def load(path: str | Path, *, arch: dict | None = None, trust: Trust | bool = False) -> Loaded:
+    """Load any accepted checkpoint into a model on the CPU (in float32, eval mode).
+
+    `arch` rebuilds a bare state_dict. `trust` says what may run code: pickled objects, and
+    which `module:Class` archs (read from the file, or in `arch`) may be built; True means
+    `--trust`. The caller adds the names the user gave (e.g. `--arch`) with `Trust.allowing`."""
+    trust = Trust.of(trust)
+    raw = read_raw(path, trust=trust.pickles)
     if is_slimlab(raw):
-        model = rebuild(raw["arch"], raw.get("plan"), raw["state_dict"], source=str(path))
+        model = rebuild(raw["arch"], raw.get("plan"), raw["state_dict"], source=str(path), trust=trust)
         return Loaded(model, raw["arch"], raw.get("plan"), raw.get("meta", {}), raw, "slimlab")
     module = find_module(raw)
     if module is not None:
@@ -216,13 +243,19 @@ def load(path: str | Path, *, arch: dict | None = None, trust: bool = False) -> 
             f"{path}: is a bare state_dict: say which architecture it belongs to "
             "(--arch NAME --num-classes N, or a preset's model.arch)"
         )
-    model = rebuild(arch, None, strip_prefix(state), source=str(path))
+    model = rebuild(arch, None, strip_prefix(state), source=str(path), trust=trust)
     return Loaded(model, arch, None, {}, {}, "state_dict")
 
 
-def rebuild(arch: dict, plan: dict | None, state: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
+def rebuild(
+    arch: dict, plan: dict | None, state: dict[str, torch.Tensor], source: str = "checkpoint", trust: Trust | None = None
+) -> nn.Module:
     try:
-        model = build_model(arch)
+        model = build_model(arch, trust=trust, source=source)
+    except NeedsTrust as e:
+        raise UntrustedCheckpoint(str(e), kind=e.kind, arch=e.arch, kwargs=e.kwargs, source=source) from None
+    except CheckpointError:
+        raise
     except SlimlabError as e:
         raise CheckpointError(f"{source}: cannot rebuild its architecture: {e}") from None
     if plan:

@@ -42,7 +42,17 @@ def batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: the preset's name); -2, -3 ... are added when taken")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a failed or cancelled run from its last good state")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+    add_trust_arguments(p)
     return p
+
+
+def add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="store_true",
+                   help="trust the files this run reads: pickled objects load and the package.module:Class "
+                        "they name may be built (only for files you trust)")
+    p.add_argument("--allow-arch", action="append", default=[], metavar="MODULE:CLASS",
+                   help="allow building this package.module:Class when a file names it (a checkpoint, a teacher, "
+                        "a copied run directory's spec.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +92,16 @@ def batch(argv: list[str]) -> int:
     args = batch_parser().parse_args(argv)
     from engine import config, runs
 
+    allow = allowed_archs(args.allow_arch)
     if args.resume is not None:
         if args.preset or args.overrides:
             raise PresetError("--resume continues a run as it was; give no preset or --set with it")
-        return execute(args.resume, resume=True, plain=args.plain)
+        return execute(args.resume, resume=True, plain=args.plain, trust=args.trust, allow_archs=allow)
     if not args.preset:
         raise PresetError("no preset given: slimlab --batch PRESET (see slimlab --batch --help)")
     spec = config.load_preset(args.preset, args.overrides)
+    if allow:  # recorded in spec.yaml, so a resume builds them too
+        spec.allow_archs = list(dict.fromkeys([*spec.allow_archs, *allow]))
     runs_dir = args.runs_dir or spec.output.runs_dir
     name = args.name or spec.output.name or spec.name
     from engine import distributed
@@ -96,15 +109,27 @@ def batch(argv: list[str]) -> int:
     info = distributed.from_env()
     path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
     prepare_run_dir(path, spec, info.is_main)
-    return execute(path, resume=False, plain=args.plain)
+    return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec)
+
+
+def allowed_archs(values: list[str]) -> list[str]:
+    from engine.trust import arch_names
+
+    try:
+        return arch_names(values)
+    except ValueError as e:
+        raise PresetError(str(e)) from None
 
 
 def prepare_run_dir(path: Path, spec: Any, is_main: bool = True) -> None:
+    """Write spec.yaml (signed as this user's, see engine/trust.py) and a queued status."""
     from engine.runs import RunWriter
+    from engine.trust import sign_spec
 
     if not is_main:
         return
     (path / "spec.yaml").write_text(spec.to_yaml())
+    sign_spec(path)
     RunWriter(path).status(state="queued", preset=spec.name, progress=0.0)
 
 
@@ -126,22 +151,52 @@ def run_existing(argv: list[str]) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--plain", action="store_true")
+    add_trust_arguments(p)
     args = p.parse_args(argv)
-    return execute(args.run_dir, resume=args.resume, plain=True if args.plain else None)
+    return execute(args.run_dir, resume=args.resume, plain=True if args.plain else None, trust=args.trust,
+                   allow_archs=allowed_archs(args.allow_arch))
 
 
-def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
-    """Run the spec in `path`; maps outcomes to exit codes."""
+def run_trust(path: Path, spec: Any, *, trust: bool, allow_archs: list[str], fresh: bool) -> Any:
+    """What this run may build and unpickle (engine/trust.py).
+
+    A fresh run's spec is the preset the user just gave; a run directory's spec.yaml counts as
+    the user's only when signed by them, otherwise its module:Class names need --allow-arch."""
+    from engine import trust as trust_rule
+    from engine.errors import NeedsTrust
+
+    base = (trust_rule.Trust.everything() if trust else trust_rule.Trust()).allowing(*allow_archs)
+    if fresh or trust_rule.spec_signed(path):
+        return trust_rule.from_spec(spec, base)
+    missing = [a for a in trust_rule.spec_archs(spec) if not base.permits_arch(a)]
+    if missing:
+        flags = " ".join(f"--allow-arch {a}" for a in missing)
+        raise NeedsTrust(
+            f"{path / 'spec.yaml'} names {', '.join(missing)}, and it was not written by this user's slimlab "
+            f"(a copied run directory, or an edited spec.yaml): building a package.module:Class runs its code. "
+            f"If you trust it, name it: add {flags} (or --trust)",
+            kind="arch", arch=missing[0], source=str(path / "spec.yaml"), names=missing,
+        )
+    return base
+
+
+def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False,
+            allow_archs: list[str] = (), spec: Any = None) -> int:
+    """Run the spec in `path` (or `spec`, a fresh run's validated preset); maps outcomes to exit codes."""
     from engine import config, distributed
     from engine.pipeline import Pipeline
     from engine.progress import make_reporter
     from engine.train import StopFlag
 
-    spec_path = path / "spec.yaml"
-    if not spec_path.exists():
-        raise PresetError(f"{path}: not a run directory (no spec.yaml)")
-    spec = config.load_preset(spec_path)
+    fresh = spec is not None
+    if spec is None:
+        spec_path = path / "spec.yaml"
+        if not spec_path.exists():
+            raise PresetError(f"{path}: not a run directory (no spec.yaml)")
+        spec = config.load_preset(spec_path)
+    allowed = run_trust(path, spec, trust=trust, allow_archs=list(allow_archs), fresh=fresh)
     info = distributed.from_env()
+    hint = resume_command(path, info, trust=trust, allow_archs=list(allow_archs))
     stop = StopFlag()
     install_signal_handlers(stop)
     reporter = make_reporter(True if plain else None) if info.is_main else None
@@ -150,7 +205,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
 
         reporter = NullReporter()
     try:
-        pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info)
+        pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed)
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")
         pipeline.run(resume=resume)
@@ -158,19 +213,26 @@ def execute(path: Path, *, resume: bool, plain: bool | None) -> int:
         reporter_msg(reporter, f"done: {path}")
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt) as e:
-        reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: slimlab --batch --resume {path}")
+        reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: {hint}")
         return ExitCode.INTERRUPTED
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     except SlimlabError as e:
         print(f"error: {e}", file=sys.stderr)
-        print(f"run directory: {path} (resume with: slimlab --batch --resume {path})", file=sys.stderr)
+        print(f"run directory: {path} (resume with: {hint})", file=sys.stderr)
         return ExitCode.FAILED
     finally:
         if hasattr(reporter, "close"):
             reporter.close()
         distributed.shutdown()
+
+
+def resume_command(path: Path, info: Any, *, trust: bool = False, allow_archs: list[str] = ()) -> str:
+    """The command that continues this run as it was started (same torchrun world size, same trust)."""
+    launcher = (f"torchrun --nproc_per_node {info.world_size} -m engine" if info.enabled else "slimlab")
+    flags = "".join(f" --allow-arch {a}" for a in allow_archs) + (" --trust" if trust else "")
+    return f"{launcher} --batch --resume {path}{flags}"
 
 
 def show_summary(reporter: Any, path: Path) -> None:

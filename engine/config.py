@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import PresetError
+from engine.models import catalog
 
 
 class Strict(BaseModel):
@@ -235,6 +236,18 @@ class RunSpec(Strict):
     stages: list[Stage] = Field(default_factory=lambda: [TrainStage(type="train")])
     rounds: int = Field(1, ge=1, le=20)  # repeats of the sparse -> prune -> finetune block
     output: OutputSpec = Field(default_factory=OutputSpec)
+    # package.module:Class names that files this run reads (checkpoints, teachers) may build;
+    # model.arch and stages' model.arch are allowed already (see engine/trust.py)
+    allow_archs: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_archs")
+    @classmethod
+    def _allow_archs(cls, v: list[str]) -> list[str]:
+        for name in v:
+            module, sep, attr = name.partition(":")
+            if not catalog.is_external(name) or not module or not attr or ":" in attr:
+                raise ValueError(f"{name!r} is not a package.module:Class (registry names need no allowing)")
+        return v
 
     @model_validator(mode="after")
     def _stage_names(self) -> RunSpec:

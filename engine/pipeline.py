@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint, distributed
+from engine import trust as trust_rule
 from engine.atomic import atomic_file
 from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
 from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
@@ -71,8 +72,13 @@ class Pipeline:
         reporter: Any = None,
         stop: StopFlag | None = None,
         dist_info: distributed.DistInfo | None = None,
+        trust: trust_rule.Trust | None = None,
     ):
+        """`trust` says which `module:Class` archs may be built and whether pickles load: the
+        architectures of a preset the user ran (`trust_rule.from_spec`), never those of a
+        spec.yaml that this user did not write. By default nothing outside the registry."""
         self.spec = spec
+        self.trust = trust or trust_rule.Trust()
         self.dist = dist_info or distributed.DistInfo()
         self.writer = RunWriter(run_path, enabled=self.dist.is_main)
         self.reporter = reporter
@@ -177,11 +183,11 @@ class Pipeline:
     def _fresh(self, spec_model: Any) -> Current:
         arch = self._arch(spec_model)
         if spec_model.checkpoint is not None:
-            loaded = checkpoint.load(spec_model.checkpoint, arch=arch)
+            loaded = checkpoint.load(spec_model.checkpoint, arch=arch, trust=self.trust)
             self._check_classes(loaded.model, arch, str(spec_model.checkpoint))
             return Current(loaded.model, loaded.arch, loaded.plan)
         torch.manual_seed(self.spec.training.seed)
-        return Current(checkpoint.build_model(arch), arch, None)
+        return Current(checkpoint.build_model(arch, trust=self.trust, source="the preset's model.arch"), arch, None)
 
     def _check_classes(self, model: nn.Module, arch: dict, source: str) -> None:
         d = self.data(self.spec.training.batch_size)
@@ -203,7 +209,7 @@ class Pipeline:
         return self.current
 
     def _load_output(self, name: str) -> Current:
-        loaded = checkpoint.load(self.outputs[name])
+        loaded = checkpoint.load(self.outputs[name], trust=self.trust)
         return Current(loaded.model, loaded.arch, loaded.plan)
 
     def _finish(self, stage: Any, cur: Current, src: Path | None = None) -> Path:
@@ -252,7 +258,7 @@ class Pipeline:
         distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
         best_path = self.writer.weights / "best.pt"
         if result.best:
-            best = checkpoint.load(best_path)
+            best = checkpoint.load(best_path, trust=self.trust)
             cur = Current(best.model, best.arch, best.plan)
             out = self._finish(stage, cur, src=best_path)
         else:  # zero epochs: the model passes through unchanged
@@ -299,7 +305,7 @@ class Pipeline:
                 path = path / "weights" / "best.pt"
             if not path.exists():
                 raise DistillError(f"stage {stage.name}: teacher checkpoint {path} does not exist")
-        return checkpoint.load(path).model
+        return checkpoint.load(path, trust=self.trust).model
 
     def _distiller(self, stage: Any, cur: Current) -> Any:
         from engine.distill.distiller import Distiller

@@ -19,7 +19,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="with --arch: the classifier's outputs")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--arch-kwargs", default="{}", help='with --arch: constructor kwargs as JSON, e.g. \'{"width": 0.5}\'')
-    p.add_argument("--trust", action="store_true", help="allow unpickling code from the file (only for files you trust)")
+    p.add_argument("--trust", action="store_true",
+                   help="trust the file: unpickle objects and build the package.module:Class it names (only for files you trust)")
+    p.add_argument("--allow-arch", action="append", default=[], metavar="MODULE:CLASS",
+                   help="allow building this package.module:Class when the file names it")
 
 
 def inspect_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,12 @@ def main(cmd: str, argv: list[str]) -> int:
 
 def load(args: argparse.Namespace) -> Any:
     from engine import checkpoint
+    from engine.trust import Trust, arch_names
 
+    try:
+        allowed = arch_names(args.allow_arch)
+    except ValueError as e:
+        raise PresetError(str(e)) from None
     arch = None
     if args.arch:
         if args.num_classes is None:
@@ -62,7 +70,9 @@ def load(args: argparse.Namespace) -> Any:
         except ValueError as e:
             raise PresetError(f"--arch-kwargs is not JSON: {e}") from None
         arch = checkpoint.arch_dict(args.arch, args.num_classes, args.in_channels, kwargs)
-    return checkpoint.load(args.checkpoint, arch=arch, trust=args.trust)
+    # what the user typed is theirs: --arch and --allow-arch may be built
+    trust = Trust.of(args.trust).allowing(*allowed, args.arch)
+    return checkpoint.load(args.checkpoint, arch=arch, trust=trust)
 
 
 def inspect(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 
 # tiny models gain nothing from threads, and busy-waiting threads slow a shared machine badly
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the key that signs run directories' spec.yaml (engine/trust.py) stays out of the user's home
+os.environ.setdefault("SLIMLAB_STATE_DIR", tempfile.mkdtemp(prefix="slimlab-state-"))
 
 TINY = {
     "name": "tiny",

@@ -14,7 +14,8 @@ import torch_pruning as tp
 from torch import nn
 
 import engine.models as models
-from engine.errors import ModelError
+from engine.errors import ModelError, NeedsTrust
+from engine.trust import Trust
 
 # Small settings per built-in so each forward/backward stays in the tens of milliseconds.
 SMALL = {
@@ -301,20 +302,52 @@ NET_SOURCE = """
 """
 
 
+def named(arch: str) -> Trust:
+    """What a preset's model.arch or --arch gives: the user named this class."""
+    return Trust().allowing(arch)
+
+
 def test_external_class(tmp_path, monkeypatch):
     mod = write_module(tmp_path, monkeypatch, "slimlab_ext_class", NET_SOURCE)
-    model = models.build(f"{mod}:Net", 6, in_channels=1, hidden=5)
+    model = models.build(f"{mod}:Net", 6, in_channels=1, hidden=5, trust=named(f"{mod}:Net"))
     assert model.conv.in_channels == 1 and model.conv.out_channels == 5
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 6)
     assert model.default_ignore == ["out"]
     assert model.input_size == (1, 32, 32)
 
 
-def test_external_function_without_in_channels(tmp_path, monkeypatch):
-    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_func", NET_SOURCE)
-    model = models.build(f"{mod}:make_net", 3, hidden=6)
+def test_external_factory_functions_are_refused_before_they_run(tmp_path, monkeypatch):
+    source = NET_SOURCE + "\n    def make_and_mark(num_classes):\n        open(MARK, 'w').close()\n        return Net(num_classes)\n"
+    mark = tmp_path / "called"
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_func", source.replace("MARK", repr(str(mark))))
+    with pytest.raises(ModelError, match="not a torch.nn.Module subclass") as info:
+        models.build(f"{mod}:make_and_mark", 3, trust=named(f"{mod}:make_and_mark"))
+    assert "wrap it in an nn.Module class" in str(info.value)
+    assert not mark.exists()
+
+
+def test_external_class_without_in_channels(tmp_path, monkeypatch):
+    source = NET_SOURCE + textwrap.indent(textwrap.dedent("""
+        class Fixed(Net):
+            def __init__(self, num_classes, hidden=4):
+                super().__init__(num_classes, hidden=hidden)
+        """), "    ")
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_fixed", source)
+    model = models.build(f"{mod}:Fixed", 3, hidden=6, trust=named(f"{mod}:Fixed"))
     assert model.conv.out_channels == 6
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_external_class_not_named_by_the_user_is_not_even_imported(tmp_path, monkeypatch):
+    mark = tmp_path / "imported"
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_unnamed", f"    open({str(mark)!r}, 'w').close()\n" + NET_SOURCE)
+    with pytest.raises(NeedsTrust, match=f"--allow-arch {mod}:Net") as info:
+        models.build(f"{mod}:Net", 3, hidden=2)
+    assert info.value.arch == f"{mod}:Net" and info.value.kwargs == {"hidden": 2}
+    assert not mark.exists() and mod not in sys.modules
+    with pytest.raises(NeedsTrust):  # naming another class does not allow this one
+        models.build(f"{mod}:Net", 3, trust=named(f"{mod}:Other"))
+    assert models.build(f"{mod}:Net", 3, trust=Trust.everything()).out.out_features == 3  # --trust
 
 
 def test_external_keeps_its_own_attributes(tmp_path, monkeypatch):
@@ -327,7 +360,7 @@ def test_external_keeps_its_own_attributes(tmp_path, monkeypatch):
         "    ",
     )
     mod = write_module(tmp_path, monkeypatch, "slimlab_ext_tagged", source)
-    model = models.build(f"{mod}:Tagged", 4)
+    model = models.build(f"{mod}:Tagged", 4, trust=named(f"{mod}:Tagged"))
     assert model.default_ignore == ["out", "conv"]
     assert model.input_size == (3, 64, 64)
 
@@ -337,29 +370,43 @@ def test_external_keeps_its_own_attributes(tmp_path, monkeypatch):
     [
         ("Net", {"depth": 3}, "accepts: num_classes, in_channels, hidden"),
         ("Missing", {}, "no attribute 'Missing'"),
-        ("NUMBER", {}, "not a class or function"),
-        ("not_a_model", {}, "not a torch.nn.Module"),
-        ("picky", {}, "num_classes must be even"),
-        ("no_classes", {}, "must take num_classes"),
+        ("NUMBER", {}, "is a int, not a torch.nn.Module subclass"),
+        ("not_a_model", {}, "is a function, not a torch.nn.Module subclass"),
+        ("Picky", {}, "num_classes must be even"),
+        ("NoClasses", {}, "must take num_classes"),
+        ("NotAModule", {}, "is a class, not a torch.nn.Module subclass"),
     ],
 )
 def test_external_errors(tmp_path, monkeypatch, attr, kwargs, expected):
-    mod = write_module(tmp_path, monkeypatch, f"slimlab_ext_err_{attr.lower()}", NET_SOURCE)
+    source = NET_SOURCE + textwrap.indent(textwrap.dedent("""
+        class Picky(Net):
+            def __init__(self, num_classes):
+                raise ValueError("num_classes must be even")
+
+        class NoClasses(Net):
+            def __init__(self):
+                super().__init__(10)
+
+        class NotAModule:
+            def __init__(self, num_classes):
+                pass
+        """), "    ")
+    mod = write_module(tmp_path, monkeypatch, f"slimlab_ext_err_{attr.lower()}", source)
     with pytest.raises(ModelError, match=f"{mod}:{attr}") as info:
-        models.build(f"{mod}:{attr}", 5, **kwargs)
+        models.build(f"{mod}:{attr}", 5, trust=named(f"{mod}:{attr}"), **kwargs)
     assert expected in str(info.value)
 
 
 def test_external_import_failures(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="PYTHONPATH"):
-        models.build("slimlab_no_such_module:Net", 10)
+        models.build("slimlab_no_such_module:Net", 10, trust=Trust.everything())
     mod = write_module(
         tmp_path, monkeypatch, "slimlab_ext_broken", "raise RuntimeError('broken on import')\n"
     )
     with pytest.raises(ModelError, match="broken on import"):
-        models.build(f"{mod}:Net", 10)
+        models.build(f"{mod}:Net", 10, trust=named(f"{mod}:Net"))
     with pytest.raises(ModelError, match="package.module:Class"):
-        models.build("somemodule:", 10)
+        models.build("somemodule:", 10, trust=Trust.everything())
 
 
 def test_import_does_not_load_torch():

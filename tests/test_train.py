@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint
+from engine import checkpoint, trust
 from engine.cli import prepare_run_dir
 from engine.config import load_preset
 from engine.errors import Cancelled, RunError
@@ -87,12 +87,13 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_state(tmp_path, tin
     monkeypatch.syspath_prepend(str(tmp_path))
     preset = tiny_preset(model={"arch": "nanmodel:GoesNaN", "kwargs": {"after": 10}})
     path, spec = new_run(tmp_path, preset, "nan")
+    named = trust.from_spec(spec)  # the preset names its model class: the user's own
     with pytest.raises(RunError) as e:
-        Pipeline(spec, path).run()
+        Pipeline(spec, path, trust=named).run()
     assert "loss is nan" in str(e.value) and "epoch 1" in str(e.value) and "last.pt" in str(e.value)
     info = read_run(path)
     assert info.state == "failed" and "loss is nan" in info.error
-    last = checkpoint.load(path / "weights" / "last.pt")
+    last = checkpoint.load(path / "weights" / "last.pt", trust=named)
     assert all(torch.isfinite(v).all() for v in last.model.state_dict().values())
     assert last.raw["position"]["epoch"] == 1
 

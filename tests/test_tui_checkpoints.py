@@ -226,3 +226,45 @@ async def test_tiny_terminal_resize(tmp_path):
         await pilot.press("down", "up")
         await pilot.resize_terminal(100, 30)
         await wait_for(pilot, lambda: "slimlab/1" in panel_text(screen), what="the panel after resizing")
+
+
+@run_async
+async def test_a_file_naming_a_module_class_is_built_only_after_a_yes_that_shows_it(tmp_path, monkeypatch):
+    (tmp_path / "slimlab_tui_trust_net.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels=3, hidden=8):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)\n"
+        "        self.bn = nn.BatchNorm2d(hidden)\n"
+        "        self.fc = nn.Linear(hidden, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from engine import models
+    from engine.trust import Trust
+
+    name = "slimlab_tui_trust_net:Net"
+    arch = checkpoint.arch_dict(name, 4, 3, {"hidden": 6})
+    model = models.build(name, 4, hidden=6, trust=Trust().allowing(name))
+    checkpoint.save(tmp_path / "own.pt", model, arch)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await move_to(pilot, screen.tree, "own.pt")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrustModal), what="the confirmation")
+        shown = str(app.screen.query_one("#trust-arch", Static).render())
+        assert shown == "slimlab_tui_trust_net:Net(hidden=6)"
+        await pilot.press("n")
+        await pilot.pause()
+        inspector = app.screen
+        assert isinstance(inspector, InspectorScreen) and not inspector.ready
+        await pilot.press("1")
+        await pilot.pause()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrustModal), what="the confirmation again")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: inspector.ready, what="the confirmed load")
+        assert inspector.loaded.arch["name"] == name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -108,8 +108,8 @@ class SlimlabApp(App):
 
     # ------------------------------------------------------------ cross-screen navigation
 
-    def open_checkpoint(self, path: Path, trust: bool = False) -> None:
-        """Show `path` in the inspector (trust=True unpickles, after the user confirmed)."""
+    def open_checkpoint(self, path: Path, trust: Any = False) -> None:
+        """Show `path` in the inspector (`trust`: what the user confirmed, see engine.trust.Trust)."""
         self.switch_mode("inspector")
         self.get_screen("inspector").load(Path(path), trust=trust)
 

@@ -44,8 +44,11 @@ def launch(spec: Any, runs_dir: Path, name: str | None = None) -> Launched:
     return Launched(path, _spawn(path, resume=False))
 
 
-def resume(path: Path) -> Launched:
-    """Continue a failed or cancelled run from its last good state."""
+def resume(path: Path, allow_archs: tuple[str, ...] = ()) -> Launched:
+    """Continue a failed or cancelled run from its last good state.
+
+    Raises NeedsTrust (kind "arch") when the run's spec.yaml was not written by this user and
+    names a package.module:Class not in `allow_archs`: the caller asks, then passes it."""
     info = runs.read_run(path)
     if info.state not in ("failed", "cancelled"):
         raise LaunchError(f"{path.name} is {info.state}; only failed or cancelled runs resume")
@@ -53,7 +56,28 @@ def resume(path: Path) -> Launched:
         raise LaunchError(f"{path.name} has no spec.yaml to resume from")
     if _running_child(path) is not None:
         raise LaunchError(f"{path.name} is still shutting down; try again in a moment")
-    return Launched(path, _spawn(path, resume=True))
+    check_spec_trust(path, allow_archs)
+    return Launched(path, _spawn(path, resume=True, allow_archs=allow_archs))
+
+
+def check_spec_trust(path: Path, allow_archs: tuple[str, ...]) -> None:
+    """The same rule as `slimlab --batch --resume`: a copied run's module:Class needs a yes."""
+    from engine import config
+    from engine.errors import NeedsTrust
+    from engine.trust import Trust, unsigned_archs
+
+    spec = config.load_preset(path / "spec.yaml")
+    missing = unsigned_archs(path, spec, Trust().allowing(*allow_archs))
+    if not missing:
+        return
+    arch = missing[0]
+    models = [spec.model] + [s.model for s in spec.stages if getattr(s, "model", None) is not None]
+    kwargs = next((m.kwargs for m in models if m.arch == arch), {})
+    raise NeedsTrust(
+        f"{path.name}/spec.yaml was not written by you (a copied run directory, or an edited spec.yaml) and names "
+        f"{arch}: resuming builds it, which runs its code.",
+        kind="arch", arch=arch, kwargs=kwargs, source=str(path / "spec.yaml"), names=missing,
+    )
 
 
 def cancel(path: Path) -> str:
@@ -88,8 +112,9 @@ def _running_child(path: Path) -> subprocess.Popen | None:
     return child if child is not None and child.poll() is None else None
 
 
-def _spawn(path: Path, *, resume: bool) -> int:
+def _spawn(path: Path, *, resume: bool, allow_archs: tuple[str, ...] = ()) -> int:
     cmd = [sys.executable, "-m", "engine", "run", str(path), "--plain"] + (["--resume"] if resume else [])
+    cmd += [arg for a in allow_archs for arg in ("--allow-arch", a)]
     out = open(path / "stdout.txt", "ab")  # noqa: SIM115 - owned by the child from here on
     try:
         child = subprocess.Popen(

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from engine.errors import ModelError
 
 TORCHVISION_PREFIX = "torchvision:"
+# Prefixed names the registry resolves itself (never by importing a module the name chooses):
+# always safe to build, whoever wrote them.
+REGISTRY_PREFIXES: tuple[str, ...] = (TORCHVISION_PREFIX,)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ def names() -> list[str]:
 
 
 def is_external(arch: str) -> bool:
-    """True for `package.module:Class` forms (anything with a colon that is not torchvision)."""
-    return ":" in arch and not arch.startswith(TORCHVISION_PREFIX)
+    """True for `package.module:Class` forms (anything with a colon that is not a registry prefix)."""
+    return ":" in arch and not arch.startswith(REGISTRY_PREFIXES)
 
 
 def unknown_arch_error(arch: str) -> ModelError:
@@ -76,5 +79,5 @@ def describe(arch: str) -> str:
         name = arch[len(TORCHVISION_PREFIX) :]
         return f"torchvision model {name} (random init, weights are never downloaded)"
     if is_external(arch):
-        return f"user model built by calling {arch}(num_classes=..., ...)"
+        return f"user model: the nn.Module class {arch}, called with num_classes=... and its kwargs"
     raise unknown_arch_error(arch)

@@ -1,9 +1,14 @@
 """Turn an architecture string into a freshly initialised torch model.
 
 Three forms are understood: a built-in name (see `catalog`), `torchvision:<name>`, and an
-importable `package.module:Class` (or factory function). Every model that comes out carries
-`default_ignore` (fnmatch patterns of layers whose outputs must never be pruned) and
-`input_size` (C, H, W), which the pruning and profiling code rely on.
+importable `package.module:Class`. Every model that comes out carries `default_ignore` (fnmatch
+patterns of layers whose outputs must never be pruned) and `input_size` (C, H, W), which the
+pruning and profiling code rely on.
+
+The trust rule (engine/trust.py): a `module:Class` is imported only when `trust` permits it
+(the user named it), and called only when it is an `nn.Module` subclass, checked before the
+call. Factory functions are not accepted: whatever a function returns can only be checked
+after it ran.
 """
 
 from __future__ import annotations
@@ -11,24 +16,37 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from engine.errors import ModelError
+from engine.errors import ModelError, NeedsTrust
 from engine.models import catalog
 from engine.models.sizing import check_positive_int
+from engine.trust import Trust, describe_arch
 
 TORCHVISION_INPUT_SIDE = 224  # torchvision models are designed for ImageNet-sized inputs
 EXTERNAL_INPUT_SIDE = 32
 
 
-def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+def build(arch: str, num_classes: int, in_channels: int = 3, *, trust: Trust | None = None, **kwargs: Any) -> nn.Module:
+    """Build `arch` with constructor kwargs given as keywords (see `build_from`)."""
+    return build_from(arch, num_classes, in_channels, kwargs, trust=trust)
+
+
+def build_from(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any], *, trust: Trust | None = None,
+    source: str | None = None,
+) -> nn.Module:
+    """Build `arch` with `kwargs` (a dict: any names, e.g. read from a file).
+
+    A `module:Class` must be permitted by `trust` (default: none is); `source` names where the
+    arch was read, for the message."""
     if not isinstance(arch, str) or not arch.strip():
         raise ModelError(
             f"Architecture must be a non-empty string, got {arch!r}; valid names: {', '.join(catalog.names())}."
         )
+    check_trusted(arch, kwargs, trust, source)
     check_positive_int(arch, "num_classes", num_classes)
     check_positive_int(arch, "in_channels", in_channels)
     if arch in catalog.BUILTINS:
@@ -91,15 +109,26 @@ def build_torchvision(
     return annotate(model, in_channels, TORCHVISION_INPUT_SIDE)
 
 
+def check_trusted(arch: str, kwargs: dict[str, Any], trust: Trust | None, source: str | None) -> None:
+    """Refuse, before any import, a `module:Class` the user has not named."""
+    if (trust or Trust()).permits_arch(arch):
+        return
+    where = f"{source} names" if source else "the architecture is"
+    raise NeedsTrust(
+        f"{where} {describe_arch(arch, kwargs)}: building it imports {arch.partition(':')[0]!r} and runs its code, "
+        f"and slimlab builds a package.module:Class only when you named it yourself. If you trust it, name it: "
+        f"--allow-arch {arch} (or model.arch / allow_archs in your preset, or --trust for a file you trust; "
+        f"the workbench asks). Built-in names and torchvision:<name> need no confirmation.",
+        kind="arch", arch=arch, kwargs=kwargs, source=source,
+    )
+
+
 def build_external(
     arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
-    factory = resolve_external(arch)
+    cls = resolve_external(arch)
     call_kwargs = {"num_classes": num_classes, **kwargs}
-    try:
-        signature: inspect.Signature | None = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None  # some C-level callables have no signature; just try the call
+    signature = external_signature(arch, cls)
     if signature is not None:
         if "in_channels" in signature.parameters:
             call_kwargs["in_channels"] = in_channels
@@ -109,20 +138,29 @@ def build_external(
             accepted = ", ".join(signature.parameters) or "nothing"
             raise ModelError(
                 f"{arch}: cannot be called with {', '.join(call_kwargs)} ({e}); it accepts: {accepted}. "
-                f"A model factory must take num_classes."
+                f"A model class must take num_classes."
             ) from e
     try:
-        model = factory(**call_kwargs)
+        model = cls(**call_kwargs)
     except ModelError:
         raise
     except Exception as e:
         raise ModelError(f"{arch}: building the model failed: {type(e).__name__}: {e}") from e
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{arch}: returned {type(model).__name__}, not a torch.nn.Module.")
     return annotate(model, in_channels, EXTERNAL_INPUT_SIDE)
 
 
-def resolve_external(arch: str) -> Callable[..., Any]:
+def external_signature(arch: str, cls: type) -> inspect.Signature | None:
+    """The constructor's parameters (without self); None when Python cannot tell."""
+    try:
+        return inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_external(arch: str) -> type[nn.Module]:
+    """Import `package.module:Class` and return the class; it must be an nn.Module subclass.
+
+    Call only after `check_trusted`: importing runs the module's code."""
     module_name, _, attr_path = arch.partition(":")
     if not module_name or not attr_path or ":" in attr_path:
         raise ModelError(f"{arch!r} is not of the form 'package.module:Class'.")
@@ -143,9 +181,11 @@ def resolve_external(arch: str) -> Callable[..., Any]:
                 f"{arch}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}."
             )
         obj = getattr(obj, part)
-    if not callable(obj):
+    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+        kind = "a class" if inspect.isclass(obj) else f"a {type(obj).__name__}"
         raise ModelError(
-            f"{arch}: {attr_path!r} is a {type(obj).__name__}, not a class or function."
+            f"{arch}: {attr_path!r} is {kind}, not a torch.nn.Module subclass; slimlab builds only nn.Module "
+            f"classes (a factory function cannot be checked before it runs: wrap it in an nn.Module class)."
         )
     return obj
 

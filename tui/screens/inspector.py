@@ -99,7 +99,8 @@ class InspectorScreen(Screen):
         generation: int
         path: Path
         error: str
-        needs_trust: bool
+        needs_trust: Any  # the NeedsTrust error when a confirmation can make the load work
+        trust: Any = None  # what the failed load was allowed
 
     @dataclass
     class PruneProgress(Message):
@@ -140,7 +141,7 @@ class InspectorScreen(Screen):
         self.sweep_rows: list[dict[str, Any]] = []
         self.sweep_source = ""
         self.generation = 0
-        self._pending: tuple[Path, bool] | None = None
+        self._pending: tuple[Path, Any] | None = None
         self._started = False  # set by on_mount: `is_mounted` turns true only after every mount handler
         self._sweeping = False
         self._sweep_latest: tuple[list[dict[str, Any]], str] | None = None  # newest rows not drawn yet
@@ -183,8 +184,10 @@ class InspectorScreen(Screen):
     def ready(self) -> bool:
         return self.plan is not None and self.inputs is not None
 
-    def load(self, path: Path, *, trust: bool = False) -> None:
-        """Open `path` (works before the screen is mounted: the load starts on mount)."""
+    def load(self, path: Path, *, trust: Any = False) -> None:
+        """Open `path` (works before the screen is mounted: the load starts on mount).
+
+        `trust` (an engine.trust.Trust, or True for everything) is what the user confirmed."""
         path = Path(path)
         if not self._started:
             self._pending = (path, trust)
@@ -207,7 +210,9 @@ class InspectorScreen(Screen):
         self.query_one("#inspector-switcher", ContentSwitcher).current = "inspector-message"
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="load")
-    def _load(self, generation: int, path: Path, trust: bool) -> None:
+    def _load(self, generation: int, path: Path, trust: Any) -> None:
+        from engine.errors import NeedsTrust
+
         try:
             self.post_message(self.LoadStep(generation, f"Loading {display_path(path)}: reading the checkpoint …"))
             from engine import checkpoint
@@ -218,8 +223,8 @@ class InspectorScreen(Screen):
             stats = gamma_stats(loaded.model)
             inputs = precompute(loaded.model, stats=stats)
         except Exception as exc:  # any failure is shown on screen; the app keeps running
-            text = describe_error(exc)
-            self.post_message(self.LoadFailed(generation, path, text, "pickled Python objects" in text))
+            needs = exc if isinstance(exc, NeedsTrust) else None
+            self.post_message(self.LoadFailed(generation, path, describe_error(exc), needs, trust))
             return
         self.post_message(self.ModelReady(generation, path, loaded, inputs))
 
@@ -232,12 +237,22 @@ class InspectorScreen(Screen):
             return
         self._message(f"Could not open {display_path(message.path)}:\n\n{message.error}\n\n"
                       "Press 1 to choose another checkpoint.")
-        if message.needs_trust:
+        needs = message.needs_trust
+        if needs is not None:
+            from engine.trust import Trust
+
+            granted = Trust.of(message.trust)
+            if needs.kind == "arch":  # exactly the module:Class shown, nothing else
+                granted = granted.allowing(needs.arch)
+            else:
+                granted = Trust(pickles=True, archs=granted.archs, any_arch=granted.any_arch)
+
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.load(message.path, trust=True)
+                    self.load(message.path, trust=granted)
 
-            self.app.push_screen(TrustModal(message.path, message.error), answered)
+            arch = needs.arch if needs.kind == "arch" else None
+            self.app.push_screen(TrustModal(message.path, message.error, arch=arch, kwargs=needs.kwargs), answered)
 
     def on_inspector_screen_model_ready(self, message: ModelReady) -> None:
         if message.generation != self.generation:

@@ -224,11 +224,25 @@ class RunsScreen(Screen):
 
     def action_resume_run(self) -> None:
         info = self.selected()
-        if info is None:
-            return
+        if info is not None:
+            self._resume(info.path, ())
+
+    def _resume(self, path: Path, allow_archs: tuple[str, ...]) -> None:
+        from engine.errors import NeedsTrust, SlimlabError
+        from tui.widgets.ckpt_trust import TrustModal
+
         try:
-            launched = launcher.resume(info.path)
-        except launcher.LaunchError as e:
+            launched = launcher.resume(path, allow_archs)
+        except NeedsTrust as e:
+            arch = e.arch
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._resume(path, (*allow_archs, arch))
+
+            self.app.push_screen(TrustModal(path / "spec.yaml", str(e), arch=arch, kwargs=e.kwargs), answered)
+            return
+        except SlimlabError as e:  # LaunchError, or a spec.yaml that no longer validates
             self.notify(str(e), severity="warning", title="Resume")
             return
         self.notify(f"resuming {launched.path.name} (pid {launched.pid})", title="Resume")
