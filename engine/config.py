@@ -71,6 +71,7 @@ class TrainingSpec(Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     sync_bn: bool = False
     log_every: int = Field(10, ge=1)  # steps between metrics lines
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
 
     @field_validator("device")
     @classmethod

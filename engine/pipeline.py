@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import checkpoint, distributed
+from engine import checkpoint, distributed, threads
 from engine import trust as trust_rule
 from engine.atomic import atomic_file
 from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
@@ -106,6 +106,7 @@ class Pipeline:
             w.status(started=time.time())
         w.start_heartbeat()
         w.log(f"run {w.path.name}: {len(self.stages)} stages on {self.device}" + (" (resumed)" if resume else ""))
+        self._apply_threads()
         try:
             for i, stage in enumerate(self.stages):
                 if stage.name in done:
@@ -158,6 +159,14 @@ class Pipeline:
         return raw if raw.get("position", {}).get("stage") == stage.name else None
 
     # ---------------------------------------------------------- shared pieces
+
+    def _apply_threads(self) -> None:
+        """training.threads for the whole run; the value used goes to the log and status.json."""
+        used, note = threads.apply(self.spec.training.threads)
+        if note:
+            self.writer.log(f"warning: {note}")
+        self.writer.log(f"threads: {used} torch intra-op thread{'s' if used != 1 else ''}")
+        self.writer.status(threads=used)
 
     def data_spec(self) -> Any:
         spec = self.spec.data

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import checkpoint, distributed
+from engine import checkpoint, distributed, threads
 from engine.config import TrainingSpec
 from engine.errors import Cancelled, PresetError, RunError
 from engine.runs import RunWriter
@@ -235,6 +235,7 @@ class Trainer:
         steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulate))
 
         seed_everything(cfg.seed + self.dist.rank)
+        self.threads, _ = threads.apply(cfg.threads)
         self._call("on_fit_start", self)
         if resume is not None:
             # callbacks with trainable state (hint regressors) must match the optimizer state
@@ -324,7 +325,8 @@ class Trainer:
 
                 metrics = {"stage": self.stage, "epoch": epoch, "step": self.step,
                            "loss": loss_sum / max(1, loss_n) if device.type == "cpu" else loss.item(),
-                           "lr": optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0}
+                           "lr": optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
+                           "threads": self.threads}
                 metrics.update(evaluate(model, val_loader, device, self.amp_dtype))
                 for extra in self._call("on_epoch_end", self, epoch):
                     metrics.update(extra or {})

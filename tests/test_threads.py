@@ -1,0 +1,52 @@
+"""training.threads: torch's intra-op threads, applied for the run and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine import threads
+from engine.cli import prepare_run_dir
+from engine.config import load_preset
+from engine.pipeline import Pipeline
+from engine.runs import create_run_dir
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_are_applied_and_recorded(tmp_path, tiny_preset, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    torch.set_num_threads(2)
+    spec = load_preset(tiny_preset(), ["training.threads=1", "training.epochs=1"])
+    path = create_run_dir(tmp_path / "runs", "threads")
+    prepare_run_dir(path, spec)
+    Pipeline(spec, path).run()
+    assert torch.get_num_threads() == 1
+    epochs = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if '"accuracy"' in x]
+    assert epochs and all(r["threads"] == 1 for r in epochs)
+    assert json.loads((path / "status.json").read_text())["threads"] == 1
+    assert "threads: 1 torch intra-op thread\n" in (path / "log.txt").read_text()
+
+
+def test_threads_beyond_the_cores_are_clamped_with_a_note(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    used, note = threads.apply(16)
+    assert used == 2 == torch.get_num_threads()
+    assert note == "training.threads=16 is more than the 2 CPU cores here; using 2"
+    torch.set_num_threads(1)
+    assert threads.apply(None) == (1, None)  # None leaves torch's choice alone
+
+
+def test_threads_must_be_positive():
+    from engine.config import spec_from_dict
+    from engine.errors import PresetError
+
+    with pytest.raises(PresetError, match="training.threads: Input should be greater than or equal to 1"):
+        spec_from_dict({"training": {"threads": 0}})
