@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine import sniff
 from engine.atomic import atomic_file
 from engine.errors import CheckpointError, NeedsTrust, SlimlabError, UntrustedCheckpoint
 from engine.formats import CHECKPOINT_FORMAT
@@ -99,27 +98,47 @@ def _plain(obj: Any) -> Any:
 
 
 def read_raw(path: str | Path, *, trust: bool = False) -> Any:
-    """torch.load with clear errors; pickled code only with `trust`."""
+    """torch.load with clear errors; pickled code only with `trust`.
+
+    The format is told from the bytes first (engine/sniff.py), so text, random bytes, a
+    truncated or damaged file get a diagnosis, and --trust is suggested only for a well-formed
+    pickle that imports code. Every failure is a CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; for a run directory use {path}/weights/best.pt")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+    try:
+        kind = sniff.sniff(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if kind.problem:
+        raise CheckpointError(f"{path}: {kind.problem}")
+    if kind.kind == "safetensors":
+        return _read_safetensors(path, kind)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not _needs_code(e):
-            raise CheckpointError(f"{path}: not a readable checkpoint ({_short(e)})") from None
+    except pickle.UnpicklingError:
+        check = sniff.pickle_check(path, kind)
+        if not check.well_formed:
+            raise CheckpointError(f"{path}: damaged: its pickled data does not parse ({check.problem}); "
+                                  "re-save or re-copy it") from None
+        code = _code_globals(check.globals)
+        missing = [n for n in code if _surely_missing(n)]
+        if missing:  # a flipped byte in a name: no trust makes this load
+            raise CheckpointError(f"{path}: damaged: its pickle names {', '.join(missing[:3])}, which does not exist; "
+                                  "re-save or re-copy it") from None
+        if not code:
+            raise CheckpointError(f"{path}: not a readable checkpoint (its pickle was refused by torch.load)") from None
         if not trust:
+            shown = ", ".join(code[:4]) + (f" and {len(code) - 4} more" if len(code) > 4 else "")
             raise UntrustedCheckpoint(
-                f"{path}: holds pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the file. "
+                f"{path}: holds pickled Python objects (it imports {shown}); unpickling runs code from the file. "
                 "Load it only if you trust its source: pass --trust (or confirm in the workbench).",
-                kind="pickle", source=str(path),
+                kind="pickle", source=str(path), names=code,
             ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({_short(e)}); re-save or re-copy it") from None
+    except Exception as e:  # torch.load on damaged bytes raises almost anything
+        raise CheckpointError(f"{path}: damaged PyTorch checkpoint ({_short(e)}); re-save or re-copy it") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # arbitrary unpickling failures: missing classes, modules, ...
@@ -129,9 +148,27 @@ def read_raw(path: str | Path, *, trust: bool = False) -> Any:
         ) from None
 
 
-def _needs_code(e: Exception) -> bool:
-    text = str(e)
-    return "Weights only load failed" in text or "weights_only" in text
+def _code_globals(names: list[str]) -> list[str]:
+    """The imports torch's weights_only loader refuses: what unpickling would run."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without it: show every name
+        allowed = set()
+    return [n for n in names if n not in allowed and n.replace("__builtin__.", "builtins.") not in allowed]
+
+
+def _surely_missing(name: str) -> bool:
+    """True when `module.attr` names a module already imported that has no such attribute.
+
+    Only modules in sys.modules are looked at: checking any other would import it, running code."""
+    import sys
+
+    module, _, attr = name.rpartition(".")
+    module = module.replace("__builtin__", "builtins")
+    mod = sys.modules.get(module)
+    return mod is not None and not hasattr(mod, attr)
 
 
 def _short(e: Exception) -> str:
@@ -139,42 +176,28 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Minimal reader for the safetensors layout (8-byte header length, JSON header, raw data)."""
-    dtypes = {
-        "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }  # fmt: skip
-    header = safetensors_header(path)
-    data = path.read_bytes()
-    start = 8 + struct.unpack("<Q", data[:8])[0]
+SAFETENSORS_DTYPES = {
+    "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+
+
+def _read_safetensors(path: Path, kind: sniff.Sniffed) -> dict[str, torch.Tensor]:
+    """The safetensors layout (8-byte header length, JSON header, raw data), checked by sniff."""
     out: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in dtypes:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        lo, hi = info["data_offsets"]
-        buf = bytearray(data[start + lo : start + hi])
-        t = torch.frombuffer(buf, dtype=dtypes[info["dtype"]]) if buf else torch.empty(0, dtype=dtypes[info["dtype"]])
-        out[name] = t.reshape(info["shape"]).clone()
-    return out
-
-
-def safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file")
-        n = struct.unpack("<Q", head)[0]
-        if n > 100_000_000:
-            raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
-        raw = f.read(n)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors header") from None
+        for name, info in kind.header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}, which slimlab does not read")
+            dtype = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
+            lo, hi = info["data_offsets"]
+            f.seek(kind.data_start + lo)
+            buf = bytearray(f.read(hi - lo))
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(info["shape"])
+    return out
 
 
 @dataclass
@@ -198,15 +221,32 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
 def find_state_dict(raw: Any) -> dict[str, torch.Tensor] | None:
-    if isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if raw and is_state_dict(raw):
         return raw
     if isinstance(raw, dict):
         for key in ("state_dict", "model_state_dict", "model", "net", "ema"):
             inner = raw.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if inner and is_state_dict(inner):
                 return inner
     return None
+
+
+def check_slimlab(raw: dict, source: str) -> None:
+    """A slimlab checkpoint's entries have fixed types; a file where they do not is damaged."""
+    check_arch_dict(raw.get("arch"), source)
+    problems = [name for name, ok in (
+        ("state_dict", is_state_dict(raw.get("state_dict"))),
+        ("plan", raw.get("plan") is None or isinstance(raw.get("plan"), dict)),
+        ("meta", isinstance(raw.get("meta", {}), dict)),
+    ) if not ok]
+    if problems:
+        raise CheckpointError(f"{source}: its {', '.join(problems)} entry is malformed; the file is damaged "
+                              "or was not written by slimlab")
 
 
 def find_module(raw: Any) -> nn.Module | None:
@@ -228,6 +268,7 @@ def load(path: str | Path, *, arch: dict | None = None, trust: Trust | bool = Fa
     trust = Trust.of(trust)
     raw = read_raw(path, trust=trust.pickles)
     if is_slimlab(raw):
+        check_slimlab(raw, str(path))
         model = rebuild(raw["arch"], raw.get("plan"), raw["state_dict"], source=str(path), trust=trust)
         return Loaded(model, raw["arch"], raw.get("plan"), raw.get("meta", {}), raw, "slimlab")
     module = find_module(raw)
@@ -262,7 +303,10 @@ def rebuild(
         from engine.slim.apply import apply_plan
         from engine.slim.plan import PrunePlan
 
-        apply_plan(model, PrunePlan.from_dict(plan))
+        try:
+            apply_plan(model, PrunePlan.from_dict(plan))
+        except Exception as e:  # a plan is data from the file: any mismatch is the file's problem
+            raise CheckpointError(f"{source}: its plan does not fit its architecture ({_short(e)})") from None
     load_state(model, state, source)
     return model.eval()
 
@@ -289,7 +333,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
                 f"{source}: {k} has shape {tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model; "
                 "check the arch kwargs, or whether the checkpoint was pruned (its plan is needed)"
             )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # e.g. a tensor of a type that cannot be copied into a parameter
+        raise CheckpointError(f"{source}: its weights do not load into the model ({_short(e)})") from None
 
 
 # ---------------------------------------------------------------- peeking (no model built)
@@ -298,12 +345,18 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
 def peek(path: str | Path) -> dict:
     """What can be read without running pickled code: for the checkpoint browser's side panel."""
     path = Path(path)
-    info: dict[str, Any] = {"path": str(path), "size": path.stat().st_size if path.exists() else 0}
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    info: dict[str, Any] = {"path": str(path), "size": size}
     try:
         raw = read_raw(path, trust=False)
+        if is_slimlab(raw):
+            check_slimlab(raw, str(path))
     except CheckpointError as e:
         info["error"] = str(e)
-        info["needs_trust"] = "pickled Python objects" in str(e)
+        info["needs_trust"] = isinstance(e, UntrustedCheckpoint)
         return info
     if is_slimlab(raw):
         meta = raw.get("meta", {})

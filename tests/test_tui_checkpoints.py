@@ -171,6 +171,21 @@ async def test_truncated_checkpoint_shows_the_error_and_the_app_keeps_running(tm
 
 
 @run_async
+async def test_junk_shows_its_real_size_and_what_it_looks_like(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(np.random.default_rng(0).bytes(200 * 1024))
+    (tmp_path / "notes.pth").write_text("not weights\n" * 100)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await move_to(pilot, screen.tree, "junk.pt")
+        await wait_for(pilot, lambda: "Cannot be read" in panel_text(screen), what="the junk diagnosis")
+        text = " ".join(panel_text(screen).split())  # undo the panel's line wrapping
+        assert "200.0 KiB" in text and "not a checkpoint (unknown bytes" in text and "--trust" not in text
+        await move_to(pilot, screen.tree, "notes.pth")
+        await wait_for(pilot, lambda: "looks like text" in " ".join(panel_text(screen).split()), what="the text diagnosis")
+
+
+@run_async
 async def test_pickled_checkpoint_loads_only_after_yes(tmp_path):
     pickled = tmp_path / "whole.pt"
     torch.save(make_model(), pickled)  # a whole nn.Module: unpickling runs code
@@ -253,6 +268,7 @@ async def test_a_file_naming_a_module_class_is_built_only_after_a_yes_that_shows
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         await move_to(pilot, screen.tree, "own.pt")
+        await wait_for(pilot, lambda: "asks before building it" in panel_text(screen), what="the panel's notice")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, TrustModal), what="the confirmation")
         shown = str(app.screen.query_one("#trust-arch", Static).render())

@@ -125,7 +125,11 @@ class CheckpointsScreen(Screen):
 
             info = checkpoint.peek(path)
         except Exception as exc:  # peek reports readable failures itself; anything else is shown too
-            info = {"path": str(path), "size": 0, "error": f"{type(exc).__name__}: {exc}"}
+            try:
+                size: int | None = path.stat().st_size
+            except OSError:
+                size = None
+            info = {"path": str(path), "size": size, "error": f"{type(exc).__name__}: {exc}"}
         if not get_current_worker().is_cancelled:
             self.post_message(self.Peeked(path, info))
 

@@ -58,6 +58,10 @@ def peek_renderable(info: dict[str, Any]) -> Group:
         kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
         arch_text = f"{arch.get('name')}({kwargs})" if kwargs else str(arch.get("name"))
         classes = f"{arch.get('num_classes')} classes, {arch.get('in_channels', 3)} input channels"
+        from engine.trust import is_module_class
+
+        if is_module_class(arch.get("name")):  # the registry rule: opening asks before it imports
+            classes += "; your own class: opening asks before building it"
     else:
         arch_text, classes = "unknown (a bare state_dict: the inspector needs a slimlab checkpoint)", None
     _rows(table, [

@@ -26,7 +26,9 @@ def fmt_count(n: float | None) -> str:
 
 
 def fmt_size(n: int | None) -> str:
-    """Bytes as B / KiB / MiB / GiB."""
+    """Bytes as B / KiB / MiB / GiB; "-" when unknown."""
+    if n is None:
+        return "-"
     if not n:
         return "0 B"
     size = float(n)
