@@ -48,3 +48,40 @@ async def wait_for(pilot: Any, condition: Callable[[], object], timeout: float =
         if condition():
             return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def make_sparse_checkpoint(path: Any, width: float = 0.25, seed: int = 0) -> Any:
+    """A VGG-11 whose BatchNorm gammas look sparse-trained, like the demo's `sparse.pt`: most
+    channels spread over 1e-7..3e-3, some between 3e-3 and 0.024, the rest 0.03 to 0.74, so the
+    64%-73% cuts fall at thresholds of about 0.006-0.024. Fixed by `seed`."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from engine import checkpoint
+
+    arch = checkpoint.arch_dict("vgg", 6, 3, {"depth": 11, "width": width})
+    torch.manual_seed(seed)
+    model = checkpoint.build_model(arch)
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.weight.numel()
+                values = sparse_gammas(n, rng) * np.where(rng.random(n) < 0.5, 1, -1)
+                m.weight.copy_(torch.tensor(values, dtype=torch.float32))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, model, arch, meta={"epoch": 4, "stage": "sparse",
+                                            "metrics": {"accuracy": 0.997, "val_loss": 0.11, "epoch": 4}})
+    return path
+
+
+def sparse_gammas(n: int, rng: Any) -> Any:
+    """|gamma| values as after sparse training (see make_sparse_checkpoint), from a numpy Generator."""
+    import numpy as np
+
+    kind = rng.random(n)
+    return np.where(kind < 0.6, 10.0 ** rng.uniform(-7, np.log10(3e-3), n),
+                    np.where(kind < 0.76, rng.uniform(3e-3, 0.024, n), rng.uniform(0.03, 0.74, n)))

@@ -120,7 +120,7 @@ async def test_tree_filters_to_checkpoints_and_runs(tmp_path):
         await move_to(pilot, tree, "runs")
         await pilot.press("enter")  # expands
         await wait_for(pilot, lambda: "demo" in labels(tree), what="the run directory")
-        assert "demo  done 87.5%" in labels(tree)["demo"]
+        assert "demo  done · acc 87.5%" in labels(tree)["demo"]
         await move_to(pilot, tree, "demo")
         await wait_for(pilot, lambda: "run demo" in panel_text(screen), 10, "the run panel")
         assert "87.50%" in panel_text(screen)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Input, Label, Static
 
 from engine import checkpoint
 from engine.slim import PrunePlan, make_plan, precompute
@@ -256,24 +256,41 @@ async def test_enter_on_a_row_sets_and_clears_a_layer_override(ckpt):
         table.move_cursor(row=2)
         gid = table.selected_group()
         group = screen.plan.groups[gid]
+        shown = str(table.get_row(str(gid))[0])  # the name the table shows: the group's BatchNorm
+        name = shown.split(" +")[0]
+        assert name == group.layers[0] != group.root
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverrideModal), 10, "the override modal")
         modal = pilot.app.screen
+        assert shown in str(modal.query_one(".modal-title", Label).content)
+        assert f"A rule for {name} alone" in str(modal.query_one(".modal-help", Static).content)
         layer_hist = modal.query_one("#layer-hist", GammaHistogram)
         assert int(layer_hist.counts.sum()) == group.total
-        await pilot.click("#kind-keep")
-        await type_into_modal(pilot, "2")
-        assert "keep 2.0 must be a ratio" in modal_error(pilot)
+        assert layer_hist.cut_values.size == group.total - group.kept
+
+        await type_into_modal(pilot, "keep 2")
+        assert "a keep ratio is above 0 and at most 1" in modal_error(pilot)
+        await type_into_modal(pilot, "half")
+        assert "keep 0.5 (keep half the channels) or thr 0.02" in modal_error(pilot)
+        modal.query_one("#value", Input).value = "keep 0.5"  # previewed before it is applied
+        await pilot.pause()
+        half = math.ceil(0.5 * group.total)
+        assert f"keep 50%: keeps {half} of {group.total} channels" in str(modal.query_one("#preview", Static).content)
+        assert layer_hist.cut_values.size == group.total - half
+        assert screen.settings.overrides == {}
+
+        # A bare number is a keep ratio: 0.25 keeps a quarter (not a threshold that keeps 1 channel).
         await type_into_modal(pilot, "0.25")
         assert pilot.app.screen is screen
-        assert screen.settings.overrides == {group.root: {"keep": 0.25}}
-        expected = engine_plan(ckpt, percent=0.5, overrides={group.root: {"keep": 0.25}})
+        assert screen.settings.overrides == {name: {"keep": 0.25}}
+        expected = engine_plan(ckpt, percent=0.5, overrides={name: {"keep": 0.25}})
         assert screen.plan.to_dict() == expected.to_dict()
         assert screen.plan.groups[gid].kept == math.ceil(0.25 * group.total)
         assert "keep 0.25" in str(table.get_row(str(gid))[7])
 
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverrideModal), 10, "the override modal")
+        assert pilot.app.screen.query_one("#value", Input).value == "keep 0.25"
         await pilot.click("#clear")
         await pilot.pause()
         assert screen.settings.overrides == {}
@@ -281,9 +298,10 @@ async def test_enter_on_a_row_sets_and_clears_a_layer_override(ckpt):
 
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverrideModal), 10, "the override modal")
-        await type_into_modal(pilot, "0.05")  # threshold is the default kind
-        assert screen.settings.overrides == {group.root: {"threshold": 0.05}}
+        await type_into_modal(pilot, "thr 0.05")
+        assert screen.settings.overrides == {name: {"threshold": 0.05}}
         assert screen.plan.groups[gid].threshold == pytest.approx(0.05)
+        assert "thr 0.05" in str(table.get_row(str(gid))[7])
 
 
 # ---------------------------------------------------------------- s, x, w
@@ -425,14 +443,20 @@ async def test_unloadable_checkpoint_shows_the_error(tmp_path):
 
 
 @run_async
-async def test_tiny_terminal_resize(ckpt):
+async def test_below_80x24_one_message_then_the_inspector_again(ckpt):
+    from tui.screens.too_small import TooSmallScreen
+
     app = make_app(ckpt)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready_inspector(pilot)
-        await pilot.resize_terminal(40, 10)
+        await pilot.resize_terminal(50, 15)
+        await wait_for(pilot, lambda: isinstance(app.screen, TooSmallScreen), 10, "the message")
+        text = str(app.screen.query_one("#too-small-text", Static).content)
+        assert "terminal too small (need 80x24)" in text and "50x15" in text
+        await pilot.press("right", "l", "2", "question_mark")  # nothing happens under the message
         await pilot.pause()
-        await pilot.press("right", "l")
-        await pilot.pause()
+        assert isinstance(app.screen, TooSmallScreen) and screen.settings.percent == 0.5
         await pilot.resize_terminal(80, 24)
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen is screen, 10, "the inspector again")
+        await pilot.press("right")
         assert screen.settings.percent == pytest.approx(0.51)

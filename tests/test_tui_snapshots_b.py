@@ -1,4 +1,5 @@
-"""Snapshots of the runs and monitor screens in the workbench, over fixed run directories.
+"""Snapshots of the runs, monitor and compare screens at 80x24 and 120x40, over fixed run
+directories, and of the new-run form at 80x24.
 
 Regenerate after an intended change with `pytest tests/test_tui_snapshots_b.py --snapshot-update`
 and look at the SVGs under tests/__snapshots__/ before committing them.
@@ -10,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from test_tui_compare import results_run
 from test_tui_runs import T0, make_run, metric_lines, write_log, write_metrics
 from textual.pilot import Pilot
 
 from engine import runs
 from tui.app import make_app
+from tui.screens.compare import CompareScreen
 from tui.screens.monitor import MonitorScreen
 from tui.screens.runs import RunsScreen
 
-SIZE = (100, 30)
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
 
 @pytest.fixture
@@ -55,8 +58,9 @@ async def open_runs(pilot: Pilot) -> RunsScreen:
     return pilot.app.screen
 
 
-def test_runs_screen(snap_compare, run_dirs):
-    assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=SIZE, run_before=open_runs)
+@pytest.mark.parametrize("size", SIZES)
+def test_runs_screen(snap_compare, run_dirs, size):
+    assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=size, run_before=open_runs)
 
 
 def test_runs_screen_new_run_form(snap_compare, run_dirs, tmp_path):
@@ -75,13 +79,15 @@ def test_runs_screen_new_run_form(snap_compare, run_dirs, tmp_path):
         await pilot.press("enter")
         await until(pilot, lambda: getattr(pilot.app.screen, "choice", None) is not None)
         pilot.app.screen.query_one("#field-5").value = "-0.1"  # training.lr
+        await until(pilot, lambda: pilot.app.screen.checked is not None and pilot.app.screen.checked.field_errors)
         await pilot.pause()
 
     app = make_app(runs_dir=run_dirs, presets_dirs=[Path("presets")])
-    assert snap_compare(app, terminal_size=SIZE, run_before=form_with_an_error)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=form_with_an_error)
 
 
-def test_monitor_screen(snap_compare, run_dirs):
+@pytest.mark.parametrize("size", SIZES)
+def test_monitor_screen(snap_compare, run_dirs, size):
     async def open_monitor(pilot: Pilot) -> None:
         screen = await open_runs(pilot)
         screen.query_one("#runs-table").move_cursor(row=screen._order.index(str(run_dirs / "slim-vgg")))
@@ -90,7 +96,7 @@ def test_monitor_screen(snap_compare, run_dirs):
                     and pilot.app.screen.series.lines == 36 and pilot.app.screen.info is not None)
         await pilot.pause(0.2)
 
-    assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=SIZE, run_before=open_monitor)
+    assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=size, run_before=open_monitor)
 
 
 def test_monitor_screen_gamma_at_80x24(snap_compare, run_dirs):
@@ -103,3 +109,22 @@ def test_monitor_screen_gamma_at_80x24(snap_compare, run_dirs):
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=(80, 24), run_before=open_gamma)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_compare_screen(snap_compare, run_dirs, size):
+    results_run(run_dirs, "big", 0.90, 1.0, T0 + 10)
+    results_run(run_dirs, "small", 0.85, 0.5, T0 + 20)
+
+    async def two_runs(pilot: Pilot) -> None:
+        await pilot.press("5")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CompareScreen))
+        screen = pilot.app.screen
+        await until(pilot, lambda: screen.query_one("#compare-runs").option_count == 6)
+        picker = screen.query_one("#compare-runs")
+        names = [str(picker.get_option_at_index(i).prompt) for i in range(picker.option_count)]
+        for name in ("big", "small"):
+            picker.select(picker.get_option_at_index(names.index(name)))
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(runs_dir=run_dirs), terminal_size=size, run_before=two_runs)

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen, Screen
 
 from tui.help import HelpScreen
 from tui.palette import ActionsProvider
+from tui.screens.too_small import TooSmallScreen, too_small
 
 # mode -> (module, class): imported when the mode is first opened or listed.
 SCREEN_CLASSES: dict[str, tuple[str, str]] = {
@@ -62,8 +63,9 @@ class SlimlabApp(App):
     BINDINGS = [
         *(Binding(key, f"mode('{mode}')", title, show=False, id=f"app.mode.{mode}")
           for mode, (key, title) in MODE_INFO.items()),
-        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
-        Binding("q", "quit", "Quit", id="app.quit"),
+        # on the screen bar of every screen, so the footers keep their room for each screen's keys
+        Binding("question_mark", "help", "Help", key_display="?", show=False, id="app.help"),
+        Binding("q", "quit", "Quit", show=False, id="app.quit"),
     ]
 
     def __init__(
@@ -83,6 +85,15 @@ class SlimlabApp(App):
     def on_mount(self) -> None:
         if self.start_checkpoint is not None:
             self.get_screen("inspector").load(self.start_checkpoint)
+        self.call_after_refresh(self.check_size)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.check_size)
+
+    def check_size(self) -> None:
+        """Below 80x24 one message covers the screens (it goes away by itself when the terminal grows)."""
+        if too_small(*self.size) and not isinstance(self.screen, TooSmallScreen):
+            self.push_screen(TooSmallScreen())
 
     @staticmethod
     def screen_class(mode: str) -> type[Screen]:
@@ -91,6 +102,8 @@ class SlimlabApp(App):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While a modal is open its own keys apply: no switching away from it or quitting under it.
         if action in ("mode", "help", "quit") and isinstance(self.screen, ModalScreen):
+            return False
+        if action in ("mode", "help") and isinstance(self.screen, TooSmallScreen):
             return False
         return True
 

@@ -57,7 +57,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         screen, app = self._for, self.app
-        title = screen.sub_title or type(screen).__name__
+        title = getattr(screen, "screen_name", None) or screen.sub_title or type(screen).__name__
         own = self.own = [(key_label(app, b), b.description) for b in declared_bindings(type(screen))]
         self.everywhere = global_bindings(app)
         with Vertical(classes="modal-box wide", id="help-box"):

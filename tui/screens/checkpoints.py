@@ -17,12 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DirectoryTree, Footer, Static, Tree
+from textual.widgets import DirectoryTree, Static, Tree
 from textual.worker import get_current_worker
 
 from engine.runs import read_run
+from tui.screens.base import WorkbenchScreen
 from tui.widgets.checkpoint_panel import CheckpointPanel
 from tui.widgets.ckpt_format import display_path
 from tui.widgets.ckpt_tree import CheckpointTree, is_checkpoint, is_run_dir
@@ -31,8 +31,9 @@ PEEK_DELAY_S = 0.15
 RUN_REFRESH_S = 3.0
 
 
-class CheckpointsScreen(Screen):
-    SUB_TITLE = "1 Checkpoints"
+class CheckpointsScreen(WorkbenchScreen):
+    MODE = "checkpoints"
+    NAME = "1 Checkpoints"
     BINDINGS = [
         Binding("enter", "open", "Inspect / expand", id="checkpoints.open"),
         Binding("m", "monitor", "Monitor run", id="checkpoints.monitor"),
@@ -55,7 +56,7 @@ class CheckpointsScreen(Screen):
         self._peeks: dict[tuple[Path, float, int], dict[str, Any]] = {}
         self.current: Path | None = None
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         root = self.root or getattr(self.app, "root_path", None) or Path.cwd()
         root = root if root.is_dir() else root.parent
         yield Static(Text.assemble("Checkpoints under ", (display_path(root), "bold")), id="checkpoints-title",
@@ -63,7 +64,6 @@ class CheckpointsScreen(Screen):
         with Horizontal(id="checkpoints-body"):
             yield CheckpointTree(root, id="checkpoint-tree")
             yield CheckpointPanel(id="checkpoint-panel")
-        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.set_interval(RUN_REFRESH_S, self._refresh_runs)
@@ -186,10 +186,10 @@ class CheckpointsScreen(Screen):
     def on_checkpoints_screen_runs_reread(self, message: RunsReread) -> None:
         fresh = message.runs
         tree = self.tree
-        changed = any(
-            (tree.runs.get(p) is None) or (tree.runs[p].state, tree.runs[p].best_accuracy) != (i.state, i.best_accuracy)
-            for p, i in fresh.items()
-        )
+        def shown(i: Any) -> tuple:
+            return (i.state, i.stage, round(i.progress, 3), i.best_accuracy, i.error)
+
+        changed = any(tree.runs.get(p) is None or shown(tree.runs[p]) != shown(i) for p, i in fresh.items())
         tree.runs.update(fresh)
         if changed:
             tree.refresh()

@@ -13,10 +13,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, SelectionList, Static
+from textual.widgets import DataTable, SelectionList, Static
 
 from engine import runs
+from tui.screens.base import WorkbenchScreen
 from tui.widgets.plots import Line, MetricPlot
 
 METRICS = (
@@ -92,14 +92,17 @@ def sweep_line(name: str, rows: list[dict[str, Any]]) -> Line:
     return Line(name, [p[0] for p in points], [p[1] for p in points])
 
 
-class CompareScreen(Screen):
+class CompareScreen(WorkbenchScreen):
     """Pick runs on the left (space); the table and the sweep plot follow the selection."""
+
+    MODE = "compare"
+    NAME = "5 Compare"
 
     REFRESH_S = 5.0
 
     DEFAULT_CSS = """
     CompareScreen #compare-body { height: 1fr; }
-    CompareScreen #compare-runs { width: 28; height: 1fr; border: round $panel; }
+    CompareScreen #compare-runs { width: 24; height: 1fr; border: round $panel; }
     CompareScreen #compare-right { width: 1fr; }
     CompareScreen #compare-table { height: 1fr; }
     CompareScreen #compare-plot { height: 1fr; }
@@ -121,15 +124,14 @@ class CompareScreen(Screen):
     def runs_dir(self) -> Path:
         return Path(getattr(self.app, "runs_dir", None) or "runs")
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         with Horizontal(id="compare-body"):
             yield SelectionList[str](id="compare-runs")
             with Vertical(id="compare-right"):
                 yield DataTable(id="compare-table", zebra_stripes=True, cursor_type="row")
-                yield MetricPlot("sweep: val accuracy % vs channels removed %", "channels removed %",
+                yield MetricPlot("sweep: accuracy %", "channels removed %",
                                  empty="no sweep.json in the selected runs", id="compare-plot")
                 yield Static("", id="compare-note")
-        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#compare-runs", SelectionList).border_title = "runs (space)"

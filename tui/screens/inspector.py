@@ -13,27 +13,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import ContentSwitcher, DataTable, Footer, LoadingIndicator, Static
+from textual.widgets import ContentSwitcher, DataTable, LoadingIndicator, Static
 from textual.worker import get_current_worker
 
+from tui.screens.base import WorkbenchScreen
 from tui.widgets.ckpt_format import display_path, fmt_count
 from tui.widgets.ckpt_trust import TrustModal
 from tui.widgets.histogram import GammaHistogram
 from tui.widgets.inspector_jobs import JobBar
-from tui.widgets.inspector_modals import OverrideModal, ValueModal
+from tui.widgets.inspector_modals import OverrideModal, OverridePreview, ValueModal
 from tui.widgets.inspector_state import (
     SWEEP_RATIOS,
     GroupGammas,
     PlanSettings,
     cut_fraction,
+    cut_scores,
+    fmt_override,
     group_gammas,
     group_name,
+    override_pattern,
     parse_float,
     parse_min_keep,
     parse_override,
@@ -58,10 +62,11 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, SlimlabError) else f"{type(exc).__name__}: {exc}"
 
 
-class InspectorScreen(Screen):
+class InspectorScreen(WorkbenchScreen):
     """Threshold/percent exploration on one checkpoint; `load(path)` opens one."""
 
-    SUB_TITLE = "2 Inspector"
+    MODE = "inspector"
+    NAME = "2 Inspector"
     BINDINGS = [
         Binding("left", "step(-1)", "Threshold down 1%", key_display="←", priority=True, group=STEP_KEYS,
                 id="inspector.step_down"),
@@ -77,6 +82,7 @@ class InspectorScreen(Screen):
         Binding("r", "round_to", "Round to", show=False, id="inspector.round_to"),
         Binding("enter", "override", "Layer override", id="inspector.override"),
         Binding("l", "log", "Log counts", show=False, id="inspector.log"),
+        Binding("v", "log_x", "Log |gamma| axis", show=False, id="inspector.log_x"),
         Binding("s", "save_plan", "Save", id="inspector.save_plan"),
         Binding("x", "prune", "Prune", id="inspector.prune"),
         Binding("w", "sweep", "Sweep", id="inspector.sweep"),
@@ -146,7 +152,7 @@ class InspectorScreen(Screen):
         self._sweeping = False
         self._sweep_latest: tuple[list[dict[str, Any]], str] | None = None  # newest rows not drawn yet
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         yield Static("Inspector", id="inspector-title", classes="screen-title")
         with ContentSwitcher(initial="inspector-message", id="inspector-switcher"):
             with Vertical(id="inspector-message"):
@@ -165,7 +171,6 @@ class InspectorScreen(Screen):
                 yield GroupTable(id="groups")
                 yield JobBar(id="prune-job")
                 yield JobBar(id="sweep-job")
-        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#inspector-loading").display = False
@@ -325,7 +330,8 @@ class InspectorScreen(Screen):
     def render_plan(self) -> None:
         plan = self.plan
         self.query_one("#summary", Static).update(summary_text(plan, self.settings))
-        self.query_one("#histogram", GammaHistogram).set_threshold(plan.options.get("global_threshold"))
+        self.query_one("#histogram", GammaHistogram).set_cut(plan.options.get("global_threshold"),
+                                                            cut_scores(self.inputs, plan))
         self.query_one("#groups", GroupTable).show_plan(plan)
         if self.sweep_rows:
             self.query_one("#sweep", SweepPlot).set_current(self.current_ratio())
@@ -390,6 +396,10 @@ class InspectorScreen(Screen):
         hist = self.query_one("#histogram", GammaHistogram)
         hist.set_log(not hist.log_scale)
 
+    def action_log_x(self) -> None:
+        hist = self.query_one("#histogram", GammaHistogram)
+        hist.set_log_x(not hist.showing_log_x)
+
     # ------------------------------------------------------------ per-layer override
 
     def action_override(self) -> None:
@@ -410,31 +420,38 @@ class InspectorScreen(Screen):
         if group.ignored:
             self.notify(f"{group_name(group)} is left whole: {group.reason or 'not prunable'}", severity="warning")
             return
-        pattern = self.inputs.groups[gid].root
+        pattern = override_pattern(group)
+        values = self.gammas[gid].values
 
-        def check(kind: str, text: str) -> tuple[PlanSettings, Any]:
-            settings = self.settings.with_override(pattern, parse_override(kind, text))
-            return settings, self.compute(settings)
+        def group_cut(plan: Any) -> tuple[Any, np.ndarray]:
+            g = plan.groups[gid]
+            mask = np.ones(g.total, dtype=bool)
+            mask[g.kept_idxs] = False
+            return g, values[mask] if values.size == g.total else np.zeros(0)
+
+        def check(text: str) -> OverridePreview:
+            rule = parse_override(text)
+            settings = self.settings.with_override(pattern, rule)
+            plan = self.compute(settings)
+            g, cut = group_cut(plan)
+            return OverridePreview(settings, plan, rule, g.threshold, cut, g.kept, g.total)
 
         def done(result: tuple[str, Any] | None) -> None:
             if result is None:
                 return
-            action, value = result
+            action, preview = result
             if action == "clear":
                 self.apply(self.settings.with_override(pattern, None))
             else:
-                self.apply(*value)
+                self.apply(preview.settings, preview.plan)
 
-        if group.override:
-            key, value = next(iter(group.override.items()))
-            rule = f"its override ({key} {value:g})"
-        else:
-            rule = "the global threshold"
-        status = (f"Keeps {group.kept} of {group.total} channels under {rule}. Set a threshold or a keep ratio "
-                  f"for this group only (pattern '{pattern}').")
+        rule = f"its override ({fmt_override(group.override)})" if group.override else "the global threshold"
+        status = f"Keeps {group.kept} of {group.total} channels under {rule}. A rule for {pattern} alone:"
+        _, cut = group_cut(self.plan)
         self.app.push_screen(
-            OverrideModal(group_name(group), self.gammas[gid].values, group.threshold,
-                          self.settings.overrides.get(pattern), check, status),
+            OverrideModal(group_name(group), values, group.threshold, cut,
+                          fmt_override(self.settings.overrides.get(pattern)), check, status,
+                          has_override=pattern in self.settings.overrides),
             done,
         )
 

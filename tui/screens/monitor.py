@@ -15,11 +15,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
-from textual.widgets import Footer, Label, ProgressBar, RichLog, Static, TabbedContent, TabPane
+from textual.widgets import Label, ProgressBar, RichLog, Static, TabbedContent, TabPane
 
 from engine import runs
 from tui import launcher
+from tui.screens.base import WorkbenchScreen
 from tui.widgets.plots import Line, MetricPlot
 from tui.widgets.run_series import RunSeries
 from tui.widgets.run_tail import (
@@ -39,8 +39,11 @@ STATE_STYLE = {"running": "bold green", "done": "bold", "failed": "bold red", "c
                "unreadable": "bold red", "queued": "cyan"}
 
 
-class MonitorScreen(Screen):
+class MonitorScreen(WorkbenchScreen):
     """Live view of one run; `show_run(path)` points it at a run directory."""
+
+    MODE = "monitor"
+    NAME = "4 Monitor"
 
     TICK_S = 0.5  # at most 2 redraws a second, whatever the run's logging rate
 
@@ -83,7 +86,7 @@ class MonitorScreen(Screen):
         self._drawn: dict[str, int] = {}  # plot name -> series version last handed to it
         self._poll_lock = threading.Lock()
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         yield Static("", id="monitor-title", classes="screen-title")
         yield Static("", id="monitor-error")
         with Horizontal(id="monitor-bars"):
@@ -104,7 +107,6 @@ class MonitorScreen(Screen):
                 yield MetricPlot("BatchNorm |gamma| sparsity", "epoch",
                                  empty="gamma sparsity appears during sparse stages", id="plot-gamma")
         yield RichLog(id="monitor-log", max_lines=500, wrap=False, markup=False, highlight=False)
-        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#monitor-log", RichLog).border_title = "log.txt"

@@ -15,11 +15,11 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine import runs
 from tui import launcher
+from tui.screens.base import WorkbenchScreen
 from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, raw_status, stage_position
 
 COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
@@ -40,7 +40,7 @@ def progress_cell(info: runs.RunInfo, width: int = 10) -> Text:
     return bar
 
 
-def row_cells(info: runs.RunInfo) -> dict[str, Text | str]:
+def row_cells(info: runs.RunInfo, bar: int = 10) -> dict[str, Text | str]:
     stage = info.stage or "-"
     pos = stage_position(raw_status(info)) if info.state != "unreadable" else None
     if pos and info.stage:
@@ -50,7 +50,7 @@ def row_cells(info: runs.RunInfo) -> dict[str, Text | str]:
         "preset": info.preset or "-",
         "stage": stage,
         "status": Text(info.state, style=STATE_STYLE.get(info.state, "")),
-        "progress": progress_cell(info),
+        "progress": progress_cell(info, bar),
         "best": fmt_accuracy(info.best_accuracy),
         "elapsed": fmt_elapsed(info.elapsed),
     }
@@ -72,8 +72,11 @@ def sort_key(info: runs.RunInfo) -> float:
     return info.started or info.heartbeat or 0.0
 
 
-class RunsScreen(Screen):
+class RunsScreen(WorkbenchScreen):
     """A live table of run directories."""
+
+    MODE = "runs"
+    NAME = "3 Runs"
 
     REFRESH_S = 1.0
 
@@ -102,14 +105,13 @@ class RunsScreen(Screen):
     def runs_dir(self) -> Path:
         return Path(getattr(self.app, "runs_dir", None) or "runs")
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-title", classes="screen-title")
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         for key, label in COLUMNS:
             table.add_column(label, key=key)
         yield table
         yield Static("", id="runs-detail")
-        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#runs-title", Static).update(f"Runs in [b]{escape(display_path(self.runs_dir))}[/b]")
@@ -133,7 +135,8 @@ class RunsScreen(Screen):
     def _show(self, found: list[runs.RunInfo]) -> None:
         table = self.query_one("#runs-table", DataTable)
         order = [str(r.path) for r in found]
-        cells = {str(r.path): row_cells(r) for r in found}
+        bar = 10 if self.size.width >= 100 else 5  # the whole table fits at 80 columns
+        cells = {str(r.path): row_cells(r, bar) for r in found}
         self.infos = {str(r.path): r for r in found}
         if order != self._order:
             selected = self._select_after or self.selected_key()

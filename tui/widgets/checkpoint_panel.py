@@ -15,6 +15,7 @@ from textual.widgets import Static
 from engine.runs import RunInfo
 from tui.widgets.ckpt_format import fmt_count, fmt_size
 from tui.widgets.ckpt_tree import STATE_STYLES
+from tui.widgets.run_tail import raw_status, run_fraction, stage_position
 
 
 def fmt_metric(key: str, value: Any) -> str:
@@ -23,6 +24,13 @@ def fmt_metric(key: str, value: Any) -> str:
             return f"{100 * value:.2f}%"
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_epoch(epoch: Any) -> str | None:
+    """Stored epochs count from 0; people (and the run's log, "epoch 5/5") count from 1."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        return None if epoch is None else str(epoch)
+    return str(epoch + 1)
 
 
 def _rows(table: Table, rows: list[tuple[str, Any]]) -> None:
@@ -69,7 +77,7 @@ def peek_renderable(info: dict[str, Any]) -> Group:
         ("arch", arch_text),
         ("", classes),
         ("stage", info.get("stage")),
-        ("epoch", info.get("epoch")),
+        ("epoch", fmt_epoch(info.get("epoch"))),
         ("params", f"{fmt_count(info.get('params'))} ({info.get('params')})" if info.get("params") is not None else None),
         ("BN layers", info.get("bn_layers")),
         ("tensors", info.get("tensors")),
@@ -80,7 +88,8 @@ def peek_renderable(info: dict[str, Any]) -> Group:
     if metrics:
         mt = _table()
         keys = [k for k in ("accuracy", "val_loss", "loss", "epoch_time") if k in metrics]
-        keys += [k for k in sorted(metrics) if k not in keys and isinstance(metrics[k], (int, float))][:8]
+        keys += [k for k in sorted(metrics) if k not in keys and k != "epoch"
+                 and isinstance(metrics[k], (int, float))][:8]
         _rows(mt, [(k, fmt_metric(k, metrics[k])) for k in keys])
         parts += [Text(""), Text("metrics", style="bold"), mt]
     plan = info.get("plan")
@@ -102,12 +111,15 @@ def peek_renderable(info: dict[str, Any]) -> Group:
 
 def run_renderable(info: RunInfo) -> Group:
     table = _table()
+    pos = stage_position(raw_status(info))
     state = Text(info.state, style=STATE_STYLES.get(info.state, ""))
     elapsed = info.elapsed
     _rows(table, [
         ("state", state),
         ("preset", info.preset),
-        ("stage", f"{info.stage} ({100 * info.progress:.0f}%)" if info.stage else None),
+        ("progress", f"run {100 * run_fraction(info, raw_status(info)):.0f}%"
+                     + (f" · stage {info.stage}" + (f" {pos[0]}/{pos[1]}" if pos else "")
+                        + f" {100 * info.progress:.0f}%" if info.stage else "")),
         ("best accuracy", f"{100 * info.best_accuracy:.2f}%" if isinstance(info.best_accuracy, (int, float)) else None),
         ("started", time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) if info.started else None),
         ("elapsed", f"{elapsed:.0f} s" if elapsed is not None else None),

@@ -21,6 +21,7 @@ from textual.widgets.tree import TreeNode
 
 from engine.formats import CHECKPOINT_SUFFIXES
 from engine.runs import RunInfo, read_run
+from tui.widgets.run_tail import raw_status, run_fraction
 
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", ".git", ".venv", "venv"}
 SCAN_DEPTH = 4
@@ -84,6 +85,11 @@ class CheckpointTree(DirectoryTree):
     BINDINGS = [
         Binding("enter", "select_cursor", "Inspect / expand", id="checkpoints.tree.select"),
     ]
+    # One-cell icons: emoji are two cells wide in some terminals and one in others (tmux), which
+    # shifts everything drawn after them on the row.
+    ICON_NODE = "▸ "
+    ICON_NODE_EXPANDED = "▾ "
+    ICON_FILE = "· "
 
     def __init__(self, path: str | Path, *, id: str | None = None) -> None:
         super().__init__(path, id=id)
@@ -114,10 +120,21 @@ class CheckpointTree(DirectoryTree):
         label = super().render_label(node, base_style, style)
         if node.data is None:
             return label
+        if node.is_root and not node.data.path.name:
+            label.append(str(node.data.path))  # "." has no name of its own
         info = self.runs.get(node.data.path)
         if info is not None:
-            label.append(f"  {info.state}", style=STATE_STYLES.get(info.state, "dim"))
-            best = info.best_accuracy
-            if isinstance(best, (int, float)):
-                label.append(f" {100 * best:.1f}%", style="dim")
+            label.append_text(run_label(info))
         return label
+
+
+def run_label(info: RunInfo) -> Text:
+    """A run's state after its name: progress of the whole run and best accuracy, each labelled."""
+    text = Text()
+    text.append(f"  {info.state}", style=STATE_STYLES.get(info.state, "dim"))
+    if info.state in ("running", "queued", "failed", "cancelled"):
+        text.append(f" {100 * run_fraction(info, raw_status(info)):.0f}%", style="dim")
+    best = info.best_accuracy
+    if isinstance(best, (int, float)) and not isinstance(best, bool):
+        text.append(f" · acc {100 * best:.1f}%", style="dim")
+    return text

@@ -14,6 +14,7 @@ import numpy as np
 from rich.text import Text
 
 from tui.widgets.ckpt_format import fmt_count
+from tui.widgets.histogram import fmt_gamma
 
 STEP = 0.01  # one arrow press moves the cut by 1% of the prunable channels
 MAX_PERCENT = 0.99
@@ -115,8 +116,48 @@ def parse_round_to(text: str) -> int:
     return int(s)
 
 
-def parse_override(kind: str, text: str) -> dict[str, float]:
-    return {kind: parse_float(text, kind)}
+OVERRIDE_HELP = "type keep 0.5 (keep half the channels) or thr 0.02 (cut below |gamma| 0.02)"
+
+
+def parse_override(text: str) -> dict[str, float]:
+    """'keep 0.5', 'keep 50%', 'thr 0.02', 'threshold 0.02'; a bare number is a keep ratio."""
+    words = text.strip().lower().split()
+    if not words:
+        raise ValueError(OVERRIDE_HELP)
+    if len(words) == 1:
+        kind, value = "keep", words[0]
+        try:
+            float(value.removesuffix("%"))
+        except ValueError:
+            raise ValueError(f"{text.strip()!r}: {OVERRIDE_HELP}") from None
+    elif len(words) == 2 and words[0] in ("keep", "k"):
+        kind, value = "keep", words[1]
+    elif len(words) == 2 and words[0] in ("thr", "threshold", "t"):
+        kind, value = "threshold", words[1]
+    else:
+        raise ValueError(f"{text.strip()!r}: {OVERRIDE_HELP}")
+    if kind == "keep":
+        ratio = parse_float(value[:-1], "keep") / 100 if value.endswith("%") else parse_float(value, "keep")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"keep {value}: a keep ratio is above 0 and at most 1 (0.5 or 50% keeps half)")
+        return {"keep": ratio}
+    thr = parse_float(value, "thr")
+    if thr < 0:
+        raise ValueError(f"thr {value}: a |gamma| threshold is 0 or more (e.g. thr 0.02)")
+    return {"threshold": thr}
+
+
+def fmt_override(rule: dict[str, float] | None) -> str:
+    """The rule as the override input takes it: 'keep 0.5', 'thr 0.02'."""
+    if not rule:
+        return ""
+    kind, value = next(iter(rule.items()))
+    return f"keep {value:g}" if kind == "keep" else f"thr {value:g}"
+
+
+def override_pattern(group: Any) -> str:
+    """The layer name a group's override is keyed by: the one the table shows (its first BatchNorm)."""
+    return (list(group.layers) or [group.root])[0]
 
 
 # ---------------------------------------------------------------- stepping
@@ -133,6 +174,22 @@ def cut_fraction(sorted_prunable: np.ndarray, threshold: float) -> float:
 def stepped_percent(current: float, steps: int) -> float:
     p = round(current + steps * STEP, 4)
     return min(max(p, 0.0), MAX_PERCENT)
+
+
+def cut_scores(inputs: Any, plan: Any) -> np.ndarray | None:
+    """Scores of the prunable channels `plan` cuts, or None when those are exactly the ones
+    below its global threshold (the common case, which the histogram derives itself)."""
+    arr = inputs.arrays()
+    thr = plan.options.get("global_threshold")
+    t = plan.totals
+    cut = t["prunable_before"] - t["prunable_after"]
+    if not plan.options.get("overrides") and thr is not None:
+        below = int(np.searchsorted(arr.sorted_prunable, thr, side="left"))
+        if below == cut:  # without overrides the cut is a subset of those below: equal counts, equal sets
+            return None
+    kept = np.array([g.kept for g in plan.groups], dtype=np.int64)
+    cut_mask = np.repeat(inputs.prunable, inputs.totals) & (arr.rank >= np.repeat(kept, inputs.totals))
+    return arr.scores[cut_mask]
 
 
 # ---------------------------------------------------------------- text
@@ -167,7 +224,12 @@ def summary_text(plan: Any, settings: PlanSettings) -> Text:
 
     share = removed / prunable if prunable else 0.0
     knob("p", "percent", f"{100 * (percent if percent is not None else share):.1f}%", by_percent)
-    knob("t", "threshold", "-" if thr is None else f"{thr:.4g}", not by_percent)
+    # min_keep, round_to or overrides moved the cut off the percent asked for (beyond rounding)
+    if by_percent and abs(removed - percent * prunable) > 1:
+        text.append("→ cuts ", "yellow")
+        text.append(f"{100 * share:.1f}%", "bold yellow")
+        text.append("  ")
+    knob("t", "threshold", "-" if thr is None else fmt_gamma(thr), not by_percent)
     knob("k", "min_keep", fmt_min_keep(settings.min_keep))
     knob("r", "round_to", str(settings.round_to))
     if settings.overrides:

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from tui.widgets.histogram import fmt_gamma
-from tui.widgets.inspector_state import GroupGammas, group_name
+from tui.widgets.inspector_state import GroupGammas, fmt_override, group_name
 
 COLUMNS = (
     ("group", "group"),
@@ -33,8 +33,7 @@ def flag_of(group: Any) -> Text:
     if group.clamped:
         parts.append(Text("clamped", style="bold yellow"))
     if group.override:
-        key, value = next(iter(group.override.items()))
-        parts.append(Text(f"{key} {value:g}", style="cyan"))
+        parts.append(Text(fmt_override(group.override), style="cyan"))
     return Text(" ").join(parts) if parts else Text("")
 
 

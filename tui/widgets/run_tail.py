@@ -57,7 +57,8 @@ def run_fraction(info: runs.RunInfo, status: dict[str, Any]) -> float:
     if not isinstance(stages, list) or not stages:
         return 0.0
     done = len(completed) if isinstance(completed, list) else 0
-    current = info.progress if info.state == "running" and done < len(stages) else 0.0
+    # a cancelled or failed run stopped part way into its stage: that part counts too
+    current = info.progress if done < len(stages) else 0.0
     return max(0.0, min(1.0, (done + current) / len(stages)))
 
 

@@ -1,0 +1,148 @@
+"""The |gamma| histogram tells the truth at every threshold: bars split at the cut, red is cut,
+the x range stays put, ticks are round, and legends sit above the plots, never on the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rich.text import Text
+from textual.app import App, ComposeResult
+
+from tui.widgets.axis import fmt_tick, nice_ticks, percent_ticks
+from tui.widgets.histogram import (
+    CUT_COLOUR,
+    KEPT_COLOUR,
+    draw,
+    make_bins,
+    x_labels,
+    y_labels,
+)
+from tui.widgets.plots import Line, MetricPlot
+
+from helpers import run_async, sparse_gammas
+
+# Plot widths of the inspector's histogram at 80 and 120 columns (less the y labels).
+WIDTHS = (77, 117)
+
+
+def demo_like(n: int = 688, seed: int = 0) -> np.ndarray:
+    return np.sort(sparse_gammas(n, np.random.default_rng(seed)))
+
+
+def quantile_threshold(values: np.ndarray, percent: float) -> float:
+    return float(values[int(values.size * percent)])  # what the engine's percent rule does
+
+
+@pytest.mark.parametrize("log_x", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_bars_split_at_the_threshold_across_the_crowded_low_end(width, log_x):
+    values = demo_like()
+    ranges, labels = set(), set()
+    for percent in np.arange(0.60, 0.76, 0.01):
+        thr = quantile_threshold(values, percent)
+        assert 0.005 < thr < 0.03 or not 0.64 <= percent <= 0.73  # the range the issue names
+        cut = values[values < thr]
+        bins = make_bins(values, cut, thr, width, log_x, bars=width)
+        assert int(bins.total.sum()) == values.size and int(bins.cut.sum()) == cut.size
+        assert bins.columns[0] == 0 and bins.columns[-1] == width  # nothing drawn past the plot
+        col = bins.threshold_col
+        assert 0 < col < width
+        left = bins.columns[1:] <= col
+        assert (bins.cut[left] == bins.total[left]).all(), f"a bar left of the cut holds kept channels at {percent:.2f}"
+        assert (bins.cut[~left] == 0).all(), f"a bar right of the cut holds cut channels at {percent:.2f}"
+        ranges.add((bins.lo, bins.hi))
+        labels.add(tuple(x_labels(bins, width)))
+    assert len(ranges) == 1 and len(labels) == 1  # the x axis never moves with the threshold
+    if not log_x:
+        assert next(iter(labels))[0] == (0, "0")  # 0 stays at the left edge
+
+
+def test_every_cut_channel_is_drawn_red_even_in_the_first_bar():
+    values = demo_like()
+    thr = quantile_threshold(values, 0.5)  # all 344 cut channels are below the first linear bin's edge
+    cut = values[values < thr]
+    assert cut.size == 344
+    bins = make_bins(values, cut, thr, 77, False, bars=48)
+    assert bins.threshold_col >= 1 and bins.total[0] == bins.cut[0] == 344
+    frame = draw(bins, 80, 10, Text("t"), False, gutter=3)
+    colours = cell_colours(frame)
+    bottom = colours[8]  # the lowest bar row
+    assert bottom[3] == CUT_COLOUR  # the first plot column: red, not green
+    assert all(c != CUT_COLOUR for c in bottom[3 + bins.threshold_col:])
+
+
+def test_a_bar_holding_cut_and_kept_channels_is_stacked():
+    values = demo_like()
+    thr = quantile_threshold(values, 0.6)
+    below = values[values < thr]
+    cut = below[: below.size // 2]  # an override or min_keep keeps half of those below the threshold
+    bins = make_bins(values, cut, thr, 77, True, bars=40)
+    mixed = (bins.cut > 0) & (bins.cut < bins.total)
+    assert mixed.any()
+    frame = draw(bins, 80, 12, Text("t"), False, gutter=3)
+    first_mixed = int(bins.columns[np.flatnonzero(mixed)[0]])
+    column = [row[3 + first_mixed] for row in cell_colours(frame)[1:11]]
+    assert CUT_COLOUR in column and KEPT_COLOUR in column
+
+
+def test_layer_histogram_range_is_fixed_by_its_values():
+    values = demo_like(64, seed=3)
+    for log_x in (False, True):
+        frames = {(b.lo, b.hi, tuple(x_labels(b, 60)))
+                  for b in (make_bins(values, values[values < t], t, 60, log_x, bars=16) for t in (1e-6, 0.01, 0.3, 2.0))}
+        assert len(frames) == 1  # the dialog's x range does not flip with the threshold
+    beyond = make_bins(values, values, 2.0, 60, False, bars=16)  # a threshold above every value
+    assert beyond.threshold_col == 60 and int(beyond.cut.sum()) == 64 and (beyond.cut == beyond.total).all()
+
+
+@pytest.mark.parametrize(("rows", "expected"), [(4, {"250", "500"}), (6, {"200", "400", "600"}),
+                                                  (10, {"100", "200", "300", "400", "500"})])
+def test_count_ticks_are_round_and_spaced(rows, expected):
+    labels, top = y_labels(480, rows, log_counts=False)  # never 480/240/120/0
+    assert set(labels.values()) == expected and top == max(int(v) for v in expected)
+    rows_used = sorted(labels)
+    assert all(b - a >= 2 for a, b in zip(rows_used, rows_used[1:], strict=False))
+    assert max(labels) == rows - 1  # the top tick labels the top row
+    log_labels, _ = y_labels(480, rows, log_counts=True)
+    assert set(log_labels.values()) <= {"1", "10", "100", "1000", "1k"}
+
+
+def test_percent_and_numeric_ticks():
+    assert percent_ticks(3) == [0.0, 100.0] and percent_ticks(6) == [0.0, 50.0, 100.0]
+    assert percent_ticks(12) == [0.0, 25.0, 50.0, 75.0, 100.0]  # never 100/25/0
+    assert nice_ticks(0.07, 4.16, 4) == [1.0, 2.0, 3.0, 4.0] and nice_ticks(0.0, 0.74, 4) == [0.0, 0.2, 0.4, 0.6]
+    assert nice_ticks(10, 480, 4) == [100.0, 200.0, 300.0, 400.0]
+    assert fmt_tick(250, 250) == "250" and fmt_tick(0.25, 0.25) == "0.25" and fmt_tick(0.4, 0.2) == "0.4"
+
+
+class PlotApp(App):
+    def compose(self) -> ComposeResult:
+        yield MetricPlot("loss", "step", id="plot")
+
+
+@run_async
+async def test_metric_plot_legend_is_above_the_data():
+    app = PlotApp()
+    async with app.run_test(size=(80, 20)) as pilot:
+        plot = app.query_one("#plot", MetricPlot)
+        xs = list(range(1, 200))
+        plot.show_lines([Line("train loss", xs, [2.0 / x for x in xs]), Line("val loss", xs, [2.5 / x for x in xs])])
+        await pilot.pause()
+        lines = plot.render().plain.splitlines()
+        assert "train loss" in lines[0] and "val loss" in lines[0]
+        assert not any("train loss" in line or "val loss" in line for line in lines[1:])
+        assert lines[1].strip().startswith("┌")  # the plot's frame starts right under the legend
+
+
+def cell_colours(frame: Text) -> list[list[str | None]]:
+    """The foreground colour name of every cell, row by row (background for the space cells)."""
+    rows: list[list[str | None]] = []
+    for line in frame.split("\n"):
+        cells: list[str | None] = [None] * len(line.plain)
+        for span in line.spans:
+            style = span.style if not isinstance(span.style, str) else None
+            name = style.color.name if style is not None and style.color is not None else None
+            for i in range(span.start, span.end):
+                cells[i] = name
+        rows.append(cells)
+    return rows
