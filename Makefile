@@ -5,8 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch: installed first, so the project's torch range pulls nothing more.
 TORCH ?= torch==2.13.0
+# Detection (Ultralytics, AGPL-3.0) lives in its own environment: torchvision's registry wheel
+# needs the registry's CUDA-build torch (it runs on the CPU too), which `make demo` does without.
+# --isolated: pip ignores PIP_FIND_LINKS and its CPU torch wheel, whose torchvision ops fail to load.
+DETECT_VENV := .venv-detect
+DETECT_BIN := $(DETECT_VENV)/bin
+DETECT_TORCH ?= torch==2.13.0 torchvision==0.28.0
 
-.PHONY: setup tools demo test lint bench
+.PHONY: setup setup-detect tools demo demo-detect test test-core test-detect lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,17 +23,35 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+$(DETECT_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(DETECT_VENV)
+	$(DETECT_BIN)/pip install -q --isolated --upgrade pip
+	$(DETECT_BIN)/pip install -q --isolated $(DETECT_TORCH)
+	$(DETECT_BIN)/pip install -q --isolated -e ".[detect,dev]"
+	touch $@
+
+setup-detect: $(DETECT_VENV)/.installed
+
 demo: setup
 	$(BIN)/slimlab --batch presets/demo.yaml
+
+demo-detect: setup-detect
+	$(DETECT_BIN)/slimlab --batch presets/yolo_demo.yaml
 
 # tmux drives the end-to-end workbench test; without it that test is skipped with the reason.
 tools:
 	@command -v tmux >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 \
 		|| echo "tmux could not be installed: the end-to-end workbench test will be skipped"
 
-test: setup tools
+test: test-core test-detect
+
+test-core: setup tools
 	$(BIN)/ruff check engine tui tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not detect"
+
+# The detection and torchvision tests, for real, in the detection environment.
+test-detect: setup-detect
+	$(DETECT_BIN)/python -m pytest -q -m detect
 
 lint: setup
 	$(BIN)/ruff check engine tui tests benchmarks

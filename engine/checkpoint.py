@@ -207,7 +207,7 @@ class Loaded:
     plan: dict | None
     meta: dict
     raw: dict = field(repr=False, default_factory=dict)  # the whole checkpoint, for resume state
-    source: str = "slimlab"  # slimlab | state_dict | module
+    source: str = "slimlab"  # slimlab | state_dict | module | ultralytics
 
 
 def is_slimlab(raw: Any) -> bool:
@@ -272,6 +272,12 @@ def load(path: str | Path, *, arch: dict | None = None, trust: Trust | bool = Fa
         model = rebuild(raw["arch"], raw.get("plan"), raw["state_dict"], source=str(path), trust=trust)
         return Loaded(model, raw["arch"], raw.get("plan"), raw.get("meta", {}), raw, "slimlab")
     module = find_module(raw)
+    if module is not None and type(module).__module__.startswith("ultralytics."):
+        # an Ultralytics best.pt: rebuilt from its yaml, then held as a slimlab model
+        from engine.detect.model import adopt
+
+        model, arch_d, meta = adopt(module, raw, str(path))
+        return Loaded(model, arch_d, None, meta, {}, "ultralytics")
     if module is not None:
         model = module.float().eval()
         return Loaded(model, {"name": type(model).__module__ + ":" + type(model).__qualname__,

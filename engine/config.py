@@ -29,12 +29,12 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
-    dataset: str = "shapes"  # shapes | imagefolder | cifar10 | cifar100 | torchvision:<Name>
+    dataset: str = "shapes"  # shapes | imagefolder | cifar10 | cifar100 | torchvision:<Name> | yolo (task detect)
     path: Path | None = None
     num_classes: int = Field(6, ge=2, le=10)  # shapes only
     train_size: int = Field(6000, ge=16)  # shapes only
     val_size: int = Field(1000, ge=16)  # shapes only
-    image_size: int = Field(32, ge=8, le=1024)
+    image_size: int = Field(32, ge=8, le=2048)  # task detect: the training/validation size (imgsz)
     val_fraction: float = Field(0.1, gt=0, lt=1)  # held out of train when there is no val split
     # held out of train as the test split, for datasets without one (shapes, imagefolder)
     test_fraction: float = Field(0.0, ge=0, lt=1)
@@ -202,6 +202,7 @@ class SweepStage(StageBase):
     round_to: int = Field(1, ge=1)
     score: Literal["max", "mean", "l2"] = "max"
     ignore: list[str] = Field(default_factory=list)
+    val_images: int | None = Field(None, ge=1)  # task detect: mAP on the first N validation images
 
     @field_validator("ratios")
     @classmethod
@@ -231,6 +232,7 @@ class OutputSpec(Strict):
 class RunSpec(Strict):
     name: str = "run"
     description: str = ""
+    task: Literal["classify", "detect"] = "classify"  # detect: Ultralytics YOLO (engine.detect)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -425,6 +427,11 @@ def check_names(spec: RunSpec, source: str) -> None:
     """Unknown model or dataset names are preset errors, caught before any work starts."""
     from engine import data, models
 
+    if spec.task == "detect":
+        from engine.detect.spec import check_detect_names
+
+        check_detect_names(spec, source)
+        return
     archs = [spec.model.arch] + [s.model.arch for s in spec.stages if s.model is not None]
     for arch in archs:
         if ":" in arch:
@@ -449,7 +456,7 @@ def check_names(spec: RunSpec, source: str) -> None:
 def check_files(spec: RunSpec, source: str, base_dir: Path | None) -> None:
     """Paths named by the preset must exist before a run starts."""
     checks: list[tuple[str, Path | None]] = [("model.checkpoint", spec.model.checkpoint)]
-    if spec.data.dataset != "shapes" and not spec.data.fallback:
+    if spec.data.dataset not in ("shapes", "yolo_shapes") and not spec.data.fallback:
         if spec.data.path is None:
             raise PresetError(f"{source}: data.path: dataset {spec.data.dataset!r} needs a path to its files")
         checks.append(("data.path", spec.data.path))

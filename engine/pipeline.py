@@ -89,6 +89,12 @@ class Pipeline:
         self.current: Current | None = None
         self.outputs: dict[str, Path] = {}
         self.original: Path | None = None  # the model before the latest prune, for `teacher: original`
+        self.trust = False  # set by the caller: unpickle checkpoints named by the preset (Ultralytics best.pt)
+        self.stage_impl: Any = self
+        if spec.task == "detect":  # Ultralytics YOLO: the same stages, trained and validated by Ultralytics
+            from engine.detect.stages import DetectStages
+
+            self.stage_impl = DetectStages(self)
 
     # ---------------------------------------------------------- the whole run
 
@@ -116,7 +122,7 @@ class Pipeline:
                 w.status(stage=stage.name, stage_index=i, progress=0.0)
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
-                figures = getattr(self, f"_stage_{stage.type}")(stage, self._resume_state(stage) if resume else None)
+                figures = getattr(self.stage_impl, f"_stage_{stage.type}")(stage, self._resume_state(stage) if resume else None)
                 figures["seconds"] = round(time.time() - t0, 2)
                 w.summary(stage.name, figures)
                 done.append(stage.name)
@@ -145,10 +151,13 @@ class Pipeline:
         if not self.dist.is_main or not path.exists():
             return
         summary = json.loads(path.read_text())
-        rows = {name: {k: fig.get(k) for k in ("accuracy", "params", "flops", "latency_b1_ms")}
-                for name, fig in summary.items() if isinstance(fig, dict) and "accuracy" in fig and name != "comparison"}
+        metric = "mAP50_95" if self.spec.task == "detect" else "accuracy"
+        keys = ("mAP50", "mAP50_95") if metric == "mAP50_95" else ("accuracy",)
+        rows = {name: {k: fig.get(k) for k in (*keys, "params", "flops", "latency_b1_ms")}
+                for name, fig in summary.items() if isinstance(fig, dict) and metric in fig and name != "comparison"}
         self.writer.summary("comparison", rows)
-        self.writer.log("comparison: " + "; ".join(f"{k} {v['accuracy']:.2%}" for k, v in rows.items() if v["accuracy"] is not None))
+        shown = (lambda v: f"mAP50-95 {v:.4f}") if metric == "mAP50_95" else (lambda v: f"{v:.2%}")
+        self.writer.log("comparison: " + "; ".join(f"{k} {shown(v[metric])}" for k, v in rows.items() if v[metric] is not None))
 
     def _resume_state(self, stage: Any) -> dict | None:
         """last.pt when it is the resume point of `stage` (read once, used by the trainer)."""

@@ -27,6 +27,13 @@ class PlainReporter:
 
     def epoch_done(self, stage: str, m: dict[str, Any]) -> None:
         extra = f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}" if "gamma_lt_1e-2" in m else ""
+        if "mAP50_95" in m:  # detection: Ultralytics' losses and validation figures
+            self.message(
+                f"[{stage}] epoch {m['epoch'] + 1} box {m.get('box_loss', 0):.4f} cls {m.get('cls_loss', 0):.4f} "
+                f"dfl {m.get('dfl_loss', 0):.4f} P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f} "
+                f"mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m['mAP50_95']:.4f} ({m.get('epoch_time', 0):.1f}s){extra}"
+            )
+            return
         self.message(
             f"[{stage}] epoch {m['epoch'] + 1} loss {m['loss']:.4f} val_loss {m['val_loss']:.4f} "
             f"accuracy {m['accuracy']:.2%} ({m.get('epoch_time', 0):.1f}s){extra}"
@@ -34,6 +41,13 @@ class PlainReporter:
 
     def summary(self, rows: dict[str, dict[str, Any]]) -> None:
         """The stages side by side at the end of a run."""
+        if _is_detection(rows):
+            lines = [f"{'stage':<16} {'mAP50':>7} {'mAP50-95':>9} {'params':>12} {'FLOPs':>14} {'latency b1':>11}"]
+            for name, r in rows.items():
+                lines.append(f"{name:<16} {_map(r.get('mAP50')):>7} {_map(r.get('mAP50_95')):>9} {_num(r.get('params')):>12} "
+                             f"{_num(r.get('flops')):>14} {_ms(r.get('latency_b1_ms')):>11}")
+            self.message("\n".join(lines))
+            return
         lines = [f"{'stage':<16} {'accuracy':>9} {'params':>12} {'FLOPs':>14} {'latency b1':>11}"]
         for name, r in rows.items():
             lines.append(f"{name:<16} {_pct(r.get('accuracy')):>9} {_num(r.get('params')):>12} "
@@ -42,6 +56,14 @@ class PlainReporter:
 
     def close(self) -> None:
         pass
+
+
+def _is_detection(rows: dict[str, dict[str, Any]]) -> bool:
+    return any("mAP50_95" in r for r in rows.values())
+
+
+def _map(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _pct(v: float | None) -> str:
@@ -99,10 +121,13 @@ class RichReporter(PlainReporter):
         from rich.table import Table
 
         t = Table(title="stages", title_justify="left")
-        for col in ("stage", "accuracy", "params", "FLOPs", "latency b1"):
+        detection = _is_detection(rows)
+        cols = ("stage", "mAP50", "mAP50-95") if detection else ("stage", "accuracy")
+        for col in (*cols, "params", "FLOPs", "latency b1"):
             t.add_column(col, justify="left" if col == "stage" else "right")
         for name, r in rows.items():
-            t.add_row(name, _pct(r.get("accuracy")), _num(r.get("params")), _num(r.get("flops")), _ms(r.get("latency_b1_ms")))
+            quality = (_map(r.get("mAP50")), _map(r.get("mAP50_95"))) if detection else (_pct(r.get("accuracy")),)
+            t.add_row(name, *quality, _num(r.get("params")), _num(r.get("flops")), _ms(r.get("latency_b1_ms")))
         self.progress.console.print(t)
 
     def close(self) -> None:

@@ -53,6 +53,10 @@ def build_from(
         return build_builtin(arch, num_classes, in_channels, kwargs)
     if arch.startswith(catalog.TORCHVISION_PREFIX):
         return build_torchvision(arch, num_classes, in_channels, kwargs)
+    if arch.startswith(catalog.ULTRALYTICS_PREFIX):
+        from engine.detect.model import build as build_ultralytics
+
+        return build_ultralytics(arch, num_classes, in_channels, **kwargs)
     if catalog.is_external(arch):
         return build_external(arch, num_classes, in_channels, kwargs)
     raise catalog.unknown_arch_error(arch)

@@ -1,0 +1,244 @@
+"""Training a detection model with Ultralytics' own DetectionTrainer, inside a slimlab run.
+
+Ultralytics does the data loading, augmentation, loss, optimizer, EMA and validation. The subclass
+changes only what slimlab owns: the dataset comes from slimlab's checked yaml (no download), the
+model is the one the pipeline carries, the sparsity penalty is added to the BatchNorm gamma
+gradients after unscaling and before clipping and the optimizer step, checkpoints are slimlab's
+(weights/best.pt from the EMA, weights/last.pt as the resume point), metrics lines go to
+metrics.jsonl, and a stop request (SIGTERM/SIGINT) ends training at the next batch boundary with
+a resumable last.pt. A resumed stage restarts the interrupted epoch from the weights, EMA and
+optimizer state saved at the stop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine import checkpoint
+from engine.config import TrainingSpec
+from engine.detect import ultra
+from engine.detect.data import YoloData
+from engine.detect.evaluate import slim_metrics
+from engine.errors import Cancelled, PresetError
+from engine.runs import RunWriter
+from engine.train import StopFlag, memory_figures, rng_state, set_rng_state
+
+OPTIMIZERS = {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}
+NO_AUGMENT = {"mosaic": 0.0, "mixup": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0,
+              "translate": 0.0, "scale": 0.0, "erasing": 0.0}  # fmt: skip
+
+
+def trainer_args(cfg: TrainingSpec, *, data: YoloData, imgsz: int, device: torch.device, save_dir: Path,
+                 stage: str, augment: bool, workers: int, model_name: str = "model.yaml") -> dict[str, Any]:
+    """Ultralytics training settings from slimlab's training section."""
+    if cfg.schedule == "step":
+        raise PresetError(f"stage {stage}: detection training uses a cosine or constant schedule, not step")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise PresetError("training.amp: fp16 autocast needs CUDA; use none on the CPU")
+    args: dict[str, Any] = {
+        "task": "detect", "mode": "train", "model": model_name, "data": str(data.yaml_path), "epochs": cfg.epochs, "batch": cfg.batch_size,
+        "imgsz": imgsz, "optimizer": OPTIMIZERS[cfg.optimizer], "lr0": cfg.lr, "momentum": cfg.momentum,
+        "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs, "cos_lr": cfg.schedule == "cosine",
+        "lrf": 1.0 if cfg.schedule == "constant" else 0.01, "seed": cfg.seed, "deterministic": True,
+        "device": "cpu" if device.type == "cpu" else str(device.index or 0), "workers": workers,
+        "amp": {"none": False, "fp16": True, "bf16": "bf16"}[cfg.amp], "plots": False, "val": True,
+        "pretrained": False, "verbose": False, "project": str(save_dir.parent), "name": save_dir.name,
+        "exist_ok": True, "patience": 10_000, "save_period": -1, "cache": False,
+        # short runs close mosaic for their second half, as the default (last 10 of many) does for long ones
+        "close_mosaic": min(10, cfg.epochs // 2),
+    }  # fmt: skip
+    if not augment:
+        args.update(NO_AUGMENT)
+    return args
+
+
+@dataclass
+class Session:
+    """slimlab's side of one detection training stage (what the Ultralytics subclass reports to)."""
+
+    stage: str
+    writer: RunWriter
+    arch: dict
+    plan: dict | None
+    meta: dict
+    stop: StopFlag
+    reporter: Any
+    log_every: int
+    penalty: Any = None  # engine.slim.sparse.SparsePenalty for a sparse stage
+    resume: dict | None = None
+    step: int = 0
+    best: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    epoch_start: float = 0.0
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_last(self, trainer: Any, epoch: int) -> None:
+        """The resume point: start `epoch` from these weights, EMA, optimizer and scaler states."""
+        state = {
+            "ema": {k: v.detach().cpu() for k, v in trainer.ema.ema.state_dict().items()},
+            "ema_updates": int(trainer.ema.updates),
+            "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(), "rng": rng_state(),
+            "position": {"stage": self.stage, "epoch": epoch, "batch": 0, "step": self.step},
+            "best": self.best, "best_fitness": _plain_float(trainer.best_fitness),
+        }  # fmt: skip
+        meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": self.last}
+        checkpoint.save(self.writer.weights / "last.pt", _unwrap(trainer.model), self.arch, plan=self.plan,
+                        meta=meta, resume=state)
+
+    def save_best(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        meta = {**self.meta, "stage": self.stage, "epoch": trainer.epoch, "metrics": metrics}
+        checkpoint.save(self.writer.weights / "best.pt", trainer.ema.ema, self.arch, plan=self.plan, meta=meta)
+
+    def restore(self, trainer: Any) -> None:
+        """Put a stopped stage's state back into a freshly set-up trainer."""
+        r = self.resume
+        checkpoint.load_state(_unwrap(trainer.model), r["state_dict"], source="weights/last.pt")
+        trainer.ema.ema.load_state_dict(r["ema"])
+        trainer.ema.updates = r["ema_updates"]
+        trainer.optimizer.load_state_dict(r["optimizer"])
+        trainer.scaler.load_state_dict(r["scaler"])
+        set_rng_state(r["rng"])
+        trainer.best_fitness = r.get("best_fitness")
+        trainer.start_epoch = int(r["position"]["epoch"])
+        self.step = int(r["position"]["step"])
+        self.best = dict(r.get("best") or {})
+
+    # ------------------------------------------------------------ callbacks
+
+    def on_train_start(self, trainer: Any) -> None:
+        if self.penalty is not None:
+            self.penalty.on_fit_start(SimpleNamespace(model=_unwrap(trainer.model), epoch=trainer.start_epoch,
+                                                      epochs=trainer.epochs))
+        self.epoch_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any) -> None:
+        self.step += 1
+        if self.step % self.log_every == 0 and trainer.tloss:
+            losses = {k: float(v) for k, v in trainer.tloss.items()}
+            loss = sum(losses.values())
+            record = {"stage": self.stage, "epoch": trainer.epoch, "step": self.step, "loss": loss, **losses,
+                      "lr": trainer.optimizer.param_groups[0]["lr"], **memory_figures(trainer.device)}
+            self.writer.metrics(record)
+            nb = max(1, len(trainer.train_loader))
+            done = trainer.epoch + ((self.step - 1) % nb + 1) / nb
+            self.writer.status(progress=min(1.0, done / max(1, trainer.epochs)))
+            self.reporter.stage_progress(self.stage, trainer.epoch, trainer.epochs, (self.step - 1) % nb + 1, nb, loss)
+        if self.stop.requested:
+            self.save_last(trainer, trainer.epoch)
+            raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {trainer.epoch} step {self.step}")
+
+    def epoch_metrics(self, trainer: Any) -> dict[str, Any]:
+        losses = {k: float(v) for k, v in (trainer.tloss or {}).items()}
+        return {"stage": self.stage, "epoch": trainer.epoch, "step": self.step, "loss": sum(losses.values()),
+                **losses, **slim_metrics(trainer.metrics), "lr": trainer.optimizer.param_groups[0]["lr"],
+                "epoch_time": time.perf_counter() - self.epoch_start}  # fmt: skip
+
+    def on_model_save(self, trainer: Any) -> None:
+        metrics = self.epoch_metrics(trainer)
+        if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
+            self.best = metrics
+            self.save_best(trainer, metrics)
+        self.last = metrics
+        self.save_last(trainer, trainer.epoch + 1)
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        metrics = self.epoch_metrics(trainer)
+        if self.penalty is not None:
+            metrics.update(self.penalty.on_epoch_end(trainer, trainer.epoch))
+        metrics.update(memory_figures(trainer.device))
+        self.writer.metrics(metrics)
+        self.writer.status(progress=(trainer.epoch + 1) / max(1, trainer.epochs),
+                           best_mAP50_95=self.best.get("mAP50_95"))
+        self.reporter.epoch_done(self.stage, metrics)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _plain_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def make_trainer(model: nn.Module, data: YoloData, args: dict[str, Any], session: Session) -> Any:
+    """An Ultralytics DetectionTrainer subclass instance wired to `session`."""
+    ultra.load()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class SlimDetectionTrainer(DetectionTrainer):
+        def get_dataset(self) -> dict:
+            return data.ultralytics_dict()  # checked by slimlab; Ultralytics' check would download
+
+        def optimizer_step(self) -> None:
+            penalty = session.penalty
+            if penalty is None:
+                return super().optimizer_step()
+            scaler = self.scaler
+            unscale = scaler.unscale_
+
+            def unscale_then_penalise(optimizer: torch.optim.Optimizer) -> None:
+                unscale(optimizer)  # true gradients from here on: the L1 subgradient joins them unscaled
+                penalty.after_backward(self)
+
+            scaler.unscale_ = unscale_then_penalise
+            try:
+                super().optimizer_step()
+            finally:
+                del scaler.unscale_
+
+        def save_model(self) -> bool:
+            session.on_model_save(self)
+            return False  # slimlab wrote its checkpoints; no on_model_save callbacks
+
+        def resume_training(self, ckpt: Any) -> None:
+            if session.resume is not None:
+                session.restore(self)
+
+        def final_eval(self) -> None:
+            """The pipeline measures the best model itself, from weights/best.pt."""
+
+    with _quiet():
+        trainer = SlimDetectionTrainer(overrides=args)
+    trainer.model = model
+    for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end"):
+        trainer.add_callback(event, getattr(session, event))
+    return trainer
+
+
+def _quiet() -> Any:
+    from engine.detect.model import quiet
+
+    return quiet()
+
+
+def train(model: nn.Module, data: YoloData, args: dict[str, Any], session: Session) -> dict[str, Any]:
+    """Run one training stage; returns the best epoch's metrics (weights/best.pt holds its EMA model)."""
+    trainer = make_trainer(model, data, args, session)
+    try:
+        with _quiet():
+            trainer.train()
+    finally:
+        _tidy(Path(args["project"]) / args["name"])
+    return session.best
+
+
+def _tidy(save_dir: Path) -> None:
+    """Ultralytics makes a weights/ folder there; slimlab's checkpoints live in the run's weights/."""
+    weights = save_dir / "weights"
+    if weights.is_dir() and not any(weights.iterdir()):
+        weights.rmdir()
