@@ -102,6 +102,10 @@ def batch(argv: list[str]) -> int:
     spec = config.load_preset(args.preset, args.overrides)
     if allow:  # recorded in spec.yaml, so a resume builds them too
         spec.allow_archs = list(dict.fromkeys([*spec.allow_archs, *allow]))
+    if spec.task == "detect":  # the optional Ultralytics extra: say how to install it before a run exists
+        from engine.detect.ultra import load as need_ultralytics
+
+        need_ultralytics()
     runs_dir = args.runs_dir or spec.output.runs_dir
     name = args.name or spec.output.name or spec.name
     from engine import distributed

@@ -14,6 +14,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the key that signs run directories' spec.yaml (engine/trust.py) stays out of the user's home
 os.environ.setdefault("SLIMLAB_STATE_DIR", tempfile.mkdtemp(prefix="slimlab-state-"))
 
+def pytest_collection_modifyitems(config, items):
+    """Detection tests need Ultralytics: outside its environment they are skipped, naming it."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None:  # found, not imported: importing it goes online
+        skip = pytest.mark.skip(reason="needs the detection environment (ultralytics): make test-detect")
+        for item in items:
+            if "detect" in item.keywords:
+                item.add_marker(skip)
+
+
 TINY = {
     "name": "tiny",
     "model": {"arch": "vgg", "kwargs": {"depth": 11, "width": 0.125}},

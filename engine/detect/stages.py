@@ -122,13 +122,14 @@ class DetectStages:
     def _train(self, stage: Any, resume: dict | None, penalty: Any = None, cur: Any = None) -> dict:
         from engine.detect.trainer import Session, train, trainer_args
         from engine.pipeline import Current
+        from engine.train import NullReporter
 
         p = self.p
         cfg = p.spec.training_for(stage)
         cur = cur or self.start(stage)
         model = copy.deepcopy(cur.model)  # Ultralytics trains in place; the pipeline's current model stays as it was
         session = Session(stage=stage.name, writer=p.writer, arch=cur.arch, plan=cur.plan,
-                          meta={"spec": p.spec.model_dump(mode="json")}, stop=p.stop, reporter=p.reporter,
+                          meta={"spec": p.spec.model_dump(mode="json")}, stop=p.stop, reporter=p.reporter or NullReporter(),
                           log_every=cfg.log_every, penalty=penalty, resume=resume)
         args = trainer_args(cfg, data=self.data(), imgsz=self.imgsz, device=p.device,
                             save_dir=p.writer.path / "ultralytics" / stage.name, stage=stage.name,

@@ -1,0 +1,151 @@
+"""Detection runs end to end, offline: train -> sparse -> sweep -> prune -> finetune, cancel and resume, bad data."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+from detect_helpers import write_preset
+
+from engine import checkpoint
+from engine.cli import prepare_run_dir
+from engine.config import load_preset
+from engine.detect.data import load as load_data
+from engine.detect.synth import write_dataset
+from engine.errors import Cancelled, DataError
+from engine.pipeline import Pipeline
+from engine.runs import create_run_dir
+
+from helpers import StopAfter
+
+pytestmark = pytest.mark.detect
+
+
+@pytest.fixture(autouse=True)
+def ultralytics_offline():
+    """Ultralytics is imported through slimlab, which closes its network traps first."""
+    from engine.detect import ultra
+
+    ultra.load()
+
+
+DETECTION_KEYS = {"box_loss", "cls_loss", "dfl_loss", "precision", "recall", "mAP50", "mAP50_95", "rss"}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection or name look-up fails the test (and is refused, so nothing leaves the machine)."""
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network access attempted during an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield attempts
+    assert attempts == [], f"network access attempted: {attempts}"
+
+
+def start(tmp_path, preset, name="d"):
+    spec = load_preset(preset)
+    path = create_run_dir(tmp_path / "runs", name)
+    prepare_run_dir(path, spec)
+    return spec, path
+
+
+def test_slimming_a_yolo_offline_end_to_end(tmp_path, no_network):
+    stages = [{"type": "train"}, {"type": "sparse", "s": 1e-3}, {"type": "sweep", "ratios": [0.0, 0.5], "val_images": 8},
+              {"type": "prune", "percent": 0.5}, {"type": "finetune"}]
+    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages))
+    Pipeline(spec, path).run()
+    summary = json.loads((path / "summary.json").read_text())
+    assert set(summary["comparison"]) == {"train", "sparse", "prune", "finetune"}
+    for row in summary["comparison"].values():
+        assert {"mAP50", "mAP50_95", "params", "flops", "latency_b1_ms"} <= set(row)
+    assert summary["prune"]["flops"] < 0.7 * summary["sparse"]["flops"]
+    assert summary["finetune"]["params"] == summary["prune"]["params"] == summary["prune"]["plan_params_after"]
+    lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if "mAP50_95" in r]
+    assert {r["stage"] for r in epochs} == {"train", "sparse", "finetune"}
+    assert all(DETECTION_KEYS <= set(r) for r in epochs)
+    assert any("gamma_lt_1e-2" in r for r in epochs if r["stage"] == "sparse")
+    sweep = json.loads((path / "sweep.json").read_text())
+    assert [r["ratio"] for r in sweep["rows"]] == [0.0, 0.5] and "mAP50_95" in sweep["rows"][0]
+    # every output is a weights_only slimlab checkpoint that rebuilds the model it was saved from
+    raw = torch.load(path / "weights" / "finetune.pt", weights_only=True)
+    assert raw["arch"]["task"] == "detect" and raw["plan"]["groups"] == json.loads((path / "plan.json").read_text())["groups"]
+    a, b = checkpoint.load(path / "weights" / "finetune.pt").model, checkpoint.load(path / "weights" / "best.pt").model
+    x = torch.rand(1, 3, 64, 64)
+    assert (a(x)[0] - b(x)[0]).abs().max().item() == 0.0
+    assert not (path / "weights" / "last.pt").exists()
+    assert (path / "ultralytics" / "train" / "results.csv").exists()  # Ultralytics' own per-epoch table
+    assert json.loads((path / "status.json").read_text())["state"] == "done"
+
+
+def test_sigterm_stops_at_a_batch_and_the_run_resumes(tmp_path, no_network):
+    stages = [{"type": "train", "training": {"epochs": 2}}]
+    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages))
+    with pytest.raises(Cancelled):
+        Pipeline(spec, path, stop=StopAfter(3)).run()
+    last = torch.load(path / "weights" / "last.pt", weights_only=True)
+    assert last["position"]["stage"] == "train" and last["position"]["step"] == 4 and "optimizer" in last
+    assert last["position"]["epoch"] == 1  # the 4th batch is the 2nd of epoch 1: that epoch restarts
+    assert json.loads((path / "status.json").read_text())["state"] == "cancelled"
+    Pipeline(load_preset(path / "spec.yaml"), path).run(resume=True)
+    status = json.loads((path / "status.json").read_text())
+    assert status["state"] == "done" and status["completed"] == ["train"]
+    epochs = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if "mAP50_95" in x]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+
+
+def bad_label(tmp_path, text: str):
+    yaml_path = write_dataset(tmp_path / "ds", train=4, val=2, classes=2, seed=1)
+    (tmp_path / "ds" / "labels" / "train" / "00001.txt").write_text(text)
+    return yaml_path
+
+
+@pytest.mark.parametrize("text, match", [
+    ("5 0.5 0.5 0.2 0.2\n", "class 5 is outside 0..1"),
+    ("0 0.5 1.7 0.2 0.2\n", "normalised to"),
+    ("0 0.5 0.5 0 0.2\n", "width and height"),
+    ("0 0.5 0.5\n", "expected 'class cx cy w h'"),
+])
+def test_bad_label_lines_are_named_with_file_and_line(tmp_path, text, match):
+    with pytest.raises(DataError, match=match) as e:
+        load_data(bad_label(tmp_path, text))
+    assert "00001.txt line 1" in str(e.value)
+
+
+def test_missing_folders_and_empty_labels(tmp_path):
+    yaml_path = write_dataset(tmp_path / "ds", train=4, val=2, classes=2, seed=1)
+    data = load_data(yaml_path)
+    assert data.nc == 2 and data.splits["train"].images == 4 and data.splits["val"].objects > 0
+    (tmp_path / "ds" / "labels" / "val" / "00000.txt").write_text("")
+    assert load_data(yaml_path).splits["val"].background >= 1  # an empty file is a background image
+    for f in (tmp_path / "ds" / "labels" / "train").iterdir():
+        f.write_text("")
+    with pytest.raises(DataError, match="every label file is empty"):
+        load_data(yaml_path)
+    import shutil
+
+    yaml_path = write_dataset(tmp_path / "ds2", train=4, val=2, classes=2, seed=1)
+    shutil.rmtree(tmp_path / "ds2" / "images" / "val")
+    with pytest.raises(DataError, match="val: .*does not exist"):
+        load_data(yaml_path)
+    with pytest.raises(DataError, match="no such dataset yaml"):
+        load_data(tmp_path / "nope.yaml")
+
+
+def test_generated_data_is_deterministic_and_written_whole(tmp_path):
+    a = write_dataset(tmp_path / "a", train=6, val=2, seed=3)
+    b = write_dataset(tmp_path / "b", train=6, val=2, seed=3)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and all((a.parent / f).read_bytes() == (b.parent / f).read_bytes() for f in files)
+    rows = [ln.split() for p in (tmp_path / "a" / "labels" / "train").iterdir() for ln in p.read_text().splitlines()]
+    assert len(rows) >= 6 and all(len(r) == 5 for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written folder left
