@@ -118,6 +118,9 @@ def write_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     kinds = KINDS[:classes]
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the dataset is an ordinary folder
     try:
         for stream, (split, count) in enumerate(zip(SPLITS, (train, val), strict=True)):
             rng = np.random.default_rng([int(seed), stream])
