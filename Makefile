@@ -12,7 +12,7 @@ DETECT_VENV := .venv-detect
 DETECT_BIN := $(DETECT_VENV)/bin
 DETECT_TORCH ?= torch==2.13.0 torchvision==0.28.0
 
-.PHONY: setup setup-detect tools demo demo-detect test test-core test-detect lint bench
+.PHONY: setup setup-detect tools demo demo-detect test test-core test-detect lint bench bench-detect
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,3 +58,7 @@ lint: setup
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+# Detection benchmarks run in the detection environment.
+bench-detect: setup-detect
+	for b in benchmarks/detect/*.py; do $(DETECT_BIN)/python $$b || exit 1; done
