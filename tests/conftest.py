@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
     if importlib.util.find_spec("ultralytics") is None:  # found, not imported: importing it goes online
         skip = pytest.mark.skip(reason="needs the detection environment (ultralytics): make test-detect")
         for item in items:
-            if "detect" in item.keywords:
+            if item.get_closest_marker("detect"):
                 item.add_marker(skip)
 
 
