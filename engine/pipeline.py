@@ -89,7 +89,6 @@ class Pipeline:
         self.current: Current | None = None
         self.outputs: dict[str, Path] = {}
         self.original: Path | None = None  # the model before the latest prune, for `teacher: original`
-        self.trust = False  # set by the caller: unpickle checkpoints named by the preset (Ultralytics best.pt)
         self.stage_impl: Any = self
         if spec.task == "detect":  # Ultralytics YOLO: the same stages, trained and validated by Ultralytics
             from engine.detect.stages import DetectStages

@@ -80,7 +80,7 @@ class DetectStages:
         d = self.data()
         if spec_model.checkpoint is not None:
             # an Ultralytics best.pt is a pickle: loaded only when the run was started with trust
-            loaded = checkpoint.load(spec_model.checkpoint, trust=bool(getattr(self.p, "trust", False)))
+            loaded = checkpoint.load(spec_model.checkpoint, trust=self.p.trust)
             if loaded.arch.get("task") != "detect":
                 raise PresetError(f"{spec_model.checkpoint}: is not a detection checkpoint (task detect needs one)")
             if loaded.arch["num_classes"] != d.nc:
@@ -92,7 +92,7 @@ class DetectStages:
         kwargs = dict(spec_model.kwargs)
         torch.manual_seed(self.p.spec.training.seed)
         model = checkpoint.build_model({"name": spec_model.arch, "num_classes": d.nc, "in_channels": 3,
-                                        "kwargs": {**kwargs, "names": d.names, "imgsz": self.imgsz}})
+                                        "kwargs": {**kwargs, "names": d.names, "imgsz": self.imgsz}}, trust=self.p.trust)
         return Current(model, arch_of(model, spec_model.arch), None)
 
     def start(self, stage: Any) -> Any:
@@ -140,7 +140,7 @@ class DetectStages:
             return self.measure(cur, out) | {"epochs": 0}
         best = train(model, self.data(), args, session)
         best_path = p.writer.weights / "best.pt"
-        loaded = checkpoint.load(best_path)
+        loaded = checkpoint.load(best_path, trust=p.trust)
         cur = Current(loaded.model, loaded.arch, loaded.plan)
         out = p._finish(stage, cur, src=best_path)
         (p.writer.weights / "last.pt").unlink(missing_ok=True)
