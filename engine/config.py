@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import PresetError
 from engine.models import catalog
+from engine.slim.spec import S_HINT, AutoS, PruneRule, TargetSpec
 
 
 class Strict(BaseModel):
@@ -111,51 +112,52 @@ class StageBase(Strict):
     start: str | None = None  # start from the output of this earlier stage (its name)
 
 
-class TrainStage(StageBase):
+class EarlyStop(Strict):
+    patience: int = Field(ge=1)  # epochs without improvement of the selection metric
+    min_delta: float = Field(0.0, ge=0)  # smaller gains do not count as improvement
+
+
+class TrainingStageKeys(Strict):
+    """Keys of every training stage: which epoch is the output, and when to stop early."""
+
+    # best: the epoch with the best selection metric (val accuracy; a sparse stage with a target:
+    # acc_pruned_at_target); last: the final epoch. None: best, except a sparse stage without target.
+    select: Literal["best", "last"] | None = None
+    early_stop: EarlyStop | None = None
+
+
+class TrainStage(StageBase, TrainingStageKeys):
     type: Literal["train"]
+    target: TargetSpec | None = None  # log acc_pruned_at_target at every epoch end
+    monitor_samples: int = Field(2000, ge=1)  # val images the pruned-at-target accuracy uses
 
 
-class SparseStage(StageBase):
+class SparseStage(StageBase, TrainingStageKeys):
     type: Literal["sparse"]
-    s: float = Field(1e-4, ge=0, le=1)
+    s: float | Literal["auto"] = 1e-4
+    auto_s: AutoS = Field(default_factory=AutoS)
     decay: bool = False  # s * (1 - 0.9 * epoch / epochs)
     exclude: list[str] = Field(default_factory=list)  # BN name patterns left unpenalised
+    target: TargetSpec | None = None  # default: the rule of the next prune stage
+    monitor_samples: int = Field(2000, ge=1)  # val images the pruned-at-target accuracy uses
 
-
-class LayerOverride(Strict):
-    threshold: float | None = Field(None, ge=0)
-    keep: float | None = Field(None, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _one(self) -> LayerOverride:
-        if (self.threshold is None) == (self.keep is None):
-            raise ValueError("give exactly one of threshold or keep")
-        return self
-
-
-class PruneStage(StageBase):
-    type: Literal["prune"]
-    percent: float | list[float] | None = None  # a list gives one percent per round
-    threshold: float | None = Field(None, ge=0)
-    min_keep: float = Field(1, ge=0)  # >= 1: channel count; < 1: fraction of the layer
-    round_to: int = Field(1, ge=1)
-    score: Literal["max", "mean", "l2"] = "max"
-    ignore: list[str] = Field(default_factory=list)
-    overrides: dict[str, LayerOverride] = Field(default_factory=dict)
-
-    @field_validator("percent")
+    @field_validator("s", mode="before")
     @classmethod
-    def _percent(cls, v: float | list[float] | None) -> float | list[float] | None:
-        for p in [v] if isinstance(v, float | int) else v or []:
-            if not 0 <= p < 1:
-                raise ValueError(f"percent {p} is outside [0, 1): it is the fraction of channels removed")
-        return v
+    def _s(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                v = None
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise ValueError(S_HINT)
+        return float(v)
 
-    @model_validator(mode="after")
-    def _one(self) -> PruneStage:
-        if (self.percent is None) == (self.threshold is None):
-            raise ValueError("give exactly one of percent or threshold")
-        return self
+
+class PruneStage(StageBase, PruneRule):
+    type: Literal["prune"]
 
 
 class FeatureTerm(Strict):
@@ -180,11 +182,11 @@ class TeacherMixin(Strict):
     features: list[FeatureTerm] = Field(default_factory=list)
 
 
-class FinetuneStage(StageBase, TeacherMixin):
+class FinetuneStage(StageBase, TeacherMixin, TrainingStageKeys):
     type: Literal["finetune"]
 
 
-class DistillStage(StageBase, TeacherMixin):
+class DistillStage(StageBase, TeacherMixin, TrainingStageKeys):
     type: Literal["distill"]
     teacher: str  # required here
 
@@ -216,12 +218,24 @@ class EvaluateStage(StageBase):
     type: Literal["evaluate"]
 
 
+class ScratchStage(StageBase, TrainingStageKeys):
+    """The control of pruning papers: the pruned architecture trained from random initialisation.
+
+    Runs as many epochs as the stages that made the current model (training.epochs overrides);
+    its output is reported beside the others but does not become the current model.
+    """
+
+    type: Literal["scratch"]
+
+
 Stage = Annotated[
-    TrainStage | SparseStage | PruneStage | FinetuneStage | DistillStage | SweepStage | EvaluateStage,
+    TrainStage | SparseStage | PruneStage | FinetuneStage | DistillStage | SweepStage | EvaluateStage
+    | ScratchStage,
     Field(discriminator="type"),
 ]
-STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate")
-TRAINING_STAGES = ("train", "sparse", "finetune", "distill")
+STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate", "scratch")
+TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch")
+CONTROL_STAGES = ("scratch",)  # stages whose output never becomes the current model
 
 
 class OutputSpec(Strict):
@@ -267,6 +281,9 @@ class RunSpec(Strict):
         for i, stage in enumerate(self.stages):
             if stage.start is not None and stage.start not in names[:i]:
                 raise ValueError(f"stage {stage.name!r} starts from {stage.start!r}, which is not an earlier stage")
+        from engine.slim.target import check_stage_targets
+
+        check_stage_targets(self.stages)
         return self
 
     def training_for(self, stage: StageBase) -> TrainingSpec:
@@ -317,6 +334,7 @@ _STAGE_CLASSES: dict[str, type[BaseModel]] = {
     "distill": DistillStage,
     "sweep": SweepStage,
     "evaluate": EvaluateStage,
+    "scratch": ScratchStage,
 }
 
 

@@ -22,7 +22,15 @@ from torch import nn
 from engine import checkpoint, distributed, threads
 from engine import trust as trust_rule
 from engine.atomic import atomic_file
-from engine.config import DistillStage, FinetuneStage, PruneStage, RunSpec, SparseStage, SweepStage
+from engine.config import (
+    CONTROL_STAGES,
+    DistillStage,
+    FinetuneStage,
+    PruneStage,
+    RunSpec,
+    SparseStage,
+    SweepStage,
+)
 from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
 from engine.runs import RunWriter, write_json
 from engine.train import StopFlag, Trainer, evaluate, resolve_device
@@ -117,7 +125,7 @@ class Pipeline:
                 if stage.name in done:
                     continue
                 if self.current is None and self.outputs and stage.model is None and stage.start is None:
-                    self.current = self._load_output(list(self.outputs)[-1])  # resuming after earlier stages
+                    self.current = self._load_output(self._last_name())  # resuming after earlier stages
                 w.status(stage=stage.name, stage_index=i, progress=0.0)
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
@@ -151,7 +159,7 @@ class Pipeline:
             return
         summary = json.loads(path.read_text())
         metric = "mAP50_95" if self.spec.task == "detect" else "accuracy"
-        keys = ("mAP50", "mAP50_95") if metric == "mAP50_95" else ("accuracy",)
+        keys = ("mAP50", "mAP50_95") if metric == "mAP50_95" else ("accuracy", "test_accuracy")
         rows = {name: {k: fig.get(k) for k in (*keys, "params", "flops", "latency_b1_ms")}
                 for name, fig in summary.items() if isinstance(fig, dict) and metric in fig and name != "comparison"}
         self.writer.summary("comparison", rows)
@@ -251,6 +259,9 @@ class Pipeline:
             accuracy = evaluate(model, self.data(self.spec.training.batch_size).val, self.device)["accuracy"]
         prof = measure.profile(copy.deepcopy(model).cpu().eval(), self._input_shape(), torch.device("cpu"))
         figures = {"accuracy": accuracy, **prof, "size": out.stat().st_size if out.exists() else None}
+        test = getattr(self.data(self.spec.training.batch_size), "test", None)
+        if test is not None:  # held out of every choice: reported, never used to select
+            figures["test_accuracy"] = evaluate(model, test, self.device)["accuracy"]
         if self.device.type == "cuda":
             figures["latency_cuda_b32_ms"] = measure.latency_ms(model, self._input_shape(), 32, device=self.device)
         return figures
@@ -258,7 +269,7 @@ class Pipeline:
     # ---------------------------------------------------------- training stages
 
     def _train(self, stage: Any, resume: dict | None, callbacks: list[Any], loss_fn: Any = None,
-               cur: Current | None = None) -> dict:
+               cur: Current | None = None, selection: Any = None) -> dict:
         cfg = self.spec.training_for(stage)
         cur = cur or self._start(stage)
         if resume is not None:
@@ -269,7 +280,7 @@ class Pipeline:
             model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
             arch=cur.arch, plan=cur.plan, meta={"spec": self.spec.model_dump(mode="json")},
             loss_fn=loss_fn, callbacks=callbacks, device=self.device, dist_info=self.dist,
-            stop=self.stop, reporter=self.reporter,
+            stop=self.stop, reporter=self.reporter, selection=selection,
         )
         result = trainer.fit(resume=resume)
         distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
@@ -281,20 +292,37 @@ class Pipeline:
         else:  # zero epochs: the model passes through unchanged
             out = self._finish(stage, cur)
         (self.writer.weights / "last.pt").unlink(missing_ok=True)
-        return self.measure(cur, out, result.best.get("accuracy")) | {"epochs": cfg.epochs}
+        selected = {k: result.best[k] for k in ("acc_pruned_at_target", "s") if k in result.best}
+        if result.best:
+            selected["selected_epoch"] = result.best["epoch"] + 1
+        return (self.measure(cur, out, result.best.get("accuracy"))
+                | {"epochs": (result.last["epoch"] + 1) if result.last else 0, **selected})
+
+    def _stage_parts(self, stage: Any, cur: Current) -> Any:
+        """Penalty, pruned-at-target monitor, s controller and epoch selection (engine/slim/sparse_stage.py)."""
+        from engine.slim.sparse_stage import build_parts
+
+        cfg = self.spec.training_for(stage)
+        steps = max(1, -(-len(self.data(cfg.batch_size).train) // cfg.accumulate))
+        parts = build_parts(stage, self.stages, cur.model, cur.arch, self._input_shape(), cfg, steps,
+                            log=lambda text: self.writer.log(f"{stage.name}: {text}"))
+        for note in parts.notes:
+            self.writer.log(f"{stage.name}: {note}")
+        return parts
 
     def _stage_train(self, stage: Any, resume: dict | None) -> dict:
-        return self._train(stage, resume, [])
+        cur = self._start(stage)
+        parts = self._stage_parts(stage, cur)
+        return self._train(stage, resume, parts.callbacks, cur=cur, selection=parts.selection)
 
     def _stage_sparse(self, stage: SparseStage, resume: dict | None) -> dict:
-        from engine.slim.sparse import SparsePenalty
-
-        cur = self._start(stage)
         from engine.slim.gamma import gamma_stats
 
+        cur = self._start(stage)
         gamma_stats(cur.model)  # fails early, with the reason, on a model without BatchNorm
-        penalty = SparsePenalty(s=stage.s, decay=stage.decay, exclude=stage.exclude)
-        return self._train(stage, resume, [penalty], cur=cur) | {"s": stage.s}
+        parts = self._stage_parts(stage, cur)
+        figures = self._train(stage, resume, parts.callbacks, cur=cur, selection=parts.selection)
+        return figures | {"s": figures.get("s", stage.s), "s_setting": stage.s}
 
     def _stage_finetune(self, stage: FinetuneStage, resume: dict | None) -> dict:
         cur = self._start(stage)
@@ -344,18 +372,20 @@ class Pipeline:
     def _stage_prune(self, stage: PruneStage, resume: dict | None) -> dict:
         from engine.slim import plan as slim_plan
         from engine.slim.apply import apply_plan
+        from engine.slim.report import prune_lines
+        from engine.slim.target import plan_for_rule
 
         cur = self._start(stage)
         self.original = self._current_output(stage) or self._save_original(cur)
         model = copy.deepcopy(cur.model).cpu().eval()
-        plan = slim_plan.make_plan(
-            model, input_shape=self._input_shape(), percent=stage.percent, threshold=stage.threshold,
-            min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score,
-            ignore=stage.ignore, overrides={k: v.model_dump(exclude_none=True) for k, v in stage.overrides.items()},
-        )
+        plan, rows = plan_for_rule(model, self._input_shape(), stage, evaluate=self._pruned_accuracy)
+        if rows is not None and self.dist.is_main:
+            write_json(self.writer.path / f"{stage.name}.sweep.json", {"stage": stage.name, "rows": rows})
         for warning in plan.warnings:
             self.writer.log(f"warning: {warning}")
+        lines = prune_lines(stage.name, plan)
         apply_plan(model, plan)
+        self._calibrate(model)
         if cur.plan:  # a later round: one plan relative to the unpruned arch keeps reloads simple
             from engine.slim.compose import compose
 
@@ -363,16 +393,50 @@ class Pipeline:
         plan_dict = plan.to_dict()
         if self.dist.is_main:
             write_json(self.writer.path / "plan.json", plan_dict)
+        self._say(lines)
         pruned = Current(model, cur.arch, plan_dict)
         out = self._finish(stage, pruned)
         totals = plan_dict.get("totals", {})
-        return self.measure(pruned, out) | {"percent": stage.percent, "threshold": stage.threshold, **{f"plan_{k}": v for k, v in totals.items()}}
+        target = plan_dict["options"].get("target")
+        rule = {k: getattr(stage, k) for k in stage.rule_keys() if getattr(stage, k) is not None}
+        return (self.measure(pruned, out) | rule | {"threshold": plan_dict["options"].get("global_threshold")}
+                | ({"target": target} if target else {}) | {f"plan_{k}": v for k, v in totals.items()})
+
+    def _calibrate(self, model: nn.Module) -> nn.Module:
+        """BatchNorm statistics of a cut model re-estimated on training images (engine/slim/bn_calibrate.py)."""
+        from engine.slim.bn_calibrate import CALIBRATION_SAMPLES, first_batches, recalibrate
+
+        model.to(self.device)
+        train = self.data(self.spec.training.batch_size).train
+        recalibrate(model, first_batches(train, CALIBRATION_SAMPLES), self.device, dist_info=self.dist)
+        return model
+
+    def _pruned_accuracy(self, model: nn.Module) -> dict[str, float]:
+        """Val figures of a pruned copy, its BatchNorm statistics re-estimated first (sweep, max_drop)."""
+        return evaluate(self._calibrate(model), self.data(self.spec.training.batch_size).val, self.device)
+
+    def _say(self, lines: list[str]) -> None:
+        """Lines for the headless output (and log.txt)."""
+        for line in lines:
+            self.writer.log(line)
+        if self.dist.is_main and hasattr(self.reporter, "message"):
+            self.reporter.message("\n".join(lines))
 
     def _current_output(self, stage: Any) -> Path | None:
         """The file holding the model this stage starts from, when it is the pipeline's current one."""
         if stage.model is None and stage.start is None and self.outputs:
-            return list(self.outputs.values())[-1]
+            return self._last_output()
         return None
+
+    def _last_name(self) -> str | None:
+        """The latest stage whose output became the current model (a control stage's never does)."""
+        kinds = {s.name: s.type for s in self.stages}
+        names = [n for n in self.outputs if kinds.get(n) not in CONTROL_STAGES]
+        return names[-1] if names else None
+
+    def _last_output(self) -> Path | None:
+        name = self._last_name()
+        return self.outputs[name] if name else None
 
     def _save_original(self, cur: Current) -> Path:
         path = self.writer.weights / "original.pt"
@@ -384,16 +448,42 @@ class Pipeline:
         from engine.slim.sweep import sweep
 
         cur = self._start(stage)
-        val = self.data(self.spec.training.batch_size).val
         rows = sweep(
-            copy.deepcopy(cur.model).cpu().eval(), self._input_shape(),
-            lambda m: evaluate(m.to(self.device), val, self.device), ratios=stage.ratios,
+            copy.deepcopy(cur.model).cpu().eval(), self._input_shape(), self._pruned_accuracy, ratios=stage.ratios,
             min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score, ignore=stage.ignore,
         )
         if self.dist.is_main:
             write_json(self.writer.path / "sweep.json", {"stage": stage.name, "rows": rows})
+            if hasattr(self.reporter, "sweep_curve"):
+                self.reporter.sweep_curve(stage.name, rows)
         base = rows[0]["accuracy"] if rows else None
         return {"ratios": len(rows), "accuracy_at_0": base, "rows": rows}
+
+    def _stage_scratch(self, stage: Any, resume: dict | None) -> dict:
+        """The pruned architecture from random initialisation (engine/slim/scratch.py); a control:
+        the current model and weights/best.pt stay those of the stage before."""
+        from engine.slim.scratch import chain_epochs, check_pruned, scratch_model
+
+        src = self._start(stage)
+        plan = check_pruned(src.plan, stage.name)
+        index = next(i for i, s in enumerate(self.stages) if s.name == stage.name)
+        epochs, chain = chain_epochs(self.stages, index, lambda s: self.spec.training_for(s).epochs)
+        if stage.training.epochs is None:
+            stage = stage.model_copy(update={"training": stage.training.model_copy(update={"epochs": epochs})})
+        self.writer.log(f"{stage.name}: the pruned architecture from random initialisation, "
+                        f"{self.spec.training_for(stage).epochs} epochs ({' + '.join(chain) or 'no stages'}: {epochs})")
+        cur = Current(scratch_model(src.arch, plan, self.spec.training.seed + 1), src.arch, plan)
+        previous, before = self.current, self._last_output()
+        figures = self._train(stage, resume, [], cur=cur, selection=self._selection(stage))
+        self.current = previous
+        if before is not None and self.dist.is_main:
+            _atomic_copy(before, self.writer.weights / "best.pt")
+        return figures | {"control": "scratch", "chain_epochs": epochs}
+
+    def _selection(self, stage: Any) -> Any:
+        from engine.slim.sparse_stage import selection_for
+
+        return selection_for(stage, monitored=False)
 
     def _stage_evaluate(self, stage: Any, resume: dict | None) -> dict:
         cur = self._start(stage)

@@ -26,32 +26,29 @@ class PlainReporter:
         self.message(f"[{stage}] epoch {epoch + 1}/{epochs} batch {batch}/{batches} loss {loss:.4f}")
 
     def epoch_done(self, stage: str, m: dict[str, Any]) -> None:
-        extra = f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}" if "gamma_lt_1e-2" in m else ""
         if "mAP50_95" in m:  # detection: Ultralytics' losses and validation figures
+            extra = f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}" if "gamma_lt_1e-2" in m else ""
             self.message(
                 f"[{stage}] epoch {m['epoch'] + 1} box {m.get('box_loss', 0):.4f} cls {m.get('cls_loss', 0):.4f} "
                 f"dfl {m.get('dfl_loss', 0):.4f} P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f} "
                 f"mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m['mAP50_95']:.4f} ({m.get('epoch_time', 0):.1f}s){extra}"
             )
             return
-        self.message(
-            f"[{stage}] epoch {m['epoch'] + 1} loss {m['loss']:.4f} val_loss {m['val_loss']:.4f} "
-            f"accuracy {m['accuracy']:.2%} ({m.get('epoch_time', 0):.1f}s){extra}"
-        )
+        self.message(epoch_line(stage, m))
+
+    def sweep_curve(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        from engine.slim.report import sweep_table
+
+        self.message("\n".join(sweep_table(stage, rows)))
 
     def summary(self, rows: dict[str, dict[str, Any]]) -> None:
         """The stages side by side at the end of a run."""
-        if _is_detection(rows):
-            lines = [f"{'stage':<16} {'mAP50':>7} {'mAP50-95':>9} {'params':>12} {'FLOPs':>14} {'latency b1':>11}"]
-            for name, r in rows.items():
-                lines.append(f"{name:<16} {_map(r.get('mAP50')):>7} {_map(r.get('mAP50_95')):>9} {_num(r.get('params')):>12} "
-                             f"{_num(r.get('flops')):>14} {_ms(r.get('latency_b1_ms')):>11}")
-            self.message("\n".join(lines))
-            return
-        lines = [f"{'stage':<16} {'accuracy':>9} {'params':>12} {'FLOPs':>14} {'latency b1':>11}"]
-        for name, r in rows.items():
-            lines.append(f"{name:<16} {_pct(r.get('accuracy')):>9} {_num(r.get('params')):>12} "
-                         f"{_num(r.get('flops')):>14} {_ms(r.get('latency_b1_ms')):>11}")
+        cols = summary_columns(rows)
+        table = summary_table(rows, cols)
+        widths = [max(len(c), *(len(r[i]) for r in table)) + 1 for i, c in enumerate(cols)]
+        lines = ["".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))]
+        for r in table:
+            lines.append("".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
         self.message("\n".join(lines))
 
     def close(self) -> None:
@@ -64,6 +61,64 @@ def _is_detection(rows: dict[str, dict[str, Any]]) -> bool:
 
 def _map(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def epoch_line(stage: str, m: dict[str, Any]) -> str:
+    """One epoch in one line: losses, accuracy, and what a sparse stage adds (pruned-at-target
+    accuracy, s, the fraction of gammas below 1% of their initial value)."""
+    line = (f"[{stage}] epoch {m['epoch'] + 1} loss {m['loss']:.4f} val_loss {m['val_loss']:.4f} "
+            f"accuracy {m['accuracy']:.2%}")
+    if "acc_pruned_at_target" in m:
+        line += f" pruned-at-target {m['acc_pruned_at_target']:.2%}"
+    if "s" in m:
+        line += f" s {m['s']:.2g}"
+    if "gamma_rel_lt_1e-2" in m:
+        line += f" gamma<1%init {m['gamma_rel_lt_1e-2']:.1%}"
+    elif "gamma_lt_1e-2" in m:
+        line += f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}"
+    return line + f" ({m.get('epoch_time', 0):.1f}s)"
+
+
+def summary_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
+    cols = ["stage", "mAP50", "mAP50-95"] if _is_detection(rows) else ["stage", "accuracy"]
+    cols.append("Δ vs baseline")
+    if any(r.get("test_accuracy") is not None for r in rows.values()):
+        cols += ["test accuracy", "Δ test"]
+    return cols + ["params", "FLOPs", "% removed (params/FLOPs)", "latency b1"]
+
+
+def summary_table(rows: dict[str, dict[str, Any]], cols: list[str]) -> list[list[str]]:
+    """Cells of the final table. The baseline is the first stage (normally the trained, unpruned
+    model); Δ is in points of accuracy (of mAP50-95 for detection), % removed is relative to the
+    baseline's params and FLOPs."""
+    base = next(iter(rows.values()), {})
+    quality = "mAP50_95" if _is_detection(rows) else "accuracy"
+    out = []
+    for name, r in rows.items():
+        cells = {
+            "stage": name,
+            "accuracy": _pct(r.get("accuracy")),
+            "mAP50": _map(r.get("mAP50")),
+            "mAP50-95": _map(r.get("mAP50_95")),
+            "Δ vs baseline": _delta(r.get(quality), base.get(quality)),
+            "test accuracy": _pct(r.get("test_accuracy")),
+            "Δ test": _delta(r.get("test_accuracy"), base.get("test_accuracy")),
+            "params": _num(r.get("params")),
+            "FLOPs": _num(r.get("flops")),
+            "% removed (params/FLOPs)": f"{_removed(r.get('params'), base.get('params'))} / "
+                                        f"{_removed(r.get('flops'), base.get('flops'))}",
+            "latency b1": _ms(r.get("latency_b1_ms")),
+        }
+        out.append([cells[c] for c in cols])
+    return out
+
+
+def _delta(v: float | None, base: float | None) -> str:
+    return "-" if v is None or base is None else f"{(v - base) * 100:+.2f}"
+
+
+def _removed(v: float | None, base: float | None) -> str:
+    return "-" if v is None or not base else f"{1 - v / base:.1%}"
 
 
 def _pct(v: float | None) -> str:
@@ -117,17 +172,25 @@ class RichReporter(PlainReporter):
         if stage in self.tasks:  # log points fall inside epochs; the bar should end full
             self.progress.update(self.tasks[stage], completed=(m["epoch"] + 1) * self.batches[stage])
 
+    def sweep_curve(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        from rich.text import Text
+
+        from engine.slim.report import sweep_plot, sweep_table
+
+        if len(rows) >= 3:
+            width = max(40, min(100, self.console.width))
+            self.progress.console.print(Text.from_ansi(sweep_plot(stage, rows, width=width)))
+        self.message("\n".join(sweep_table(stage, rows)))
+
     def summary(self, rows: dict[str, dict[str, Any]]) -> None:
         from rich.table import Table
 
         t = Table(title="stages", title_justify="left")
-        detection = _is_detection(rows)
-        cols = ("stage", "mAP50", "mAP50-95") if detection else ("stage", "accuracy")
-        for col in (*cols, "params", "FLOPs", "latency b1"):
+        cols = summary_columns(rows)
+        for col in cols:
             t.add_column(col, justify="left" if col == "stage" else "right")
-        for name, r in rows.items():
-            quality = (_map(r.get("mAP50")), _map(r.get("mAP50_95"))) if detection else (_pct(r.get("accuracy")),)
-            t.add_row(name, *quality, _num(r.get("params")), _num(r.get("flops")), _ms(r.get("latency_b1_ms")))
+        for cells in summary_table(rows, cols):
+            t.add_row(*cells)
         self.progress.console.print(t)
 
     def close(self) -> None:

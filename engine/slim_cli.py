@@ -39,6 +39,13 @@ def prune_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--percent", type=float, help="fraction of channels removed, by the global |gamma| percentile: [0, 1)")
     how.add_argument("--threshold", type=float, help="absolute |gamma| threshold")
+    how.add_argument("--target-flops", type=float, metavar="F", help="keep at most this fraction of the FLOPs: (0, 1]")
+    how.add_argument("--target-params", type=float, metavar="F", help="keep at most this fraction of the parameters: (0, 1]")
+    how.add_argument("--max-drop", type=float, metavar="POINTS",
+                     help="largest ratio whose accuracy before finetuning stays within POINTS of the unpruned model "
+                          "(needs --data)")
+    p.add_argument("--data", metavar="DATASET", help="with --max-drop: the dataset to measure on (shapes, cifar10, ...)")
+    p.add_argument("--data-path", type=Path, help="with --data: its files")
     p.add_argument("--min-keep", type=float, default=1, help="channels kept per layer at least: a count (>= 1) or a fraction (< 1)")
     p.add_argument("--round-to", type=int, default=1, help="round kept counts up to a multiple (8 for fast kernels)")
     p.add_argument("--score", choices=["max", "mean", "l2"], default="max", help="group score from its BN layers' |gamma|")
@@ -77,16 +84,20 @@ def load(args: argparse.Namespace) -> Any:
 
 def inspect(args: argparse.Namespace) -> int:
     from engine.slim.gamma import gamma_stats
+    from engine.slim.gamma_ref import initial_gamma, reference_scale
     from engine.slim.inputs import precompute
 
     loaded = load(args)
     stats = gamma_stats(loaded.model)
     inputs = precompute(loaded.model, stats=stats)
-    layers = [_layer_row(name, stats.gammas[name]) for name in stats.layers]
+    initial = initial_gamma(loaded.arch, loaded.model)
+    layers = [_layer_row(name, stats.gammas[name], initial.get(name, 1.0)) for name in stats.layers]
     groups = [{"id": g.id, "root": g.root, "channels": g.total, "layers": g.layers, "convs": g.convs,
                "prunable": g.prunable, "reason": g.reason} for g in inputs.groups]
     everything = stats.all()
-    overall = {"channels": int(everything.size), **_figures(everything)}
+    scale = np.concatenate([np.full(stats.gammas[n].size, initial.get(n, 1.0)) for n in stats.layers])
+    overall = {"channels": int(everything.size), **_figures(everything),
+               "initial_gamma": reference_scale(initial, stats.layers), **_relative(everything / scale)}
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "arch": loaded.arch, "plan": loaded.plan is not None,
                           "overall": overall, "layers": layers, "groups": groups, "skipped": stats.skipped}, indent=2))
@@ -96,10 +107,11 @@ def inspect(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False)
     t = Table(title=f"BatchNorm |gamma| of {args.checkpoint}", title_justify="left")
-    for col in ("layer", "channels", "min", "median", "max", "<1e-2"):
+    for col in ("layer", "channels", "min", "median", "max", "initial", "<1% of initial"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for r in layers:
-        t.add_row(r["layer"], str(r["channels"]), f"{r['min']:.4g}", f"{r['median']:.4g}", f"{r['max']:.4g}", f"{r['lt_1e-2']:.1%}")
+        t.add_row(r["layer"], str(r["channels"]), f"{r['min']:.4g}", f"{r['median']:.4g}", f"{r['max']:.4g}",
+                  f"{r['initial_gamma']:.3g}", f"{r['rel_lt_1e-2']:.1%}")
     console.print(t)
     g = Table(title="coupled channel groups (channels cut together)", title_justify="left")
     for col in ("group", "root conv", "channels", "BN layers", "prunable"):
@@ -108,8 +120,9 @@ def inspect(args: argparse.Namespace) -> int:
         g.add_row(str(r["id"]), r["root"], str(r["channels"]), ", ".join(r["layers"]) or "-",
                   "yes" if r["prunable"] else f"no: {r['reason']}")
     console.print(g)
-    console.print(f"{overall['channels']} BN channels; median |gamma| {overall['median']:.4g}; "
-                  f"{overall['lt_1e-2']:.1%} below 1e-2")
+    console.print(f"{overall['channels']} BN channels; median |gamma| {overall['median']:.4g} "
+                  f"({overall['rel_median']:.3g} of the initial {overall['initial_gamma']:.3g}); "
+                  f"{overall['rel_lt_1e-2']:.1%} below 1% of their initial gamma ({overall['lt_1e-2']:.1%} below 1e-2)")
     return 0
 
 
@@ -119,30 +132,70 @@ def _figures(a: np.ndarray) -> dict[str, float]:
     return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max()), "lt_1e-2": float((a < 1e-2).mean())}
 
 
-def _layer_row(name: str, a: np.ndarray) -> dict[str, Any]:
-    return {"layer": name, "channels": int(a.size), **_figures(a)}
+def _relative(rel: np.ndarray) -> dict[str, float]:
+    """Figures of |gamma| / initial gamma: they mean the same for every model (engine/slim/gamma_ref.py)."""
+    if rel.size == 0:
+        return {"rel_median": 0.0, "rel_lt_1e-2": 0.0}
+    return {"rel_median": float(np.median(rel)), "rel_lt_1e-2": float((rel < 1e-2).mean())}
+
+
+def _layer_row(name: str, a: np.ndarray, initial: float) -> dict[str, Any]:
+    return {"layer": name, "channels": int(a.size), **_figures(a), "initial_gamma": initial, **_relative(a / initial)}
 
 
 def prune(args: argparse.Namespace) -> int:
-    from engine.slim.plan import make_plan
     from engine.slim.prune_file import default_out, prune_checkpoint
+    from engine.slim.spec import PruneRule
+    from engine.slim.target import plan_for_rule
 
     if args.percent is not None and not 0 <= args.percent < 1:
         raise PresetError(f"--percent {args.percent} is outside [0, 1): it is the fraction of channels removed, e.g. 0.5")
     if args.round_to < 1 or args.min_keep < 0:
         raise PresetError("--round-to must be >= 1 and --min-keep >= 0")
+    for flag, v in (("--target-flops", args.target_flops), ("--target-params", args.target_params)):
+        if v is not None and not 0 < v <= 1:
+            raise PresetError(f"{flag} {v} is outside (0, 1]: it is the fraction kept, e.g. 0.5")
+    if args.max_drop is not None and (args.max_drop <= 0 or not args.data):
+        raise PresetError("--max-drop needs a positive number of accuracy points and --data DATASET "
+                          "(e.g. --max-drop 1.0 --data cifar10 --data-path data/cifar10)")
     loaded = load(args)
     min_keep = int(args.min_keep) if args.min_keep >= 1 else args.min_keep
-    plan = make_plan(loaded.model, percent=args.percent, threshold=args.threshold, min_keep=min_keep,
-                     round_to=args.round_to, score=args.score, ignore=args.ignore)
-    for w in plan.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    rule = PruneRule(
+        percent=args.percent, threshold=args.threshold, target_flops=args.target_flops,
+        target_params=args.target_params, max_drop=args.max_drop, min_keep=min_keep, round_to=args.round_to,
+        score=args.score, ignore=list(args.ignore),
+    )
+    evaluate = _data_evaluator(args, loaded.model) if args.max_drop is not None else None
+    plan, _ = plan_for_rule(loaded.model, None, rule, evaluate=evaluate)
+    from engine.slim.report import prune_lines
+
+    lines = prune_lines("prune", plan)
+    for line in lines:
+        print(line.removeprefix("[prune] "), file=sys.stderr if " warning: " in line else sys.stdout)
     out = args.out or default_out(args.checkpoint)
     result = prune_checkpoint(loaded, plan, out, source=args.checkpoint)
-    t = plan.totals
-    print(f"channels {t['channels_before']} -> {t['channels_after']} "
-          f"({1 - t['channels_after'] / max(1, t['channels_before']):.1%} removed)")
-    print(f"params   {t['params_before']:,} -> {t['params_after']:,} ({1 - t['params_after'] / max(1, t['params_before']):.1%} fewer)")
-    print(f"FLOPs    {t['flops_before']:,} -> {t['flops_after']:,} ({1 - t['flops_after'] / max(1, t['flops_before']):.1%} fewer)")
     print(f"wrote {result['checkpoint']} and {result['plan']}")
     return 0
+
+
+def _data_evaluator(args: argparse.Namespace, model: Any) -> Any:
+    """Val accuracy of pruned copies on --data, BatchNorm statistics re-estimated on its train split."""
+    import torch
+
+    from engine import data
+    from engine.config import DataSpec
+    from engine.slim.bn_calibrate import CALIBRATION_SAMPLES, first_batches, recalibrate
+    from engine.train import evaluate
+
+    try:
+        spec = DataSpec(dataset=args.data, path=args.data_path, augment=False)
+    except ValueError as e:
+        raise PresetError(f"--data {args.data}: {e}") from None
+    bundle = data.build(spec, batch_size=256)
+    device = torch.device("cpu")
+
+    def run(m: Any) -> dict[str, float]:
+        recalibrate(m, first_batches(bundle.train, CALIBRATION_SAMPLES), device)
+        return evaluate(m, bundle.val, device)
+
+    return run

@@ -25,6 +25,7 @@ from engine import checkpoint, distributed, threads
 from engine.config import TrainingSpec
 from engine.errors import Cancelled, PresetError, RunError
 from engine.runs import RunWriter
+from engine.select import Selection
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
@@ -37,6 +38,7 @@ class Callback(Protocol):
     def before_backward(self, trainer: Trainer, loss: torch.Tensor) -> None: ...  # every micro-batch
     def after_backward(self, trainer: Trainer) -> None: ...  # grads accumulated and unscaled
     def after_step(self, trainer: Trainer) -> None: ...
+    def before_eval(self, trainer: Trainer, epoch: int) -> None: ...  # epoch end, before the val pass
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float]: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...  # also after failure or cancel
 
@@ -182,13 +184,15 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: torc
 
 @dataclass
 class FitResult:
-    best: dict[str, Any] = field(default_factory=dict)  # metrics of the best epoch
+    best: dict[str, Any] = field(default_factory=dict)  # metrics of the selected epoch (see Selection)
     last: dict[str, Any] = field(default_factory=dict)
+    peak: dict[str, Any] = field(default_factory=dict)  # where early stopping counts from
+    stopped_early: bool = False
     best_state: dict[str, torch.Tensor] | None = None
 
 
 class Trainer:
-    """Trains one model for one stage; writes last.pt every epoch and best.pt on improvement."""
+    """Trains one model for one stage; writes last.pt every epoch and best.pt for the selected epoch."""
 
     def __init__(
         self,
@@ -207,7 +211,9 @@ class Trainer:
         dist_info: distributed.DistInfo | None = None,
         stop: StopFlag | None = None,
         reporter: Reporter | None = None,
+        selection: Selection | None = None,
     ):
+        self.selection = selection or Selection()
         self.dist = dist_info or distributed.DistInfo()
         self.device = device or resolve_device(cfg.device, self.dist)
         self.cfg = cfg
@@ -262,12 +268,14 @@ class Trainer:
             start_epoch, skip_batches, self.step = pos["epoch"], pos["batch"], pos["step"]
             loss_sum, loss_n = pos.get("loss_sum", 0.0), pos.get("loss_n", 0)
             result.best = resume.get("best", {})
+            result.peak = resume.get("peak", {})
 
         def save_last(epoch: int, batch: int) -> None:
             position = {"stage": self.stage, "epoch": epoch, "batch": batch, "step": self.step,
                         "loss_sum": loss_sum, "loss_n": loss_n}
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "rng": rng_state(), "position": position, "best": result.best,
+                     "peak": result.peak,
                      "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks]}
             if self.dist.is_main:
                 meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": result.last}
@@ -275,6 +283,9 @@ class Trainer:
 
         try:
             for epoch in range(start_epoch, cfg.epochs):
+                if self.selection.should_stop(epoch, result.peak):
+                    self._early_stop(epoch, result)
+                    break
                 self.epoch = epoch
                 train_loader.set_epoch(epoch)
                 model.train()
@@ -327,13 +338,15 @@ class Trainer:
                            "loss": loss_sum / max(1, loss_n) if device.type == "cpu" else loss.item(),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
                            "threads": self.threads}
+                self._call("before_eval", self, epoch)
                 metrics.update(evaluate(model, val_loader, device, self.amp_dtype))
                 for extra in self._call("on_epoch_end", self, epoch):
                     metrics.update(extra or {})
                 metrics.update(memory_figures(device))
                 loss_sum, loss_n = 0.0, 0
                 result.last = metrics
-                if not result.best or metrics["accuracy"] > result.best["accuracy"]:
+                result.peak = self.selection.peak(metrics, result.peak)
+                if self.selection.improves(metrics, result.best):
                     result.best = metrics
                     if self.dist.is_main:
                         meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": metrics}
@@ -345,6 +358,15 @@ class Trainer:
         finally:
             self._call("on_fit_end", self)
         return result
+
+    def _early_stop(self, completed: int, result: FitResult) -> None:
+        result.stopped_early = True
+        metric = self.selection.metric
+        text = (f"[{self.stage}] early stop after {completed} of {self.epochs} epochs: {metric} has not improved "
+                f"for {self.selection.patience} epochs (best {result.peak[metric]:.4f} at epoch {result.peak['epoch'] + 1})")
+        self.writer.log(text)
+        if hasattr(self.reporter, "message"):
+            self.reporter.message(text)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> None:
         if not torch.isfinite(loss).all():

@@ -60,7 +60,7 @@ def test_out_of_range(tmp_path):
 
 def test_prune_needs_exactly_one_of_percent_threshold(tmp_path):
     msg = error_of(write(tmp_path, {"stages": [{"type": "prune"}]}))
-    assert "exactly one of percent or threshold" in msg
+    assert "exactly one of percent, threshold, target_flops, target_params or max_drop" in msg
 
 
 def test_unknown_stage_type(tmp_path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from engine.errors import PruneError
+from engine.slim.spec import S_HINT
 
 SPARSE_THRESHOLDS = (1e-2, 1e-3)
 
@@ -26,10 +27,16 @@ def bn_weights(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str,
     return out
 
 
-def sparsity_figures(names: Sequence[str], weights: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Overall and per-layer figures of |gamma|: fractions below 1e-2 / 1e-3, quantiles q10/q50/q90.
+def sparsity_figures(
+    names: Sequence[str], weights: Sequence[torch.Tensor], initial: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Overall and per-layer figures of |gamma|.
 
-    Per-layer fractions below 1e-2 are flat keys `sparsity/<layer>` so a metrics line stays flat floats.
+    Absolute: fractions below 1e-2 / 1e-3 (`gamma_lt_*`) and quantiles q10/q50/q90. With `initial`
+    (each layer's gamma at initialisation, engine/slim/gamma_ref.py) also the same fractions of
+    |gamma| / initial gamma (`gamma_rel_lt_*`), which mean the same for every model, and the
+    relative median `gamma_rel_q50`. Per-layer fractions below 1e-2 (relative when `initial` is
+    given) are flat keys `sparsity/<layer>` so a metrics line stays flat floats.
     """
     if not weights:
         return {}
@@ -38,15 +45,27 @@ def sparsity_figures(names: Sequence[str], weights: Sequence[torch.Tensor]) -> d
     sizes = np.array([w.numel() for w in weights])
     figures: dict[str, float] = {}
     for t in SPARSE_THRESHOLDS:
-        figures[f"gamma_lt_{t:.0e}".replace("e-0", "e-")] = float((flat < t).mean())
+        figures[_key("gamma_lt", t)] = float((flat < t).mean())
     q10, q50, q90 = np.quantile(flat, [0.1, 0.5, 0.9])
     figures.update(gamma_q10=float(q10), gamma_q50=float(q50), gamma_q90=float(q90))
+    per_layer = flat
+    if initial is not None:
+        scale = np.repeat([float(initial.get(n, 1.0)) or 1.0 for n in names], sizes)
+        rel = flat / scale
+        for t in SPARSE_THRESHOLDS:
+            figures[_key("gamma_rel_lt", t)] = float((rel < t).mean())
+        figures["gamma_rel_q50"] = float(np.median(rel))
+        per_layer = rel
     small = np.add.reduceat(
-        (flat < SPARSE_THRESHOLDS[0]).astype(np.int64), np.r_[0, np.cumsum(sizes)[:-1]]
+        (per_layer < SPARSE_THRESHOLDS[0]).astype(np.int64), np.r_[0, np.cumsum(sizes)[:-1]]
     )
     for name, n_small, size in zip(names, small, sizes, strict=True):
         figures[f"sparsity/{name}"] = float(n_small / size)
     return figures
+
+
+def _key(prefix: str, t: float) -> str:
+    return f"{prefix}_{t:.0e}".replace("e-0", "e-")
 
 
 class SparsePenalty:
@@ -54,17 +73,18 @@ class SparsePenalty:
 
     `decay` lowers s linearly to 10% over the run (s * (1 - 0.9 * epoch / epochs)). The penalty is
     added once per optimizer step after gradients are all-reduced (DDP) and unscaled (AMP); it is
-    the same on every rank because the weights are.
+    the same on every rank because the weights are. `s` may be changed between epochs (s: auto).
+    `initial` (per-layer gamma at initialisation) adds the relative gamma figures to each epoch.
     """
 
-    def __init__(self, s: float = 1e-4, decay: bool = False, exclude: Sequence[str] = ()) -> None:
+    def __init__(self, s: float = 1e-4, decay: bool = False, exclude: Sequence[str] = (),
+                 initial: Mapping[str, float] | None = None) -> None:
         if not (isinstance(s, (int, float)) and np.isfinite(s) and s >= 0):
-            raise PruneError(
-                f"sparsity s={s!r} must be a finite number >= 0 (typical: 1e-5 to 1e-3)"
-            )
+            raise PruneError(f"sparsity s={s!r} must be a finite number >= 0. {S_HINT}")
         self.s = float(s)
         self.decay = bool(decay)
         self.exclude = list(exclude)
+        self.initial = dict(initial) if initial is not None else None
         self.names: list[str] = []
         self.weights: list[nn.Parameter] = []
         self.s_eff = self.s
@@ -103,6 +123,6 @@ class SparsePenalty:
             torch._foreach_add_(grads, signs, alpha=self.s_eff)
 
     def on_epoch_end(self, trainer, epoch: int) -> dict[str, float]:
-        figures = sparsity_figures(self.names, self.weights)
+        figures = sparsity_figures(self.names, self.weights, self.initial)
         figures["s"] = self.s_at(epoch, trainer.epochs)
         return figures

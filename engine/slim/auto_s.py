@@ -1,0 +1,159 @@
+"""`s: auto`: the sparsity strength chosen from the pruned-at-target accuracy, epoch by epoch.
+
+The plan. With SGD, the L1 subgradient moves a gamma the loss does not defend by about
+lr * s / (1 - momentum) per step. The channels the target cuts score at most the target threshold
+`thr` (the |gamma| the target resolves to, read again after every epoch), so
+
+    s = gain * thr * (1 - momentum) / (sum of lr over the next epoch)
+
+lets the penalty alone carry a channel at the threshold `gain` times its size to zero within the
+epoch. Every gamma is pushed by the same amount, so channels far above the threshold (and those
+the loss defends) keep most of their size, while the threshold, and with it s, falls epoch by
+epoch: a push that shrinks with what is left to cut instead of one that crushes everything once
+gammas are small. s rises at most `factor` times per epoch (the lr sum shrinks near the end of a
+cosine schedule).
+
+The feedback adjusts the gain after each epoch, from two accuracies on the same val subset
+(engine/slim/monitor.py): the model's own `acc` and its copy pruned at the target `acc_pt`.
+- `acc` more than `tolerance` below the best unpruned accuracy seen (the starting model's
+  included): lower the gain;
+- else `acc_pt` trails `acc` by more than `gap` while the threshold fell by less than half in the
+  epoch (the loss defends the channels harder than the plan assumes): raise the gain;
+- else hold: the plan is working, or sparse training has done its job.
+Steps are `factor` for a shortfall of 10 points or more and smaller for smaller ones
+(factor ** (shortfall / 0.1), at least factor ** 0.25), so the gain settles instead of
+oscillating. With Adam(W) the step size does not scale with the gradient: the plan is then only a
+start and the feedback does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GAIN0 = 1.0
+GAIN_MIN, GAIN_MAX = 1 / 64, 16.0
+S_MIN, S_MAX = 1e-7, 1.0
+FULL_STEP_AT = 0.10  # accuracy shortfall (fraction) that earns the full factor
+MIN_STEP_POWER = 0.25
+STALL = 0.5  # the threshold must fall below this fraction of its value in an epoch to count as progress
+
+
+@dataclass(frozen=True)
+class Decision:
+    gain: float
+    action: str  # raise | lower | hold
+    reason: str
+
+
+def _step(factor: float, shortfall: float) -> float:
+    return factor ** min(1.0, max(MIN_STEP_POWER, shortfall / FULL_STEP_AT))
+
+
+def next_gain(gain: float, acc: float, acc_pt: float, best: float, *, threshold: float, previous: float,
+              gap: float = 0.01, tolerance: float = 0.02, factor: float = 2.0) -> Decision:
+    """The gain for the next epoch from this epoch's accuracies (fractions) and target thresholds.
+
+    `best` is the best unpruned accuracy so far (`acc` included); `previous` is the target
+    threshold one epoch earlier, `threshold` the one now.
+    """
+    drop = best - acc
+    lag = acc - acc_pt
+    if drop > tolerance:
+        return Decision(max(GAIN_MIN, gain / _step(factor, drop)), "lower",
+                        f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%}")
+    if lag > gap and threshold > STALL * previous:
+        return Decision(min(GAIN_MAX, gain * _step(factor, lag)), "raise",
+                        f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points and the "
+                        f"target threshold only fell from {previous:.3g} to {threshold:.3g}")
+    if lag > gap:
+        return Decision(gain, "hold", f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points; "
+                                      f"the target threshold fell from {previous:.3g} to {threshold:.3g}")
+    return Decision(gain, "hold", f"pruned at target {acc_pt:.2%} is within {gap * 100:.1f} points of {acc:.2%}")
+
+
+def planned_s(gain: float, threshold: float, lr_sum: float, momentum: float) -> float:
+    """s for the next epoch (module docstring), clipped to [S_MIN, S_MAX]."""
+    if lr_sum <= 0 or threshold <= 0:
+        return S_MIN
+    return float(min(S_MAX, max(S_MIN, gain * threshold * (1.0 - momentum) / lr_sum)))
+
+
+class LrBudget:
+    """Sum of the learning rate over each epoch of a stage with training settings `cfg`."""
+
+    def __init__(self, cfg: Any, steps_per_epoch: int) -> None:
+        from engine.train import lr_factor
+
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        per_step = [cfg.lr * lr_factor(i, total, warmup, cfg) for i in range(total)]
+        self.per_epoch = [sum(per_step[e * steps_per_epoch:(e + 1) * steps_per_epoch]) for e in range(cfg.epochs)]
+
+    def epoch(self, e: int) -> float:
+        return self.per_epoch[e] if 0 <= e < len(self.per_epoch) else 0.0
+
+
+class AutoSController:
+    """Trainer callback setting the SparsePenalty's s before each epoch (after the monitor ran).
+
+    On start it measures the starting model on the monitor's subset: its accuracy is the first
+    `best` and its target threshold sets the first s (or `settings.start`). State (gain, best,
+    threshold, s) is saved in last.pt, so a resumed stage continues where it was.
+    """
+
+    def __init__(self, penalty: Any, monitor: Any, settings: Any, budget: LrBudget, momentum: float,
+                 log: Any = None) -> None:
+        self.penalty = penalty
+        self.monitor = monitor
+        self.settings = settings
+        self.budget = budget
+        self.momentum = momentum
+        self.gain = GAIN0
+        self.best = 0.0
+        self.threshold = 0.0
+        self.log = log or (lambda text: None)
+        self.decisions: list[Decision] = []
+
+    def on_fit_start(self, trainer: Any) -> None:
+        start = self.monitor.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype,
+                                     trainer.dist, calibrate=trainer.data.train)
+        self.best = start["acc_unpruned_subset"]
+        self.threshold = start["target_threshold"]
+        if self.settings.start:
+            self.penalty.s = self.settings.start
+            how = "as set"
+            # the gain that plan would have given, so later epochs follow on from it
+            per = planned_s(1.0, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
+            self.gain = min(GAIN_MAX, max(GAIN_MIN, self.penalty.s / per)) if per > S_MIN else GAIN0
+        else:
+            self.penalty.s = planned_s(self.gain, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
+            how = f"from the target threshold {self.threshold:.3g}"
+        self.log(f"s: auto starts at s={self.penalty.s:.3g} ({how}); the starting model scores {self.best:.2%} "
+                 f"on the monitor's val images, {start['acc_pruned_at_target']:.2%} pruned at the target")
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
+        m = self.monitor.last
+        acc, acc_pt, thr = m["acc_unpruned_subset"], m["acc_pruned_at_target"], m["target_threshold"]
+        self.best = max(self.best, acc)
+        st = self.settings
+        d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
+                      gap=st.gap, tolerance=st.tolerance, factor=st.factor)
+        self.decisions.append(d)
+        self.gain, self.threshold = d.gain, thr
+        if epoch + 1 < trainer.epochs:
+            s = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
+            s = min(s, self.penalty.s * st.factor)
+            self.log(f"s: auto after epoch {epoch + 1}: {d.action} (gain {self.gain:.3g}; {d.reason}); "
+                     f"s {self.penalty.s:.3g} -> {s:.3g}")
+            self.penalty.s = s
+        return {}
+
+    def state_dict(self) -> dict[str, float]:
+        return {"s": self.penalty.s, "gain": self.gain, "best": self.best, "threshold": self.threshold}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.penalty.s = float(state["s"])
+        self.gain = float(state["gain"])
+        self.best = float(state["best"])
+        self.threshold = float(state["threshold"])

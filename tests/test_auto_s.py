@@ -1,0 +1,125 @@
+"""`s: auto`: the controller's direction on synthetic signals, its plan, and its state across a resume."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from engine.config import TrainingSpec
+from engine.slim.auto_s import GAIN0, AutoSController, LrBudget, next_gain, planned_s
+from engine.slim.spec import AutoS
+
+
+def test_lowers_when_unpruned_accuracy_falls_beyond_the_tolerance():
+    d = next_gain(1.0, acc=0.80, acc_pt=0.30, best=0.95, threshold=0.4, previous=0.8, tolerance=0.02)
+    assert d.action == "lower" and d.gain == pytest.approx(0.5)  # a 15-point drop earns the full factor
+    small = next_gain(1.0, acc=0.92, acc_pt=0.90, best=0.95, threshold=0.4, previous=0.8, tolerance=0.02)
+    assert small.action == "lower" and 0.5 < small.gain < 1.0  # 3 points: a smaller step
+    # the drop outranks a lagging pruned accuracy
+    assert next_gain(1.0, acc=0.5, acc_pt=0.1, best=0.95, threshold=0.4, previous=0.4).action == "lower"
+
+
+def test_raises_while_pruned_at_target_lags_and_the_threshold_stalls():
+    d = next_gain(1.0, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.5, previous=0.6, gap=0.01)
+    assert d.action == "raise" and d.gain == pytest.approx(2.0)
+    assert "trails" in d.reason
+    small = next_gain(1.0, acc=0.95, acc_pt=0.93, best=0.95, threshold=0.5, previous=0.6, gap=0.01)
+    assert small.action == "raise" and 1.0 < small.gain < 2.0
+
+
+def test_holds_when_the_plan_progresses_or_the_job_is_done():
+    progressing = next_gain(1.0, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.2, previous=0.6)
+    assert progressing.action == "hold" and progressing.gain == 1.0
+    done = next_gain(1.0, acc=0.95, acc_pt=0.945, best=0.96, threshold=0.5, previous=0.5, gap=0.01, tolerance=0.02)
+    assert done.action == "hold" and "within" in done.reason
+
+
+def test_the_gain_stays_bounded():
+    gain = 1.0
+    for _ in range(50):
+        gain = next_gain(gain, acc=0.95, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
+    assert gain == 16.0
+    for _ in range(50):
+        gain = next_gain(gain, acc=0.1, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
+    assert gain == pytest.approx(1 / 64)
+
+
+def test_plan_scales_with_threshold_and_inverse_lr():
+    base = planned_s(1.0, 0.5, 2.0, 0.9)
+    assert base == pytest.approx(1.0 * 0.5 * 0.1 / 2.0)
+    assert planned_s(1.0, 0.25, 2.0, 0.9) == pytest.approx(base / 2)
+    assert planned_s(1.0, 0.5, 4.0, 0.9) == pytest.approx(base / 2)
+    assert planned_s(2.0, 0.5, 2.0, 0.9) == pytest.approx(base * 2)
+    assert planned_s(1.0, 0.5, 0.0, 0.9) > 0 and planned_s(100.0, 100.0, 1e-9, 0.0) == 1.0
+
+
+def test_lr_budget_follows_the_schedule():
+    cfg = TrainingSpec(epochs=4, lr=0.1, schedule="cosine")
+    budget = LrBudget(cfg, steps_per_epoch=10)
+    assert len(budget.per_epoch) == 4
+    assert budget.per_epoch == sorted(budget.per_epoch, reverse=True)
+    total = sum(0.1 * 0.5 * (1 + math.cos(math.pi * i / 40)) for i in range(40))
+    assert sum(budget.per_epoch) == pytest.approx(total)
+    assert budget.epoch(7) == 0.0
+
+
+class FakeMonitor:
+    """Feeds the controller a prepared sequence of monitor figures."""
+
+    def __init__(self, start: dict, epochs: list[dict]):
+        self.start, self.epochs, self.last = start, list(epochs), {}
+
+    def measure(self, *args, **kwargs):
+        self.last = self.start
+        return self.start
+
+
+def fig(acc, acc_pt, thr):
+    return {"acc_unpruned_subset": acc, "acc_pruned_at_target": acc_pt, "target_threshold": thr}
+
+
+def test_controller_moves_s_the_right_way_and_resumes():
+    cfg = TrainingSpec(epochs=6, lr=0.05, schedule="constant")
+    penalty = SimpleNamespace(s=0.0)
+    monitor = FakeMonitor(fig(0.95, 0.2, 0.8), [])
+    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
+                              dist=None, epoch=0, epochs=6)
+    ctl = AutoSController(penalty, monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9)
+    ctl.on_fit_start(trainer)
+    s0 = penalty.s
+    assert s0 == pytest.approx(GAIN0 * 0.8 * 0.1 / (0.05 * 10))
+
+    seen = [s0]
+    signals = [fig(0.95, 0.30, 0.70),   # threshold barely moved, pruned copy far behind: raise
+               fig(0.95, 0.60, 0.20),   # the plan works (threshold fell to < half): hold the gain, s follows it down
+               fig(0.85, 0.80, 0.15),   # accuracy 10 points below best: lower
+               fig(0.95, 0.945, 0.10)]  # within the gap: hold
+    actions = []
+    for epoch, m in enumerate(signals):
+        monitor.last = m
+        ctl.on_epoch_end(trainer, epoch)
+        actions.append(ctl.decisions[-1].action)
+        seen.append(penalty.s)
+    assert actions == ["raise", "hold", "lower", "hold"]
+    assert seen[1] > seen[0]  # raised (capped at factor x the previous s)
+    assert seen[1] <= 2 * seen[0] + 1e-12
+    assert seen[2] < seen[1]  # threshold fell: s follows it down at the same gain
+    assert seen[3] < seen[2]
+    # a resumed controller continues from the saved state, not from a fresh start
+    state = ctl.state_dict()
+    again = AutoSController(SimpleNamespace(s=0.0), monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9)
+    again.load_state_dict(state)
+    assert again.penalty.s == penalty.s and again.gain == ctl.gain and again.best == 0.95
+
+
+def test_start_can_be_given():
+    cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
+    penalty = SimpleNamespace(s=0.0)
+    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
+                              dist=None, epoch=0, epochs=3)
+    ctl = AutoSController(penalty, FakeMonitor(fig(0.9, 0.2, 0.5), []), AutoS(start=0.003), LrBudget(cfg, 10), 0.9)
+    ctl.on_fit_start(trainer)
+    assert penalty.s == 0.003
+    assert ctl.gain == pytest.approx(0.003 / planned_s(1.0, 0.5, 0.5, 0.9))
