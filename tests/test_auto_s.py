@@ -21,6 +21,12 @@ def test_lowers_when_unpruned_accuracy_falls_beyond_the_tolerance():
     assert next_gain(1.0, acc=0.5, acc_pt=0.1, best=0.95, threshold=0.4, previous=0.4).action == "lower"
 
 
+def test_holds_while_accuracy_recovers():
+    d = next_gain(0.5, acc=0.85, acc_pt=0.80, best=0.95, threshold=0.3, previous=0.4, acc_before=0.70)
+    assert d.action == "hold" and d.gain == 0.5 and "recovering" in d.reason
+    assert next_gain(0.5, acc=0.85, acc_pt=0.80, best=0.95, threshold=0.3, previous=0.4, acc_before=0.86).action == "lower"
+
+
 def test_raises_while_pruned_at_target_lags_and_the_threshold_stalls():
     d = next_gain(1.0, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.5, previous=0.6, gap=0.01)
     assert d.action == "raise" and d.gain == pytest.approx(2.0)
@@ -40,7 +46,7 @@ def test_the_gain_stays_bounded():
     gain = 1.0
     for _ in range(50):
         gain = next_gain(gain, acc=0.95, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
-    assert gain == 16.0
+    assert gain == 4.0
     for _ in range(50):
         gain = next_gain(gain, acc=0.1, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
     assert gain == pytest.approx(1 / 64)

@@ -6,19 +6,20 @@ lr * s / (1 - momentum) per step. The channels the target cuts score at most the
 
     s = gain * thr * (1 - momentum) / (sum of lr over the next epoch)
 
-lets the penalty alone carry a channel at the threshold `gain` times its size to zero within the
-epoch. Every gamma is pushed by the same amount, so channels far above the threshold (and those
-the loss defends) keep most of their size, while the threshold, and with it s, falls epoch by
-epoch: a push that shrinks with what is left to cut instead of one that crushes everything once
-gammas are small. s rises at most `factor` times per epoch (the lr sum shrinks near the end of a
-cosine schedule).
+lets the penalty alone move a channel at the threshold by `gain` (0.5 to start: half) of its size
+within the epoch. Every gamma is pushed by the same amount, so channels far above the threshold
+(and those the loss defends) keep most of their size, while the threshold, and with it s, falls
+epoch by epoch: a push that shrinks with what is left to cut instead of one that crushes every
+channel once gammas are small. (Pushing the threshold to zero in one epoch does crush ResNets,
+whose gammas all sit near 1.) s rises at most `factor` times per epoch: the lr sum shrinks near
+the end of a cosine schedule.
 
 The feedback adjusts the gain after each epoch, from two accuracies on the same val subset
 (engine/slim/monitor.py): the model's own `acc` and its copy pruned at the target `acc_pt`.
 - `acc` more than `tolerance` below the best unpruned accuracy seen (the starting model's
-  included): lower the gain;
-- else `acc_pt` trails `acc` by more than `gap` while the threshold fell by less than half in the
-  epoch (the loss defends the channels harder than the plan assumes): raise the gain;
+  included) and not recovering (up by less than `tolerance` since the last epoch): lower the gain;
+- else `acc_pt` trails `acc` by more than `gap` while the threshold fell by less than half of the
+  planned move (the loss defends the channels harder than the plan assumes): raise the gain;
 - else hold: the plan is working, or sparse training has done its job.
 Steps are `factor` for a shortfall of 10 points or more and smaller for smaller ones
 (factor ** (shortfall / 0.1), at least factor ** 0.25), so the gain settles instead of
@@ -31,12 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-GAIN0 = 1.0
-GAIN_MIN, GAIN_MAX = 1 / 64, 16.0
+GAIN0 = 0.5
+GAIN_MIN, GAIN_MAX = 1 / 64, 4.0
 S_MIN, S_MAX = 1e-7, 1.0
 FULL_STEP_AT = 0.10  # accuracy shortfall (fraction) that earns the full factor
 MIN_STEP_POWER = 0.25
-STALL = 0.5  # the threshold must fall below this fraction of its value in an epoch to count as progress
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,24 @@ def _step(factor: float, shortfall: float) -> float:
 
 
 def next_gain(gain: float, acc: float, acc_pt: float, best: float, *, threshold: float, previous: float,
-              gap: float = 0.01, tolerance: float = 0.02, factor: float = 2.0) -> Decision:
+              acc_before: float | None = None, gap: float = 0.01, tolerance: float = 0.02,
+              factor: float = 2.0) -> Decision:
     """The gain for the next epoch from this epoch's accuracies (fractions) and target thresholds.
 
-    `best` is the best unpruned accuracy so far (`acc` included); `previous` is the target
-    threshold one epoch earlier, `threshold` the one now.
+    `best` is the best unpruned accuracy so far (`acc` included), `acc_before` the unpruned
+    accuracy one epoch earlier; `previous` is the target threshold one epoch earlier,
+    `threshold` the one now.
     """
     drop = best - acc
     lag = acc - acc_pt
+    recovering = acc_before is not None and acc - acc_before >= tolerance
+    if drop > tolerance and recovering:
+        return Decision(gain, "hold", f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%} "
+                                      f"but recovering (up {(acc - acc_before) * 100:.1f} points)")
     if drop > tolerance:
         return Decision(max(GAIN_MIN, gain / _step(factor, drop)), "lower",
                         f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%}")
-    if lag > gap and threshold > STALL * previous:
+    if lag > gap and threshold > previous * (1 - gain / 2):
         return Decision(min(GAIN_MAX, gain * _step(factor, lag)), "raise",
                         f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points and the "
                         f"target threshold only fell from {previous:.3g} to {threshold:.3g}")
@@ -111,6 +117,7 @@ class AutoSController:
         self.momentum = momentum
         self.gain = GAIN0
         self.best = 0.0
+        self.acc = 0.0
         self.threshold = 0.0
         self.log = log or (lambda text: None)
         self.decisions: list[Decision] = []
@@ -118,7 +125,7 @@ class AutoSController:
     def on_fit_start(self, trainer: Any) -> None:
         start = self.monitor.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype,
                                      trainer.dist, calibrate=trainer.data.train)
-        self.best = start["acc_unpruned_subset"]
+        self.best = self.acc = start["acc_unpruned_subset"]
         self.threshold = start["target_threshold"]
         if self.settings.start:
             self.penalty.s = self.settings.start
@@ -138,9 +145,9 @@ class AutoSController:
         self.best = max(self.best, acc)
         st = self.settings
         d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
-                      gap=st.gap, tolerance=st.tolerance, factor=st.factor)
+                      acc_before=self.acc, gap=st.gap, tolerance=st.tolerance, factor=st.factor)
         self.decisions.append(d)
-        self.gain, self.threshold = d.gain, thr
+        self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
             s = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
             s = min(s, self.penalty.s * st.factor)
@@ -150,10 +157,12 @@ class AutoSController:
         return {}
 
     def state_dict(self) -> dict[str, float]:
-        return {"s": self.penalty.s, "gain": self.gain, "best": self.best, "threshold": self.threshold}
+        return {"s": self.penalty.s, "gain": self.gain, "best": self.best, "acc": self.acc,
+                "threshold": self.threshold}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.penalty.s = float(state["s"])
         self.gain = float(state["gain"])
         self.best = float(state["best"])
+        self.acc = float(state["acc"])
         self.threshold = float(state["threshold"])
