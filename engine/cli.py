@@ -1,4 +1,4 @@
-"""The headless command line: `slimlab --batch PRESET`, `slimlab inspect`, `slimlab prune`, `slimlab run`.
+"""The headless command line: `slimlab --batch PRESET`, `inspect`, `prune`, `export`, `quantize`, `run`.
 
 Exit codes are typed so scripts can tell failures apart (see ExitCode).
 """
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: slimlab [PATH] [--runs-dir DIR] [--presets-dir DIR]   open the workbench\n"
               "       slimlab --batch PRESET [--set KEY=VALUE ...]           run a preset headless\n"
               "       slimlab inspect CKPT | slimlab prune CKPT ...          slimming from the shell\n"
-              "       slimlab --batch --help, slimlab inspect --help, slimlab prune --help")
+              "       slimlab export CKPT | slimlab quantize MODEL.onnx ...  ONNX and INT8 for deployment\n"
+              "       slimlab --batch --help, slimlab inspect --help, slimlab prune --help, slimlab export --help, ...")
         return ExitCode.OK
     if argv[0] == "--version":
         from engine import __version__
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             from engine import slim_cli
 
             return slim_cli.main(cmd, rest)
+        if cmd in ("export", "quantize"):
+            from engine.deploy import cli as deploy_cli
+
+            return deploy_cli.main(cmd, rest)
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

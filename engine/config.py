@@ -228,12 +228,71 @@ class ScratchStage(StageBase, TrainingStageKeys):
     type: Literal["scratch"]
 
 
+class ExportStage(StageBase):
+    """ONNX of the current model (and of the unpruned one, for the comparison); see engine/deploy."""
+
+    type: Literal["export"]
+    opset: int = Field(18, ge=13, le=23)
+    batch: int | str = "dynamic"  # "dynamic" (a batch axis of any size) or a fixed batch size
+    input_size: str | None = None  # CxHxW; default: the data's
+    original: bool = True  # also export the model before the run's first prune
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, v: int | str) -> int | str:
+        if v == "dynamic" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("batch is 'dynamic' or a fixed batch size >= 1")
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from engine.models.sizing import parse_input_size
+
+            try:
+                parse_input_size(v)
+            except PresetError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+
+class QuantizeStage(StageBase):
+    """Static INT8 of an export stage's ONNX with onnxruntime's quantizer, under an accuracy budget."""
+
+    type: Literal["quantize"]
+    source: str | None = None  # the export stage quantized; default: the latest one before this stage
+    samples: int = Field(256, ge=1)  # calibration images from the training split
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    activations: Literal["auto", "uint8", "int8"] = "auto"  # auto: uint8 on x86, int8 elsewhere
+    max_drop: float | None = Field(1.0, ge=0)  # accuracy points INT8 may lose; null: no guard
+
+
+class CompressStage(StageBase):
+    """Unstructured magnitude pruning plus k-means weight sharing, stored compactly."""
+
+    type: Literal["compress"]
+    sparsity: float = Field(0.8, ge=0, lt=1)  # fraction of conv/linear weights set to zero
+    bits: int = Field(5, ge=4, le=8)  # 2**bits shared values per layer
+    finetune_epochs: int = Field(0, ge=0)  # with the zeros held, before weight sharing
+
+
+class LatencySpec(Strict):
+    """How deployable artifacts are timed side by side (onnxruntime on the CPU)."""
+
+    threads: int = Field(1, ge=1)  # intra-op threads, fixed for every artifact
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(30, ge=3)  # timed runs per artifact and batch size
+
+
 Stage = Annotated[
     TrainStage | SparseStage | PruneStage | FinetuneStage | DistillStage | SweepStage | EvaluateStage
-    | ScratchStage,
+    | ScratchStage | ExportStage | QuantizeStage | CompressStage,
     Field(discriminator="type"),
 ]
-STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate", "scratch")
+STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate", "scratch", "export", "quantize",
+               "compress")
 TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch")
 CONTROL_STAGES = ("scratch",)  # stages whose output never becomes the current model
 
@@ -252,6 +311,7 @@ class RunSpec(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     stages: list[Stage] = Field(default_factory=lambda: [TrainStage(type="train")])
     rounds: int = Field(1, ge=1, le=20)  # repeats of the sparse -> prune -> finetune block
+    latency: LatencySpec = Field(default_factory=LatencySpec)  # timing of deployable artifacts
     output: OutputSpec = Field(default_factory=OutputSpec)
     # package.module:Class names that files this run reads (checkpoints, teachers) may build;
     # model.arch and stages' model.arch are allowed already (see engine/trust.py)
@@ -281,6 +341,14 @@ class RunSpec(Strict):
         for i, stage in enumerate(self.stages):
             if stage.start is not None and stage.start not in names[:i]:
                 raise ValueError(f"stage {stage.name!r} starts from {stage.start!r}, which is not an earlier stage")
+            if stage.type == "quantize":
+                exports = [s.name for s in self.stages[:i] if s.type == "export"]
+                if not exports or (stage.source is not None and stage.source not in exports):
+                    raise ValueError(
+                        f"stage {stage.name!r} quantizes the ONNX model of an earlier export stage"
+                        + (f"; {stage.source!r} is not one ({', '.join(exports) or 'none before it'})" if stage.source
+                           else "; add an export stage before it")
+                    )
         from engine.slim.target import check_stage_targets
 
         check_stage_targets(self.stages)
@@ -335,6 +403,9 @@ _STAGE_CLASSES: dict[str, type[BaseModel]] = {
     "sweep": SweepStage,
     "evaluate": EvaluateStage,
     "scratch": ScratchStage,
+    "export": ExportStage,
+    "quantize": QuantizeStage,
+    "compress": CompressStage,
 }
 
 

@@ -46,6 +46,10 @@ class DistillError(SlimlabError):
     """A teacher, student or feature tap that cannot be used as asked."""
 
 
+class DeployError(SlimlabError):
+    """An export, quantization or compression that cannot be done or checked as asked."""
+
+
 class RunError(SlimlabError):
     """A run that failed while training (non-finite loss, ...)."""
 

@@ -161,10 +161,15 @@ class Pipeline:
         metric = "mAP50_95" if self.spec.task == "detect" else "accuracy"
         keys = ("mAP50", "mAP50_95") if metric == "mAP50_95" else ("accuracy", "test_accuracy")
         rows = {name: {k: fig.get(k) for k in (*keys, "params", "flops", "latency_b1_ms")}
-                for name, fig in summary.items() if isinstance(fig, dict) and metric in fig and name != "comparison"}
+                for name, fig in summary.items()
+                if isinstance(fig, dict) and metric in fig and "artifacts" not in fig and name != "comparison"}
+        if any(isinstance(fig, dict) and fig.get("artifacts") for fig in summary.values()):
+            from engine.deploy.stages import comparison_rows
+
+            rows |= comparison_rows(self, summary)  # deployable files, timed side by side
         self.writer.summary("comparison", rows)
         shown = (lambda v: f"mAP50-95 {v:.4f}") if metric == "mAP50_95" else (lambda v: f"{v:.2%}")
-        self.writer.log("comparison: " + "; ".join(f"{k} {shown(v[metric])}" for k, v in rows.items() if v[metric] is not None))
+        self.writer.log("comparison: " + "; ".join(f"{k} {shown(v[metric])}" for k, v in rows.items() if v.get(metric) is not None))
 
     def _resume_state(self, stage: Any) -> dict | None:
         """last.pt when it is the resume point of `stage` (read once, used by the trainer)."""
@@ -489,6 +494,23 @@ class Pipeline:
         cur = self._start(stage)
         out = self._current_output(stage) or self._finish(stage, cur)
         return self.measure(cur, out)
+
+    # ---------------------------------------------------------- deployment stages (engine/deploy)
+
+    def _stage_export(self, stage: Any, resume: dict | None) -> dict:
+        from engine.deploy.stages import export_stage
+
+        return export_stage(self, stage, self._start(stage), self._input_shape())
+
+    def _stage_quantize(self, stage: Any, resume: dict | None) -> dict:
+        from engine.deploy.stages import quantize_stage
+
+        return quantize_stage(self, stage)
+
+    def _stage_compress(self, stage: Any, resume: dict | None) -> dict:
+        from engine.deploy.stages import compress_stage
+
+        return compress_stage(self, stage, self._start(stage), resume)
 
 
 def _min_keep(v: float) -> int | float:

@@ -42,7 +42,10 @@ class PlainReporter:
         self.message("\n".join(sweep_table(stage, rows)))
 
     def summary(self, rows: dict[str, dict[str, Any]]) -> None:
-        """The stages side by side at the end of a run."""
+        """The stages side by side at the end of a run, then the deployable artifacts."""
+        from engine.deploy import table as deploy_table
+
+        rows, artifacts = deploy_table.split(rows)
         cols = summary_columns(rows)
         table = summary_table(rows, cols)
         widths = [max(len(c), *(len(r[i]) for r in table)) + 1 for i, c in enumerate(cols)]
@@ -50,6 +53,8 @@ class PlainReporter:
         for r in table:
             lines.append("".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
         self.message("\n".join(lines))
+        if artifacts:
+            self.message("\n".join(deploy_table.lines(artifacts)))
 
     def close(self) -> None:
         pass
@@ -185,6 +190,9 @@ class RichReporter(PlainReporter):
     def summary(self, rows: dict[str, dict[str, Any]]) -> None:
         from rich.table import Table
 
+        from engine.deploy import table as deploy_table
+
+        rows, artifacts = deploy_table.split(rows)
         t = Table(title="stages", title_justify="left")
         cols = summary_columns(rows)
         for col in cols:
@@ -192,6 +200,8 @@ class RichReporter(PlainReporter):
         for cells in summary_table(rows, cols):
             t.add_row(*cells)
         self.progress.console.print(t)
+        for part in deploy_table.rich(artifacts):
+            self.progress.console.print(part, highlight=False)
 
     def close(self) -> None:
         self.progress.stop()

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HEADLESS = {"--batch", "inspect", "prune", "run", "-h", "--help", "--version"}
+HEADLESS = {"--batch", "inspect", "prune", "export", "quantize", "run", "-h", "--help", "--version"}
 
 
 def workbench_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,193 @@
+"""Static INT8 post-training quantization with onnxruntime's quantizer, under an accuracy budget.
+
+`quant_pre_process` first (shape inference, graph fusions such as Conv+BatchNorm), then
+`quantize_static` in the QDQ format with per-channel weights, calibrated on N training images.
+The INT8 model's accuracy is measured through onnxruntime next to the fp32 model's; when it
+loses more than `max_drop` points the guard (engine/deploy/guard.py) keeps the most sensitive
+layers in fp32, and when nothing reaches the budget no INT8 model is returned at all.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime import quantization as ortq
+
+from engine.deploy import onnxfile, runtime
+from engine.deploy.quiet import quiet
+from engine.errors import DeployError
+
+METHODS = {
+    "minmax": ortq.CalibrationMethod.MinMax,
+    "entropy": ortq.CalibrationMethod.Entropy,
+    "percentile": ortq.CalibrationMethod.Percentile,
+}
+X86 = ("x86_64", "amd64", "i386", "i686")
+
+
+@dataclass
+class QuantizeOptions:
+    samples: int = 256
+    method: str = "minmax"
+    per_channel: bool = True
+    activations: str = "auto"  # auto | uint8 | int8
+    max_drop: float | None = 1.0  # accuracy points; None: no guard
+
+
+@dataclass
+class QuantizeResult:
+    model: onnx.ModelProto | None  # None: INT8 could not meet the budget; keep the fp32 model
+    fp32_accuracy: float
+    accuracy: float | None  # of `model`
+    excluded: list[str] = field(default_factory=list)  # layers kept in fp32 by the guard
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float | None:
+        """Accuracy points lost (positive = worse)."""
+        return None if self.accuracy is None else (self.fp32_accuracy - self.accuracy) * 100
+
+
+def host_settings(activations: str) -> tuple[str, bool]:
+    """(activation type, reduce_range) following onnxruntime's CPU guidance for this machine.
+
+    x86: uint8 activations with int8 weights, and 7-bit weights (reduce_range) on CPUs without
+    VNNI, whose 8-bit dot products can saturate. Elsewhere (ARM): int8 activations.
+    """
+    x86 = platform.machine().lower() in X86
+    act = activations if activations != "auto" else ("uint8" if x86 else "int8")
+    vnni = cpu_has_vnni()
+    return act, bool(x86 and act == "uint8" and vnni is False)
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether the CPU has 8-bit dot products (VNNI); None when it cannot be told."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
+class Batches(ortq.CalibrationDataReader):
+    """onnxruntime's calibration reader over fixed float32 batches."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
+        self.input_name, self.batches = input_name, batches
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+class Quantizer:
+    """One fp32 model prepared once (pre-processed, calibrated once), quantized as often as the guard asks."""
+
+    def __init__(self, fp32: onnx.ModelProto, calibration: list[np.ndarray], options: QuantizeOptions,
+                 workdir: Path, log: Callable[[str], None] | None = None) -> None:
+        if options.method not in METHODS:
+            raise DeployError(f"method {options.method!r}: use one of {', '.join(METHODS)}")
+        self.options, self.log, self.dir = options, log, workdir
+        self.activations, self.reduce_range = host_settings(options.activations)
+        src = workdir / "fp32.onnx"
+        onnxfile.save(fp32, src)
+        self.pre = workdir / "pre.onnx"
+        self._pre_process(src)
+        self.input_name = onnxfile.describe(fp32).input_name
+        self.calibration = calibration
+        self.cache = workdir / "calibration.json"
+        self.count = 0
+
+    def _pre_process(self, src: Path) -> None:
+        try:
+            with quiet(self.log, "quantize"):
+                ortq.quant_pre_process(str(src), str(self.pre))
+        except Exception:
+            try:  # symbolic shape inference fails on some graphs; onnx's own inference still runs
+                with quiet(self.log, "quantize"):
+                    ortq.quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
+            except Exception as e:
+                raise DeployError(f"onnxruntime's quantization pre-processing failed: {str(e).splitlines()[0][:300]}") from None
+
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {"method": o.method, "samples": o.samples, "per_channel": o.per_channel,
+                "activations": self.activations, "weights": "int8", "reduce_range": self.reduce_range,
+                "format": "QDQ", "max_drop": o.max_drop}
+
+    def quantize(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> Path:
+        """An INT8 file with `exclude` kept in fp32 (or only `only` quantized); the first call calibrates."""
+        self.count += 1
+        out = self.dir / f"int8-{self.count}.onnx"
+        act = ortq.QuantType.QUInt8 if self.activations == "uint8" else ortq.QuantType.QInt8
+        try:
+            with quiet(self.log, "quantize"):
+                ortq.quantize_static(
+                    str(self.pre), str(out), Batches(self.input_name, self.calibration),
+                    quant_format=ortq.QuantFormat.QDQ, per_channel=self.options.per_channel,
+                    reduce_range=self.reduce_range, activation_type=act, weight_type=ortq.QuantType.QInt8,
+                    calibrate_method=METHODS[self.options.method], nodes_to_exclude=list(exclude) or None,
+                    nodes_to_quantize=list(only) if only is not None else None,
+                    calibration_cache_path=str(self.cache),
+                )
+        except DeployError:
+            raise
+        except Exception as e:
+            raise DeployError(f"onnxruntime's quantizer failed: {str(e).splitlines()[0][:300]}") from None
+        return out
+
+    def compute_nodes(self) -> list[tuple[str, str]]:
+        """(node name, layer name) of every Conv/Gemm/MatMul of the pre-processed graph, in order."""
+        model = onnx.load(str(self.pre))
+        inits = {i.name for i in model.graph.initializer}
+        out = []
+        for n in model.graph.node:
+            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                weight = next((i for i in n.input[1:2] if i in inits), None)
+                layer = weight.removesuffix(".weight") if weight else n.name
+                out.append((n.name, layer))
+        return out
+
+
+def quantize(
+    fp32: onnx.ModelProto,
+    calibration: list[np.ndarray],
+    val: Callable[[], Iterable[tuple[Any, Any]]],
+    options: QuantizeOptions,
+    *,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> QuantizeResult:
+    """Quantize `fp32`; accuracy of both on `val()` through onnxruntime; the guard when over budget."""
+    from engine.deploy.guard import Guard
+
+    say = progress or (lambda f, text: None)
+    with tempfile.TemporaryDirectory(prefix="slimlab-quantize-") as tmp:
+        say(0.0, "pre-processing")
+        q = Quantizer(fp32, calibration, options, Path(tmp), log)
+        fp32_acc = runtime.accuracy(runtime.session(onnxfile.serialize(fp32)), val())
+        say(0.1, "calibrating and quantizing")
+        first = q.quantize()
+        acc = runtime.accuracy(runtime.session(first), val())
+        result = QuantizeResult(None, fp32_acc, acc, settings=q.settings(),
+                                attempts=[{"excluded": 0, "accuracy": acc}])
+        path: Path | None = first
+        if options.max_drop is not None and result.drop > options.max_drop + 1e-9:
+            say(0.3, "accuracy guard")
+            path = Guard(q, val, fp32_acc, options.max_drop, log=log, progress=say).run(result)
+        result.model = onnx.load(str(path)) if path is not None else None
+        say(1.0, "done")
+        return result
