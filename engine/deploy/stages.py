@@ -25,6 +25,9 @@ def _log(pipe: Any):
 
 def run_images(pipe: Any) -> Images:
     """The run's own data: validation images for checks and accuracy, training images for calibration."""
+    if getattr(pipe.spec, "task", "classify") != "classify":
+        raise DeployError(f"the export, quantize and compress stages take classification models; this run's task is "
+                          f"{pipe.spec.task}")
     bundle = pipe.data(pipe.spec.training.batch_size)
     return Images(bundle, f"{pipe.spec.data.dataset} data", tuple(bundle.mean), tuple(bundle.std))
 
@@ -199,7 +202,7 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
     from engine.deploy import compress, compressed
     from engine.train import evaluate
 
-    val = pipe.data(pipe.spec.training.batch_size).val
+    val = run_images(pipe).bundle.val
     cpu = torch.device("cpu")
     source = list(pipe.outputs)[-1] if pipe.outputs else "model"
     model = copy.deepcopy(cur.model).cpu().float()
