@@ -35,7 +35,7 @@ PRESET = {
         {"type": "finetune", "training": {"epochs": 2, "lr": 0.01}},
         {"type": "export"},
         {"type": "quantize", "samples": 128},
-        {"type": "compress", "sparsity": 0.7, "bits": 4},
+        {"type": "compress", "sparsity": 0.7, "bits": 4, "finetune_epochs": 1, "training": {"lr": 0.005}},
     ],
 }
 ROW_KEYS = {"accuracy", "params", "flops", "size", "latency_b1_ms", "latency_b32_ms", "threads", "format"}
