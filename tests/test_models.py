@@ -8,13 +8,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import torch_pruning as tp
 from torch import nn
 
 import engine.models as models
 from engine.errors import ModelError, NeedsTrust
+from engine.slim.cut import cut_model
+from engine.slim.groups import groups_from_trace
+from engine.slim.trace import build_trace
 from engine.trust import Trust
 
 # Small settings per built-in so each forward/backward stays in the tens of milliseconds.
@@ -171,38 +174,32 @@ def test_c3net_starts_trainable_on_32px():
     assert model.model(torch.randn(2, 3, 32, 32)).shape[-2:] == (4, 4)
 
 
-def dependency_graph(model: nn.Module, in_channels: int = 3) -> tp.DependencyGraph:
-    example = torch.randn(1, in_channels, 32, 32)
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+def channel_groups(model: nn.Module) -> tuple:
+    trace = build_trace(model, (3, 32, 32))
+    return trace, groups_from_trace(trace, model)
 
 
 @pytest.mark.parametrize("arch,kwargs", SLIMMABLE + TUTORIAL_NO_BN)
-def test_torch_pruning_prunes_first_conv_group(arch, kwargs):
+def test_first_conv_group_can_be_cut(arch, kwargs):
     model = models.build(arch, 5, **kwargs).eval()
-    graph = dependency_graph(model)
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    before = conv.out_channels
-    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1])
-    assert graph.check_pruning_group(group)
-    group.prune()
-    assert conv.out_channels == before - 2
+    trace, groups = channel_groups(model)
+    conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    group = next(g for g in groups if conv in g.convs)
+    before = model.get_submodule(conv).out_channels
+    cut_model(model, trace, groups, {group.id: np.array([0, 1])})
+    assert model.get_submodule(conv).out_channels == before - 2 * group.width
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
 @pytest.mark.parametrize("arch,kwargs", SLIMMABLE)
-def test_torch_pruning_prunes_every_group_but_the_classifier(arch, kwargs):
+def test_every_group_but_the_classifier_can_be_cut(arch, kwargs):
     model = models.build(arch, 5, **kwargs).eval()
-    graph = dependency_graph(model)
-    ignored = [model.get_submodule(p) for p in model.default_ignore]
+    trace, groups = channel_groups(model)
     params_before = sum(p.numel() for p in model.parameters())
-    pruned = 0
-    for found in graph.get_all_groups(ignored_layers=ignored):
-        root = found[0].dep.target.module
-        group = graph.get_pruning_group(root, found[0].dep.handler, idxs=[0])
-        assert graph.check_pruning_group(group)
-        group.prune()
-        pruned += 1
-    assert pruned > 1
+    cut = {g.id: np.array([int(np.flatnonzero(~g.fixed)[0])]) for g in groups if g.prunable}
+    assert len(cut) > 1
+    assert all(not g.prunable for g in groups if model.default_ignore[0] in g.convs)
+    cut_model(model, trace, groups, cut)
     assert sum(p.numel() for p in model.parameters()) < params_before
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert model.get_submodule(model.default_ignore[0]).out_features == 5

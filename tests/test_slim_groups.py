@@ -147,12 +147,16 @@ def test_ignore_patterns_and_missing_bn_leave_groups_whole():
     assert groups["b.0"].prunable
 
 
-def test_grouped_non_depthwise_conv_is_not_pruned():
+def test_grouped_conv_cuts_the_same_position_in_every_group():
     model = nn.Sequential(
         cbr(3, 8), cbr(8, 8, 3, groups=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
     )
     groups = find_groups(model, input_shape=(3, 6, 6))
-    assert any(not g.prunable and "grouped" in (g.reason or "") for g in groups)
+    first, grouped = with_conv(groups, "0.0"), with_conv(groups, "1.0")
+    assert first is not grouped and first.prunable and grouped.prunable
+    assert (first.total, first.width) == (4, 2) and (grouped.total, grouped.width) == (4, 2)
+    reads = next(m for m in first.members if m.name == "1.0" and m.side == "in")
+    np.testing.assert_array_equal(reads.root_idxs, [0, 1, 2, 3, 0, 1, 2, 3])  # channel c and c + 4
 
 
 def test_missing_input_shape_is_a_clear_error():

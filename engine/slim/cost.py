@@ -1,9 +1,9 @@
 """Params and FLOPs of a pruned model, estimated from kept-channel counts without rebuilding it.
 
-Each conv/linear/BatchNorm (and any other layer a group cuts) gets, once, its unpruned cost:
-FLOPs measured per module with torch.utils.flop_counter and its parameter count. Pruning scales a
-dense conv's cost by (kept out / out) * (kept in / in), a depthwise conv's and a BatchNorm's by
-kept out / out. Kept counts of a layer come from the groups that own its channels: whole-group
+Each conv/linear/BatchNorm (and any other layer or parameter a group cuts) gets, once, its
+unpruned cost: FLOPs measured per module with torch.utils.flop_counter and its parameter count.
+Pruning scales a conv's cost by (kept out / out) * (kept in / in) (grouped convs keep their groups),
+a depthwise conv's (one input channel per group) and a BatchNorm's by kept out / out. Kept counts of a layer come from the groups that own its channels: whole-group
 shares (count * multiplicity) or, for a layer holding part of a group (a concat slice), the number
 of kept root channels in that part.
 """
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.slim.groups import ChannelGroup, layer_kind
-from engine.slim.trace import traceable
+from engine.slim.groups import ChannelGroup
+from engine.slim.trace import layer_kind, traceable
 
 
 def module_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dict[str, int]]:
@@ -35,6 +35,11 @@ def module_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dic
         if key.startswith(prefix):
             per_module[key[len(prefix) :]] = int(sum(ops.values()))
     return int(counter.get_total_flops()), per_module
+
+
+def sizes_of(groups: list[ChannelGroup], name: str) -> int | None:
+    """Channels of an out-side member as its group recorded them."""
+    return next((g.sizes[name] for g in groups if name in g.sizes), None)
 
 
 def _share(root_idxs: np.ndarray, offset: int, total: int) -> tuple[int, np.ndarray | None]:
@@ -76,9 +81,13 @@ class CostModel:
         for g in groups:
             for m in g.members:
                 members_of.setdefault(m.name, []).append((g.id, m))
+        tensors = {m.name: m for g in groups for m in g.members if m.kind == "param"}
+        owners = {n.rpartition(".")[0] for n in tensors}  # their modules are costed through them
         names = [
-            n for n, mod in modules.items() if n and (layer_kind(mod) != "other" or n in members_of)
-        ]
+            n for n, mod in modules.items()
+            if n and n not in owners and (layer_kind(mod) != "other" or n in members_of)
+        ] + sorted(tensors)
+        parameters = dict(model.named_parameters())
         L = len(names)
         c0 = np.zeros((2, L), dtype=np.int64)
         full_rows: list[list[tuple[int, int, int]]] = [[], []]
@@ -90,6 +99,21 @@ class CostModel:
         modelled_params = 0
         modelled_flops = 0
         for i, name in enumerate(names):
+            if name in tensors:  # a parameter cut along one dimension, outside any layer
+                p = parameters.get(name)
+                own = p.numel() if p is not None else 0
+                modelled_params += own
+                n_out = n_in = sizes_of(groups, name) or 1
+                c0[0, i], c0[1, i] = n_out, n_in
+                for gid, m in members_of.get(name, []):
+                    c0[0, i] -= len(m.idxs)
+                    mult, ids = _share(m.root_idxs, int(offsets[gid]), groups[gid].total)
+                    if ids is None:
+                        full_rows[0].append((i, gid, mult))
+                    else:
+                        part_rows[0].append((i, ids))
+                weight_unit[i] = own / max(n_out, 1)
+                continue
             mod = modules[name]
             kind = layer_kind(mod)
             own = sum(p.numel() for p in mod.parameters(recurse=False))
@@ -99,15 +123,14 @@ class CostModel:
             bias = mod.bias.numel() if getattr(mod, "bias", None) is not None else 0
             if kind == "conv":
                 n_out, n_in = mod.out_channels, mod.in_channels
-                dense = mod.groups == 1
+                dense = mod.in_channels // mod.groups > 1  # groups stay; one input per group is depthwise
             elif kind == "linear":
                 n_out, n_in, dense = mod.out_features, mod.in_features, True
             elif kind == "bn":
                 n_out = n_in = mod.num_features
                 dense = False
             else:
-                sizes = [g.sizes[name] for g in groups if name in g.sizes]
-                n_out = n_in = sizes[0] if sizes else max(own, 1)
+                n_out = n_in = sizes_of(groups, name) or max(own, 1)
                 dense = False
             c0[0, i], c0[1, i] = n_out, n_in
             for gid, m in members_of.get(name, []):

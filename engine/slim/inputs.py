@@ -14,8 +14,8 @@ from torch import nn
 from engine.errors import PruneError
 from engine.slim.cost import CostModel
 from engine.slim.gamma import GammaStats, gamma_stats
-from engine.slim.groups import SCORES, ChannelGroup, find_groups, group_scores
-from engine.slim.trace import build_graph, resolve_input_shape
+from engine.slim.groups import SCORES, ChannelGroup, group_scores, groups_from_trace
+from engine.slim.trace import Progress, TraceBudget, build_trace, resolve_input_shape
 
 
 @dataclass
@@ -25,12 +25,16 @@ class ScoreArrays:
     scores: np.ndarray  # (N,) float32; +inf on groups that are never pruned
     order: np.ndarray  # (N,) local channel index, each group's slice sorted best first
     rank: np.ndarray  # (N,) 0 = best channel of its group
-    sorted_prunable: np.ndarray  # ascending scores of the channels of prunable groups
+    sorted_prunable: np.ndarray  # ascending scores of the prunable channels (a unit counts `width` times)
 
 
 @dataclass
 class PlanInputs:
-    """Everything `plan_from_inputs` needs, computed once from a model (see `precompute`)."""
+    """Everything `plan_from_inputs` needs, computed once from a model (see `precompute`).
+
+    Arrays run over units (see engine/slim/groups.py): a unit is one channel of each layer of its
+    group, or `width` channels where the model ties them.
+    """
 
     groups: list[ChannelGroup]
     input_shape: tuple[int, ...]
@@ -38,16 +42,23 @@ class PlanInputs:
     gammas: dict[str, np.ndarray]
     score: str = "max"
     offsets: np.ndarray = field(init=False)  # (G + 1,) start of each group in the concatenation
-    totals: np.ndarray = field(init=False)
+    totals: np.ndarray = field(init=False)  # units per group
+    widths: np.ndarray = field(init=False)  # channels per unit, per group
     prunable: np.ndarray = field(init=False)
-    group_of: np.ndarray = field(init=False)  # (N,) group id of each channel
+    unit_ok: np.ndarray = field(init=False)  # (N,) unit of a prunable group that may be cut
+    unit_width: np.ndarray = field(init=False)  # (N,)
+    group_of: np.ndarray = field(init=False)  # (N,) group id of each unit
     _arrays: dict[str, ScoreArrays] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.totals = np.array([g.total for g in self.groups], dtype=np.int64)
+        self.widths = np.array([g.width for g in self.groups], dtype=np.int64)
         self.offsets = np.r_[0, np.cumsum(self.totals)].astype(np.int64)
         self.prunable = np.array([g.prunable for g in self.groups], dtype=bool)
         self.group_of = np.repeat(np.arange(len(self.groups)), self.totals)
+        self.unit_width = np.repeat(self.widths, self.totals)
+        fixed = [g.fixed if g.fixed.size == g.total else np.zeros(g.total, bool) for g in self.groups]
+        self.unit_ok = np.repeat(self.prunable, self.totals) & ~(np.concatenate(fixed) if fixed else np.zeros(0, bool))
         self.arrays(self.score)
 
     @property
@@ -75,8 +86,8 @@ class PlanInputs:
         order = glob - self.offsets[self.group_of[glob]]
         rank = np.empty_like(glob)
         rank[glob] = np.arange(glob.size) - self.offsets[self.group_of[glob]]
-        prunable_ch = np.repeat(self.prunable, self.totals)
-        return ScoreArrays(scores, order, rank, np.sort(scores[prunable_ch]))
+        ok = self.unit_ok
+        return ScoreArrays(scores, order, rank, np.sort(np.repeat(scores[ok], self.unit_width[ok])))
 
 
 def precompute(
@@ -85,14 +96,21 @@ def precompute(
     *,
     score: str = "max",
     stats: GammaStats | None = None,
+    budget: TraceBudget | None = None,
+    progress: Progress | None = None,
 ) -> PlanInputs:
-    """Trace `model` once: gamma statistics, coupled groups (honouring `default_ignore`) and costs."""
+    """Trace `model` once: gamma statistics, coupled groups (honouring `default_ignore`) and costs.
+
+    `budget` bounds the trace (time, memory); `progress(done, total, where)` hears about it.
+    """
     if score not in SCORES:
         raise PruneError(f"score '{score}' is unknown: use one of {', '.join(SCORES)}")
     stats = stats if stats is not None else gamma_stats(model)
     shape = resolve_input_shape(model, input_shape)
-    graph = build_graph(model, shape)
-    groups = find_groups(model, shape, graph=graph)
+    trace = build_trace(model, shape, budget=budget, progress=progress)
+    groups = groups_from_trace(trace, model)
+    if not groups:
+        raise PruneError(f"{type(model).__name__} has no conv or linear layer whose channels can be pruned")
     totals = np.array([g.total for g in groups], dtype=np.int64)
     offsets = np.r_[0, np.cumsum(totals)].astype(np.int64)
     cost = CostModel.build(model, groups, offsets, shape)

@@ -10,13 +10,16 @@ Rules (Liu et al. 2017, with guards):
   best min_keep channels and is marked clamped, with a warning. min_keep=0 may not empty a group.
 - `round_to` R rounds each kept count up to a multiple of R (capped at the group size), adding
   the next best channels.
-Kept channels are always a group's best-scoring ones.
+Kept channels are always a group's best-scoring ones. Groups count in units (engine/slim/groups.py):
+`kept_idxs` are unit indices, a unit stands for `width` channels, and units that can never be cut
+are always kept. When the plan cuts less than half of what `percent` asks, a warning says why.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +31,8 @@ from engine.errors import PruneError
 from engine.slim.groups import SCORES
 from engine.slim.inputs import PlanInputs, precompute
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before units; kept_idxs were root-conv channels (see apply.py)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class PlanGroup:
     reason: str | None
     override: dict[str, float] | None
     sizes: dict[str, int]
+    width: int = 1  # channels per unit
 
     @property
     def kept(self) -> int:
@@ -71,6 +76,7 @@ class PlanGroup:
             "reason": self.reason,
             "override": None if self.override is None else dict(self.override),
             "sizes": dict(self.sizes),
+            "width": self.width,
         }
 
     @classmethod
@@ -89,6 +95,7 @@ class PlanGroup:
                 reason=d.get("reason"),
                 override=None if d.get("override") is None else dict(d["override"]),
                 sizes={str(k): int(v) for k, v in d["sizes"].items()},
+                width=int(d.get("width", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PruneError(
@@ -131,7 +138,7 @@ class PrunePlan:
         if not isinstance(d, Mapping) or "groups" not in d:
             raise PruneError("not a prune plan: expected a mapping with 'groups' (a plan.json)")
         version = d.get("version")
-        if version != PLAN_VERSION:
+        if version not in READABLE_VERSIONS:
             raise PruneError(
                 f"prune plan version {version!r} is not supported (expected {PLAN_VERSION})"
             )
@@ -265,13 +272,16 @@ def plan_from_inputs(
         if not hits:
             warnings.append(f"ignore {list(ignore)} matched no prunable group")
 
+    widths = inputs.widths
+    ok = inputs.unit_ok & np.repeat(active, totals)
+    fixed_g = totals - (np.add.reduceat(ok, inputs.offsets[:-1], dtype=np.int64) if G else np.zeros(0, np.int64))
     if percent is not None:
         if np.array_equal(active, inputs.prunable):
             pool = arr.sorted_prunable
             k = int(pool.size * percent)
             thr = float(pool[k]) if pool.size else -np.inf
         else:
-            pool = arr.scores[np.repeat(active, totals)]
+            pool = np.repeat(arr.scores[ok], inputs.unit_width[ok])
             k = int(pool.size * percent)
             thr = float(np.partition(pool, k)[k]) if pool.size else -np.inf
     else:
@@ -295,12 +305,12 @@ def plan_from_inputs(
     counts = (
         np.add.reduceat(mask, inputs.offsets[:-1], dtype=np.int64) if G else np.zeros(0, np.int64)
     )
-    counts = np.where(keep_g >= 0, keep_g, counts)
+    counts = np.where(keep_g >= 0, np.maximum(keep_g, fixed_g), counts)
 
     if isinstance(min_keep, float):
         floor = np.ceil(min_keep * totals - 1e-9).astype(np.int64)
     else:
-        floor = np.minimum(int(min_keep), totals)
+        floor = np.minimum(-(-int(min_keep) // widths), totals)
     clamped = active & (counts < floor)
     counts = np.where(clamped, floor, counts)
     emptied = np.flatnonzero(active & (counts == 0))
@@ -311,14 +321,15 @@ def plan_from_inputs(
             f"{', ...' if emptied.size > 5 else ''}. Use min_keep >= 1 (the default), a lower "
             "percent/threshold, or ignore these layers"
         )
+    if round_to > 1:
+        step = round_to // np.gcd(round_to, widths)
+        rounded = np.minimum(-(-counts // step) * step, totals)
+        counts = np.where(active, rounded, counts)
     for i in np.flatnonzero(clamped):
         g = groups[i]
         warnings.append(
-            f"{_label(g)}: below min_keep, kept the best {int(counts[i])} of {g.total} channels"
+            f"{_label(g)}: below min_keep, kept the best {int(counts[i]) * g.width} of {g.total * g.width} channels"
         )
-    if round_to > 1:
-        rounded = np.minimum(-(-counts // round_to) * round_to, totals)
-        counts = np.where(active, rounded, counts)
 
     counts = np.where(active, counts, totals)
     kept_mask = arr.rank < np.repeat(counts, totals)
@@ -348,10 +359,11 @@ def plan_from_inputs(
                 reason=reasons[i],
                 override=override_of.get(i),
                 sizes=dict(g.sizes),
+                width=g.width,
             )
         )
 
-    prunable_before = int(totals[active].sum())
+    prunable_before = int(((totals - fixed_g) * widths)[active].sum())
     options = {
         "percent": percent,
         "threshold": threshold,
@@ -363,16 +375,50 @@ def plan_from_inputs(
         "global_threshold": thr if np.isfinite(thr) else None,
     }
     totals_d = {
-        "channels_before": int(totals.sum()),
-        "channels_after": int(counts.sum()),
+        "channels_before": int((totals * widths).sum()),
+        "channels_after": int((counts * widths).sum()),
         "prunable_before": prunable_before,
-        "prunable_after": int(counts[active].sum()),
+        "prunable_after": int(((counts - fixed_g) * widths)[active].sum()),
         "params_before": inputs.cost.params_before,
         "params_after": params_after,
         "flops_before": inputs.cost.flops_before,
         "flops_after": flops_after,
     }
+    short = _shortfall(groups, active, reasons, percent, totals_d)
+    if short:
+        warnings.append(short)
     return PrunePlan(list(inputs.input_shape), plan_groups, options, totals_d, warnings)
+
+
+def _shortfall(groups, active: np.ndarray, reasons: list[str | None], percent: float | None,
+               totals: dict[str, int]) -> str | None:
+    """When the plan cuts less than half of `percent` of all channels: the main reasons, with counts."""
+    before, after = totals["channels_before"], totals["channels_after"]
+    if percent is None or percent <= 0 or not before:
+        return None
+    removed = 1 - after / before
+    if removed >= percent / 2:
+        return None
+    channels: Counter[str] = Counter()
+    layers: dict[str, set[str]] = {}
+    for g in groups:
+        outs = g.out_names()
+        if not active[g.id]:
+            why = reasons[g.id] or "left whole"
+            channels[why] += g.total * g.width
+            layers.setdefault(why, set()).update(outs)
+            continue
+        for why in g.unit_reasons:
+            if why:
+                channels[why] += g.width
+                layers.setdefault(why, set()).update(outs)
+    lines = [f"{n:,} channels in {len(layers[why])} layer(s): {why}" for why, n in channels.most_common(4)]
+    more = len(channels) - len(lines)
+    return (
+        f"asked to cut {percent:.0%} of the prunable channels, this plan cuts {removed:.1%} of all channels "
+        f"({before - after:,} of {before:,}). Channels left whole: " + "; ".join(lines)
+        + (f"; and {more} other reason(s)" if more > 0 else "")
+    )
 
 
 def make_plan(

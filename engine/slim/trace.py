@@ -1,16 +1,43 @@
-"""Dependency-graph tracing: torch_pruning's DepGraph built without side effects on the model."""
+"""Channel tracing: one forward pass that records which channels of which layers belong together.
+
+The model runs once on a dummy input under a dispatch mode that sees every aten op. Convs, linear
+layers, BatchNorms and network slimming's `channel_selection` are followed as layers (their own
+ops are not looked into); every other op moves, couples or freezes channel labels by the rules in
+`engine/slim/oprules.py`. The result (`Trace`) says, for each of those layers, which atom each of its
+input and output channels is, and which atoms must be cut together or never. It replaces an
+index-mapping walk over the autograd graph whose work grew without bound on view/permute heads
+and channel shuffles: here the work is one forward pass plus a few array operations per op.
+
+Graph building is bounded: a time budget and a memory budget (`TraceBudget`, defaults from
+SLIMLAB_TRACE_SECONDS / SLIMLAB_TRACE_MEMORY_MB) end it with an error naming the op and the layer
+it stopped in, and `progress` is called as layers finish.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+import os
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.errors import PruneError
+from engine.errors import PruneError, SlimlabError
+from engine.slim.atoms import OUTPUT, STRUCTURE, Atoms, Lab, along, const, reroot
+from engine.slim.oprules import Rules, _outputs, op_name
+
+Progress = Callable[[int, int, str], None]
+
+_CONV_FORWARDS = {c.forward for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)}
+_BN_FORWARDS = {nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward}
+_BN_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
 
 
 def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
@@ -19,7 +46,7 @@ def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> 
     if shape is None:
         raise PruneError(
             f"{type(model).__name__} has no `input_size` attribute, so its input shape is unknown: "
-            "pass input_shape=(C, H, W), e.g. (3, 32, 32)"
+            "give it, e.g. --input-size 3x32x32 (or input_shape=(3, 32, 32) from Python)"
         )
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1 or any(s <= 0 for s in shape):
@@ -29,32 +56,505 @@ def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> 
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
-    """Eval mode (so tracing never moves BatchNorm running stats) and grad enabled, restored after."""
+    """Eval mode (so tracing never moves BatchNorm running stats), restored after."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.enable_grad():
-            yield
+        yield
     finally:
         for m, training in modes.items():
             m.training = training
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    """Trace `model` on one example of `input_shape` into a torch_pruning DependencyGraph."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    # An input that requires grad gives every op a grad_fn, even when parameters are frozen.
-    example = torch.randn(1, *input_shape, device=device, requires_grad=True)
-    with traceable(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+@dataclass
+class TraceBudget:
+    """Limits on building the channel graph: seconds, and growth of the process's memory in MB."""
+
+    seconds: float = 300.0
+    memory_mb: float = 4096.0
+
+    @classmethod
+    def from_env(cls) -> TraceBudget:
+        b = cls()
+        for attr, var in (("seconds", "SLIMLAB_TRACE_SECONDS"), ("memory_mb", "SLIMLAB_TRACE_MEMORY_MB")):
+            raw = os.environ.get(var)
+            if raw:
+                try:
+                    setattr(b, attr, float(raw))
+                except ValueError:
+                    raise PruneError(f"{var}={raw!r} is not a number") from None
+        return b
+
+    @property
+    def max_elements(self) -> int:
+        return int(self.memory_mb * 2**20 / 8 / 4)  # int64 labels, a few copies alive at once
+
+
+def layer_kind(module: object) -> str:
+    """'conv', 'linear', 'bn', 'select' (network slimming's channel_selection) or 'other'."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "bn"
+    if _is_channel_selection(module):
+        return "select"
+    return "other"
+
+
+def _is_channel_selection(module: object) -> bool:
+    if not isinstance(module, nn.Module):
+        return False
+    named = type(module).__name__.lower().replace("_", "")
+    params = dict(module.named_parameters(recurse=False))
+    return named == "channelselection" and set(params) == {"indexes"} and params["indexes"].dim() == 1
+
+
+def followed_kind(module: nn.Module) -> str | None:
+    """The kind of a layer the tracer follows as a whole, or None to trace into its ops.
+
+    Only layers whose forward and tensors are the standard ones: a subclass with its own forward
+    or extra parameters is traced op by op, so nothing it does is missed.
+    """
+    kind = layer_kind(module)
+    params = {n for n, _ in module.named_parameters(recurse=False)}
+    buffers = {n for n, _ in module.named_buffers(recurse=False)}
+    forward = type(module).forward
+    if kind == "conv" and forward in _CONV_FORWARDS and params <= {"weight", "bias"} and not buffers:
+        return kind
+    if kind == "linear" and forward is nn.Linear.forward and params <= {"weight", "bias"} and not buffers:
+        return kind
+    if kind == "bn" and forward in _BN_FORWARDS and params <= {"weight", "bias"} and buffers <= _BN_BUFFERS:
+        return kind
+    if kind == "select" and not buffers:
+        return kind
+    return None
+
+
+@dataclass
+class Layer:
+    """A followed layer: the atom of each output channel and of each input channel."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    order: int
+    out: np.ndarray | None = None  # conv/linear outputs; BN and channel_selection channels
+    inp: np.ndarray | None = None  # conv/linear inputs
+
+
+@dataclass
+class ParamUse:
+    """A parameter or buffer used by ops outside a followed layer: one atom per element."""
+
+    name: str
+    tensor: torch.Tensor
+    atoms: np.ndarray
+    order: int
+
+
+@dataclass
+class Trace:
+    """What one traced forward pass found (see module docstring)."""
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    atoms: Atoms
+    layers: dict[str, Layer]
+    params: dict[str, ParamUse]
+    opaque: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    memory_mb: float = 0.0
+
+
+class ChannelTracer(TorchDispatchMode):
+    """The dispatch mode and module hooks that build a `Trace` (see module docstring)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Nothing here is compiled; letting torch wrap __torch_dispatch__ for Dynamo would import
+        # torch._dynamo on the first op, several seconds before any tracing starts.
+        return False
+
+    def __init__(self, model: nn.Module, budget: TraceBudget, progress: Progress | None) -> None:
+        super().__init__()
+        self.model = model
+        self.budget = budget
+        self.progress = progress
+        self.atoms = Atoms()
+        self.rules = Rules(self)
+        self.labels: dict[int, tuple[weakref.ref, Lab]] = {}
+        self.names = {m: n for n, m in model.named_modules()}
+        self.tensors: dict[int, tuple[str, torch.Tensor]] = {}
+        for n, p in model.named_parameters():
+            self.tensors.setdefault(id(p), (n, p))
+        for n, b in model.named_buffers():
+            self.tensors.setdefault(id(b), (n, b))
+        self.layers: dict[str, Layer] = {}
+        self.params: dict[str, ParamUse] = {}
+        self.opaque_ops: Counter[str] = Counter()
+        self.stack: list[tuple[str, str]] = []  # (name, class) of the modules being run
+        self.kinds: list[str | None] = []
+        self.inside = 0
+        self.busy = False
+        self.ops = 0
+        self.current_op = "the forward pass"
+        self.modules_done = 0
+        self.modules_total = max(1, sum(1 for _ in model.modules()))
+        self.t0 = time.monotonic()
+        self.last_report = self.t0
+        self.rss0 = _rss_mb()
+        self.peak_mb = 0.0
+        self.sliced: dict[Any, tuple[weakref.ref, Lab, int, list]] = {}  # channel slices, decided at the end
+
+    # ------------------------------------------------------------------ labels
+
+    def get(self, t: torch.Tensor) -> Lab:
+        entry = self.labels.get(id(t))
+        if entry is not None and entry[0]() is t:
+            lab = entry[1]
+            if lab.shape == tuple(t.shape):
+                return lab
+            return self._unknown(t, "its shape changed in place")
+        named = self.tensors.get(id(t))
+        if named is not None and named[1] is t:
+            return self._param(named[0], t)
+        return const(tuple(t.shape))
+
+    def _unknown(self, t: torch.Tensor, why: str) -> Lab:
+        from engine.slim.atoms import single
+
+        lab = single(self.frozen_atom(why), tuple(t.shape))
+        self.set(t, lab)
+        return lab
+
+    def _param(self, name: str, t: torch.Tensor) -> Lab:
+        self.check_elements(t.numel(), f"parameter {name}")
+        ids = self.atoms.new(t.numel()).reshape(tuple(t.shape))
+        self.params[name] = ParamUse(name, t, ids, len(self.params) + len(self.layers))
+        lab = Lab(torch.from_numpy(ids.copy()), tuple(t.shape))
+        self.set(t, lab)
+        return lab
+
+    def set(self, t: torch.Tensor, lab: Lab) -> None:
+        key = id(t)
+
+        def drop(ref: weakref.ref, key: int = key) -> None:
+            entry = self.labels.get(key)
+            if entry is not None and entry[0] is ref:
+                del self.labels[key]
+
         try:
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, verbose=False
-            )
-        except PruneError:
-            raise
-        except Exception as exc:  # tracing runs arbitrary user forward code
+            ref = weakref.ref(t, drop)
+        except TypeError:
+            return
+        self.labels[key] = (ref, lab)
+
+    def rooted(self, t: torch.Tensor) -> Lab:
+        return reroot(self.get(t), self.atoms)
+
+    def reroot(self, lab: Lab) -> Lab:
+        return reroot(lab, self.atoms)
+
+    def where(self) -> str:
+        for name, cls in reversed(self.stack):
+            if name:
+                return f"`{name}` ({cls})"
+        return type(self.model).__name__
+
+    def freeze(self, lab: Lab, reason: str, priority: int = STRUCTURE) -> None:
+        self.atoms.freeze(lab.atoms(), f"{reason}, in {self.where()}", priority)
+
+    def freeze_ids(self, ids: Any, reason: str) -> None:
+        self.atoms.freeze(np.asarray(ids), f"{reason}, in {self.where()}")
+
+    def frozen_atom(self, reason: str) -> int:
+        atom = self.atoms.new(1)
+        self.atoms.freeze(atom, f"{reason}, in {self.where()}")
+        return int(atom[0])
+
+    def note_slice(self, src: torch.Tensor, lab: Lab, d: int, start: int, end: int, step: int, one: bool) -> None:
+        """Remember a slice along channels; all slices of a tensor are decided together (Rules.slices)."""
+        where = f"x[{start}:{end}{'' if step == 1 else f':{step}'}] on dimension {d}, in {self.where()}"
+        key = (id(src), d)
+        entry = self.sliced.get(key)
+        if entry is None or entry[0]() is not src:
+            if entry is not None:  # the id was reused by a new tensor: keep the old record
+                self.sliced[(key, len(self.sliced))] = entry
+            entry = self.sliced[key] = (weakref.ref(src), lab, d, [])
+        entry[3].append((start, end, step, one, where))
+
+    def count_opaque(self, name: str) -> None:
+        self.opaque_ops[f"{name} in {self.where()}"] += 1
+
+    # ------------------------------------------------------------------ budget and progress
+
+    def check_elements(self, n: int, what: str) -> None:
+        if n > self.budget.max_elements:
             raise PruneError(
-                f"could not trace {type(model).__name__} on an input of shape (1, {', '.join(map(str, input_shape))}): "
-                f"{type(exc).__name__}: {exc}. Check input_shape matches what the model expects"
-            ) from exc
+                f"building the channel graph of {type(self.model).__name__} stopped at {what} in {self.where()}: "
+                f"following its channels needs {n:,} labels, over the memory budget of {self.budget.memory_mb:.0f} MB "
+                "(SLIMLAB_TRACE_MEMORY_MB). Trace at a smaller --input-size, or report this layer pattern"
+            )
+
+    def check_budget(self) -> None:
+        now = time.monotonic()
+        if now - self.t0 > self.budget.seconds:
+            raise PruneError(
+                f"building the channel graph of {type(self.model).__name__} took more than "
+                f"{self.budget.seconds:.0f} s (SLIMLAB_TRACE_SECONDS); it stopped at {self.current_op} in "
+                f"{self.where()}. Trace at a smaller --input-size, or report this layer pattern"
+            )
+        if self.ops % 64 == 0:
+            grown = _rss_mb() - self.rss0
+            self.peak_mb = max(self.peak_mb, grown)
+            if grown > self.budget.memory_mb:
+                raise PruneError(
+                    f"building the channel graph of {type(self.model).__name__} used more than "
+                    f"{self.budget.memory_mb:.0f} MB (SLIMLAB_TRACE_MEMORY_MB); it stopped at {self.current_op} in "
+                    f"{self.where()}. Trace at a smaller --input-size, or report this layer pattern"
+                )
+        if self.progress is not None and now - self.last_report > 0.25:
+            self.last_report = now
+            self.progress(min(self.modules_done, self.modules_total), self.modules_total, self.where())
+
+    # ------------------------------------------------------------------ ops
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.inside or self.busy:
+            return out
+        self.ops += 1
+        self.current_op = f"aten.{op_name(func)}"
+        self.check_budget()
+        self.busy = True
+        try:
+            self.rules.apply(func, args, kwargs, out)
+        except SlimlabError:
+            raise
+        except Exception as exc:  # a rule that cannot follow this call: freeze what it touches
+            self.rules.opaque(op_name(func), args, kwargs, _outputs(out),
+                              why=f"{op_name(func)} was called in a way slimlab cannot follow ({type(exc).__name__})")
+        finally:
+            self.busy = False
+        return out
+
+    # ------------------------------------------------------------------ layers
+
+    def pre_hook(self, module: nn.Module, args: Any) -> None:
+        name = self.names.get(module)
+        self.stack.append((name or "", type(module).__name__))
+        kind = followed_kind(module) if name is not None and not self.inside else None
+        self.kinds.append(kind)
+        if kind:
+            self.inside += 1
+
+    def post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        kind = self.kinds.pop() if self.kinds else None
+        if kind:
+            self.inside -= 1
+            self.busy = True
+            try:
+                self.follow(kind, self.stack[-1][0], module, args, output)
+            except SlimlabError:
+                raise
+            except Exception as exc:
+                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                why = f"{self.stack[-1][0]} was called in a way slimlab cannot follow ({type(exc).__name__}: {exc})"
+                if x is not None:
+                    self.freeze(self.get(x), why)
+                for o in _outputs(output):
+                    self._unknown(o, why)
+            finally:
+                self.busy = False
+        if self.stack:
+            self.stack.pop()
+        self.modules_done += 1
+
+    def layer(self, name: str, module: nn.Module, kind: str) -> Layer:
+        layer = self.layers.get(name)
+        if layer is None:
+            layer = self.layers[name] = Layer(name, module, kind, len(self.layers) + len(self.params))
+        return layer
+
+    def slot(self, layer: Layer, side: str, atoms: np.ndarray) -> None:
+        """Record the atoms a layer's channels hold; a layer run twice holds both (its weights are shared)."""
+        prev = getattr(layer, side)
+        if prev is None:
+            setattr(layer, side, atoms.copy())
+            return
+        if prev.shape != atoms.shape:
+            self.freeze_ids(np.concatenate([prev, atoms]), f"{layer.name} runs on inputs of different widths")
+            return
+        both = (prev >= 0) & (atoms >= 0)
+        self.atoms.union(prev[both], atoms[both])
+        mixed = (prev >= 0) != (atoms >= 0)
+        if mixed.any():
+            self.freeze_ids(np.concatenate([prev[mixed], atoms[mixed]]),
+                            f"{layer.name} runs twice and one run reads fixed channels there")
+
+    def channel_atoms(self, lab: Lab, cdim: int, name: str) -> np.ndarray:
+        """The atom of each channel along `cdim` (freezing them when they also vary elsewhere)."""
+        c = lab.c
+        if any(d != cdim for d in lab.varying()):
+            self.freeze(lab, f"{name} reads channels that are spread over other dimensions too")
+        for d in reversed(range(c.dim())):
+            if d != cdim:
+                c = c.narrow(d, 0, 1)
+        atoms = c.reshape(-1).numpy().astype(np.int64)
+        if atoms.size == 1 and lab.shape[cdim] > 1:
+            atoms = np.repeat(atoms, lab.shape[cdim])
+        return atoms.copy()
+
+    def follow(self, kind: str, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+            raise TypeError("expected one tensor in and one out")
+        lab = self.rooted(x)
+        shape = tuple(output.shape)
+        if kind == "conv":
+            cdim = x.dim() - (module.weight.dim() - 2) - 1
+            inp = self.channel_atoms(lab, cdim, name)
+            layer = self.layer(name, module, kind)
+            if layer.out is None:
+                layer.out = self.atoms.new(module.out_channels)
+            self.slot(layer, "inp", inp)
+            if module.groups > 1:
+                self.conv_groups(layer, module, inp)
+            self.set(output, along(layer.out, cdim, shape))
+        elif kind == "linear":
+            cdim = x.dim() - 1
+            inp = self.channel_atoms(lab, cdim, name)
+            layer = self.layer(name, module, kind)
+            if layer.out is None:
+                layer.out = self.atoms.new(module.out_features)
+            self.slot(layer, "inp", inp)
+            self.set(output, along(layer.out, output.dim() - 1, shape))
+        elif kind == "bn":
+            cdim = 1 if x.dim() > 1 else 0
+            chans = self.channel_atoms(lab, cdim, name)
+            self.slot(self.layer(name, module, kind), "out", chans)
+            self.set(output, self.reroot(Lab(lab.c, shape)))
+        else:  # channel_selection: a gather of the channels whose `indexes` entry is non-zero
+            chans = self.channel_atoms(lab, 1, name)
+            self.slot(self.layer(name, module, kind), "out", chans)
+            picked = torch.nonzero(module.indexes.detach().cpu()).reshape(-1).numpy()
+            if output.dim() < 2 or output.shape[1] != picked.size:
+                raise ValueError("its output does not have one channel per non-zero index")
+            self.set(output, along(chans[picked], 1, shape))
+
+    def conv_groups(self, layer: Layer, module: nn.Module, inp: np.ndarray) -> None:
+        """A grouped conv keeps its groups equal: DepGraph's rule, the same positions cut in every group.
+
+        When each group reads one channel (depthwise, with or without a channel multiplier), a
+        group goes as a whole: its input channel and its outputs are cut together.
+        """
+        g = module.groups
+        cpg, opg = inp.size // g, layer.out.size // g
+        outs = layer.out.reshape(g, opg)
+        if cpg == 1:
+            fixed = inp < 0
+            if fixed.any():
+                self.freeze_ids(outs[fixed], f"depthwise conv {layer.name} reads channels that cannot be cut")
+            keep = ~fixed
+            self.atoms.union(np.repeat(inp[keep], opg), outs[keep].ravel())
+            return
+        grid = inp.reshape(g, cpg)
+        fixed_cols = (grid < 0).any(axis=0)
+        if fixed_cols.any():
+            self.freeze_ids(grid[:, fixed_cols], f"grouped conv {layer.name} reads channels that cannot be cut")
+        for k in range(1, g):
+            self.atoms.union(grid[0], grid[k])
+            self.atoms.union(outs[0], outs[k])
+
+    # ------------------------------------------------------------------ start and end
+
+    def start(self, x: torch.Tensor) -> None:
+        self.busy = True  # the labels' own tensor ops are not the model's
+        atoms = self.atoms.new(x.shape[1])
+        self.atoms.freeze(atoms, "they are the model's input channels")
+        self.set(x, along(atoms, 1, tuple(x.shape)))
+        self.busy = False
+
+    def finish(self, out: Any) -> None:
+        for _, lab, d, cuts in self.sliced.values():
+            self.rules.slices(self.reroot(lab), d, cuts)
+        for t in _flatten(out):
+            self.atoms.freeze(self.rooted(t).atoms(), "they are model outputs", OUTPUT)
+
+    def trace(self, input_shape: tuple[int, ...]) -> Trace:
+        return Trace(
+            type(self.model).__name__, input_shape, self.atoms, self.layers, self.params,
+            dict(self.opaque_ops), time.monotonic() - self.t0, self.peak_mb,
+        )
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flatten(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flatten(v)]
+    return []
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # psutil missing or not permitted: only the time and label budgets apply
+        return 0.0
+
+
+def build_trace(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    budget: TraceBudget | None = None,
+    progress: Progress | None = None,
+) -> Trace:
+    """Trace `model` on one dummy input of `input_shape` (C, H, W) into a `Trace`."""
+    budget = budget or TraceBudget.from_env()
+    shape = tuple(int(s) for s in input_shape)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(1, *shape, device=device)
+    tracer = ChannelTracer(model, budget, progress)
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(tracer.pre_hook),
+        nn.modules.module.register_module_forward_hook(tracer.post_hook),
+    ]
+    try:
+        with traceable(model), torch.no_grad(), tracer:
+            tracer.start(x)
+            out = model(x)
+            tracer.busy = True
+            tracer.finish(out)
+    except SlimlabError:
+        raise
+    except Exception as exc:  # tracing runs arbitrary user forward code
+        raise _forward_error(model, shape, tracer, exc) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    if progress is not None:
+        progress(tracer.modules_total, tracer.modules_total, "done")
+    return tracer.trace(shape)
+
+
+def _forward_error(model: nn.Module, shape: tuple[int, ...], tracer: ChannelTracer, exc: Exception) -> PruneError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = tracer.where()
+    sizes = ", ".join(map(str, shape))
+    hint = ""
+    lowered = text.lower()
+    if any(w in lowered for w in ("size", "shape", "dimension", "channels", "expected input", "must match")):
+        hint = (" If the model expects another input size, give it: --input-size CxHxW "
+                f"(now {'x'.join(map(str, shape))})")
+    return PruneError(
+        f"running {type(model).__name__} on a dummy input of shape (1, {sizes}) failed in {where}: "
+        f"{type(exc).__name__}: {text[:300]}.{hint}"
+    )

@@ -1,0 +1,117 @@
+"""Physically removing channels: each traced layer (and cut parameter) loses exactly its cut channels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import PruneError
+from engine.slim.groups import ChannelGroup
+from engine.slim.trace import Trace
+
+
+def cut_atoms(groups: Iterable[ChannelGroup], cut: dict[int, np.ndarray]) -> np.ndarray:
+    """The class roots of the units `cut` ({group id: unit indices}) removes."""
+    by_id = {g.id: g for g in groups}
+    parts = [by_id[gid].atoms[np.asarray(units, dtype=np.int64)] for gid, units in cut.items() if len(units)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def kept(trace: Trace, slots: np.ndarray | None, atoms: np.ndarray) -> np.ndarray | None:
+    """Per channel of a layer side: True where it stays."""
+    if slots is None:
+        return None
+    return ~np.isin(trace.atoms.find(slots), atoms)
+
+
+def cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: dict[int, np.ndarray]) -> None:
+    """Remove the units `cut` names from every layer and parameter holding them, in place."""
+    atoms = cut_atoms(groups, cut)
+    for layer in trace.layers.values():
+        keep_out = kept(trace, layer.out, atoms)
+        keep_in = kept(trace, layer.inp, atoms)
+        if all(k is None or k.all() for k in (keep_out, keep_in)):
+            continue
+        m = layer.module
+        if layer.kind == "conv":
+            _conv(layer.name, m, keep_out, keep_in)
+        elif layer.kind == "linear":
+            _linear(m, keep_out, keep_in)
+        elif layer.kind == "bn":
+            _batch_norm(m, keep_out)
+        elif layer.kind == "select":
+            _replace(m, "indexes", m.indexes[torch.from_numpy(np.flatnonzero(keep_out)).to(m.indexes.device)])
+    rows: dict[str, tuple[int, list[np.ndarray]]] = {}  # a parameter may hold units of several groups
+    by_id = {g.id: g for g in groups}
+    for gid, units in cut.items():
+        for member in by_id[gid].members if len(units) else []:
+            if member.kind == "param":
+                gone = member.idxs[np.isin(member.root_idxs, units)]
+                rows.setdefault(member.name, (member.dim, []))[1].append(gone)
+    for name, (dim, gone) in rows.items():
+        _param(model, name, dim, np.concatenate(gone))
+
+
+def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
+    return t.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(t.device)).contiguous()
+
+
+def _replace(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    old = getattr(owner, attr)
+    if isinstance(old, nn.Parameter):
+        owner._parameters[attr] = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+    else:
+        owner._buffers[attr] = value.detach().clone()
+
+
+def _conv(name: str, m: nn.modules.conv._ConvNd, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
+    g = m.groups
+    cin, cout = m.in_channels, m.out_channels
+    cpg, opg = cin // g, cout // g
+    w = m.weight.detach()
+    rows, cols = (keep_in, keep_out) if m.transposed else (keep_out, keep_in)  # weight dim 0 / dim 1 follow
+    groups = g
+    if g == 1:
+        w = _index(_index(w, 0, rows), 1, cols)
+    elif cpg == 1:  # one input channel per group: whole groups go
+        kout = keep_out.reshape(g, opg)
+        if not np.array_equal(kout.any(1), keep_in) or not np.array_equal(kout.any(1), kout.all(1)):
+            raise PruneError(f"cannot cut {name}: a depthwise conv must lose whole groups (input with its outputs)")
+        w = _index(w, 0, keep_in if m.transposed else keep_out)
+        groups = int(keep_in.sum())
+    else:
+        kin, kout = keep_in.reshape(g, cpg), keep_out.reshape(g, opg)
+        if not ((kin == kin[0]).all() and (kout == kout[0]).all()):
+            raise PruneError(f"cannot cut {name}: a grouped conv must lose the same positions in every group")
+        w = _index(_index(w, 0, rows), 1, (kout if m.transposed else kin)[0])
+    _replace(m, "weight", w)
+    if m.bias is not None:
+        _replace(m, "bias", _index(m.bias.detach(), 0, keep_out))
+    m.in_channels, m.out_channels, m.groups = int(keep_in.sum()), int(keep_out.sum()), groups
+
+
+def _linear(m: nn.Linear, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
+    _replace(m, "weight", _index(_index(m.weight.detach(), 0, keep_out), 1, keep_in))
+    if m.bias is not None:
+        _replace(m, "bias", _index(m.bias.detach(), 0, keep_out))
+    m.out_features, m.in_features = int(keep_out.sum()), int(keep_in.sum())
+
+
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, keep: np.ndarray) -> None:
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(m, attr, None)
+        if t is not None:
+            _replace(m, attr, _index(t.detach(), 0, keep))
+    m.num_features = int(keep.sum())
+
+
+def _param(model: nn.Module, name: str, dim: int, gone: np.ndarray) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    t = getattr(owner, attr)
+    keep = np.ones(t.shape[dim], dtype=bool)
+    keep[gone] = False
+    _replace(owner, attr, _index(t.detach(), dim, keep))

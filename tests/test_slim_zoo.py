@@ -1,0 +1,210 @@
+"""The zoo (tests/zoo.py): every pattern public CNN code uses prunes at 50%, computes what the original
+computes with the cut channels zeroed, and reloads exactly; what cannot be cut is refused with a reason,
+within a bounded time."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine import checkpoint
+from engine.errors import PruneError
+from engine.measure import count_flops, count_params
+from engine.slim.apply import apply_plan
+from engine.slim.inputs import precompute
+from engine.slim.plan import PrunePlan, plan_from_inputs
+
+import zoo
+
+MASKED_RTOL = 1e-5  # pruned vs masked original, relative to the largest output
+RELOAD_TOL = 1e-6
+SECONDS = 60.0  # a bound far above what any zoo model takes: a hang would blow it
+
+
+@pytest.fixture(autouse=True)
+def bounded(monkeypatch):
+    monkeypatch.setenv("SLIMLAB_TRACE_SECONDS", str(SECONDS))
+    monkeypatch.setenv("SLIMLAB_TRACE_MEMORY_MB", "2048")
+
+
+def masked_copy(model: nn.Module, groups, plan: PrunePlan) -> nn.Module:
+    """The original with every cut channel zeroed where a conv or linear layer reads it."""
+    model = copy.deepcopy(model)
+    kept = {g.root: g for g in plan.groups}
+    with torch.no_grad():
+        for g in groups:
+            pg = kept[g.root]
+            gone = np.setdiff1d(np.arange(g.total), pg.kept_idxs)
+            for m in g.members:
+                if m.side != "in" or not gone.size:
+                    continue
+                layer = model.get_submodule(m.name)
+                for c in m.idxs[np.isin(m.root_idxs, gone)]:
+                    if isinstance(layer, nn.Linear):
+                        layer.weight[:, c] = 0
+                    elif layer.transposed:
+                        layer.weight[c] = 0
+                    else:
+                        cpg = layer.in_channels // layer.groups
+                        opg = layer.out_channels // layer.groups
+                        grp = c // cpg
+                        layer.weight[grp * opg:(grp + 1) * opg, c % cpg] = 0
+    return model
+
+
+def flat(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)]
+
+
+def max_rel_diff(a, b) -> float:
+    worst = 0.0
+    for x, y in zip(flat(a), flat(b), strict=True):
+        assert x.shape == y.shape
+        worst = max(worst, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_model_prunes_at_half_equivalently_and_reloads(name, tmp_path):
+    torch.manual_seed(0)
+    model = zoo.randomize(zoo.ZOO[name]())
+    shape = zoo.input_size(name)
+    start = time.monotonic()
+    inputs = precompute(model, shape)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)  # checked on a dummy batch inside
+    assert time.monotonic() - start < SECONDS
+
+    t = plan.totals
+    removed = 1 - t["channels_after"] / t["channels_before"]
+    assert removed > 0.3, (name, removed, plan.warnings)
+    assert t["params_after"] == count_params(pruned)
+    assert t["flops_after"] == count_flops(pruned, shape)
+    for g in inputs.groups:
+        assert g.prunable or g.reason, g  # whatever is left whole says why
+
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        out = pruned.eval()(x)
+        ref = masked_copy(model, inputs.groups, plan).eval()(x)
+    assert max_rel_diff(ref, out) <= MASKED_RTOL
+
+    arch = checkpoint.arch_dict(f"zoo:{name}", 4 if name.startswith("Yolo") else 10)
+    path = tmp_path / "pruned.pt"
+    checkpoint.save(path, pruned, arch, plan=plan.to_dict())
+    raw = torch.load(path, weights_only=True)
+    reloaded = checkpoint.rebuild(raw["arch"], raw["plan"], raw["state_dict"])
+    with torch.no_grad():
+        assert max_rel_diff(out, reloaded(x)) <= RELOAD_TOL
+
+
+def test_the_yolo_heads_are_left_whole_because_they_are_outputs():
+    for name in ("YoloV5", "YoloV8"):
+        model = zoo.randomize(zoo.ZOO[name]())
+        groups = precompute(model, zoo.input_size(name)).groups
+        heads = [g for g in groups if any(n.startswith("detect.") for n in g.convs) and not g.prunable]
+        assert heads and all("model outputs" in g.reason for g in heads)
+        neck = [g for g in groups if g.prunable]
+        assert len(neck) > 20
+
+
+def test_grouped_conv_and_channel_shuffle_cut_the_same_position_in_every_group():
+    model = zoo.randomize(zoo.ShuffleNetG2())
+    inputs = precompute(model, (3, 32, 32))
+    g = next(g for g in inputs.groups if "layers.1.conv1.0" in g.convs)
+    # 2 groups, then a shuffle, then 2 groups again: a position goes in every group on both sides
+    assert g.prunable and g.width == 4 and g.total * g.width == 12
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    conv = pruned.get_submodule("layers.1.conv1.0")
+    assert conv.groups == 2 and conv.out_channels % 2 == 0 and conv.out_channels < 12
+
+
+def test_se_block_follows_the_expansion_channels():
+    model = zoo.randomize(zoo.EfficientNetLite())
+    groups = precompute(model, (3, 32, 32)).groups
+    expand = next(g for g in groups if "blocks.1.expand.0" in g.convs)
+    assert expand.prunable
+    assert {"blocks.1.dw.0", "blocks.1.se2"} <= set(expand.convs)  # depthwise and excitation follow
+    assert any(m.name == "blocks.1.se1" and m.side == "in" for m in expand.members)
+
+
+def test_pre_activation_batchnorms_score_the_residual_stream():
+    model = zoo.randomize(zoo.PreActResNet())
+    groups = precompute(model, (3, 32, 32)).groups
+    stream = next(g for g in groups if "conv1" in g.convs)
+    assert stream.prunable and not stream.note
+    assert {"layers.0.bn1", "layers.1.bn1", "layers.2.bn1"} <= set(stream.layers)
+
+
+def test_dpn_residual_part_stays_and_dense_part_is_cut():
+    model = zoo.randomize(zoo.DPN())
+    groups = precompute(model, (3, 32, 32)).groups
+    g = next(g for g in groups if "blocks.0.conv3.0" in g.convs)
+    assert g.prunable and g.fixed.sum() == 32 and "fixed channel positions" in g.note
+
+
+def test_channel_selection_indexes_are_cut_with_their_channels():
+    model = zoo.randomize(zoo.SlimPreResNet())
+    inputs = precompute(model, (3, 32, 32))
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    block = pruned.layer2[0]
+    assert block.select.indexes.numel() == block.bn1.num_features < model.layer2[0].bn1.num_features
+
+
+class HardcodedHalves(nn.Module):
+    """Splits channels at a constant stored in the module: an even split to look at, but the pruned
+    model would still cut at the old position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.half = 8
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.a(x[:, : self.half]), x[:, self.half :]], 1)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_prune_that_would_break_the_model_is_refused_naming_the_group():
+    model = zoo.randomize(HardcodedHalves())
+    inputs = precompute(model, (3, 8, 8))
+    stem = next(g for g in inputs.groups if "stem.0" in g.convs)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    assert stem.prunable and any(g.root == stem.root and g.kept < g.total for g in plan.groups)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruneError, match=r"refusing this prune: cutting group \d+ \(root stem\.0") as err:
+        apply_plan(model, plan)
+    assert "dummy batch" in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # left whole
+
+
+def test_graph_building_stops_at_its_time_budget_naming_where(monkeypatch):
+    monkeypatch.setenv("SLIMLAB_TRACE_SECONDS", "0")
+    model = zoo.randomize(zoo.YoloV5())
+    with pytest.raises(PruneError, match=r"took more than 0 s .*SLIMLAB_TRACE_SECONDS.*stopped at aten\.\w+ in `b0"):
+        precompute(model, (3, 64, 64))
+
+
+def test_graph_building_stops_at_its_memory_budget_naming_where(monkeypatch):
+    monkeypatch.setenv("SLIMLAB_TRACE_MEMORY_MB", "0.001")
+    model = zoo.randomize(zoo.ShuffleNetV2())
+    with pytest.raises(PruneError, match=r"memory budget.*SLIMLAB_TRACE_MEMORY_MB"):
+        precompute(model, (3, 32, 32))
+
+
+def test_progress_is_reported_while_tracing():
+    seen = []
+    precompute(zoo.randomize(zoo.YoloV8()), (3, 64, 64), progress=lambda done, total, where: seen.append((done, total, where)))
+    assert seen and seen[-1][0] == seen[-1][1]
