@@ -86,10 +86,11 @@ def inspect(args: argparse.Namespace) -> int:
     from engine.slim.gamma import gamma_stats
     from engine.slim.gamma_ref import initial_gamma, reference_scale
     from engine.slim.inputs import precompute
+    from engine.slim.progress import TraceProgress
 
     loaded = load(args)
     stats = gamma_stats(loaded.model)
-    inputs = precompute(loaded.model, stats=stats)
+    inputs = precompute(loaded.model, stats=stats, progress=TraceProgress())
     initial = initial_gamma(loaded.arch, loaded.model)
     layers = [_layer_row(name, stats.gammas[name], initial.get(name, 1.0)) for name in stats.layers]
     groups = [{"id": g.id, "root": g.root, "channels": g.total, "layers": g.layers, "convs": g.convs,
@@ -158,7 +159,10 @@ def prune(args: argparse.Namespace) -> int:
     if args.max_drop is not None and (args.max_drop <= 0 or not args.data):
         raise PresetError("--max-drop needs a positive number of accuracy points and --data DATASET "
                           "(e.g. --max-drop 1.0 --data cifar10 --data-path data/cifar10)")
+    from engine.slim.progress import TraceProgress
+
     loaded = load(args)
+    progress = TraceProgress()
     min_keep = int(args.min_keep) if args.min_keep >= 1 else args.min_keep
     rule = PruneRule(
         percent=args.percent, threshold=args.threshold, target_flops=args.target_flops,
@@ -166,14 +170,14 @@ def prune(args: argparse.Namespace) -> int:
         score=args.score, ignore=list(args.ignore),
     )
     evaluate = _data_evaluator(args, loaded.model) if args.max_drop is not None else None
-    plan, _ = plan_for_rule(loaded.model, None, rule, evaluate=evaluate)
+    plan, _ = plan_for_rule(loaded.model, None, rule, evaluate=evaluate, progress=progress)
     from engine.slim.report import prune_lines
 
     lines = prune_lines("prune", plan)
     for line in lines:
         print(line.removeprefix("[prune] "), file=sys.stderr if " warning: " in line else sys.stdout)
     out = args.out or default_out(args.checkpoint)
-    result = prune_checkpoint(loaded, plan, out, source=args.checkpoint)
+    result = prune_checkpoint(loaded, plan, out, source=args.checkpoint, progress=progress)
     print(f"wrote {result['checkpoint']} and {result['plan']}")
     return 0
 

@@ -80,3 +80,11 @@ def test_model_without_batchnorm_says_slimming_needs_bn(tmp_path, capsys):
     checkpoint.save(path, checkpoint.build_model(arch), arch)
     assert main(["inspect", str(path)]) == ExitCode.FAILED
     assert "BatchNorm" in capsys.readouterr().err
+
+
+def test_shares_never_round_to_all_or_nothing():
+    from engine.slim_cli import share
+
+    assert share(1000, 500) == "50.0%"
+    assert share(100_000, 3) == ">99.9%" and share(100_000, 0) == "100.0%"
+    assert share(100_000, 99_999) == "<0.1%" and share(10, 10) == "0.0%"

@@ -5,6 +5,7 @@ within a bounded time."""
 from __future__ import annotations
 
 import copy
+import io
 import time
 
 import numpy as np
@@ -18,6 +19,8 @@ from engine.measure import count_flops, count_params
 from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
 from engine.slim.plan import PrunePlan, plan_from_inputs
+from engine.slim.progress import TraceProgress
+from engine.trust import Trust
 
 import zoo
 
@@ -99,8 +102,7 @@ def test_zoo_model_prunes_at_half_equivalently_and_reloads(name, tmp_path):
     arch = checkpoint.arch_dict(f"zoo:{name}", 4 if name.startswith("Yolo") else 10)
     path = tmp_path / "pruned.pt"
     checkpoint.save(path, pruned, arch, plan=plan.to_dict())
-    raw = torch.load(path, weights_only=True)
-    reloaded = checkpoint.rebuild(raw["arch"], raw["plan"], raw["state_dict"])
+    reloaded = checkpoint.load(path, trust=Trust().allowing(arch["name"])).model  # build, apply plan, load
     with torch.no_grad():
         assert max_rel_diff(out, reloaded(x)) <= RELOAD_TOL
 
@@ -207,4 +209,12 @@ def test_graph_building_stops_at_its_memory_budget_naming_where(monkeypatch):
 def test_progress_is_reported_while_tracing():
     seen = []
     precompute(zoo.randomize(zoo.YoloV8()), (3, 64, 64), progress=lambda done, total, where: seen.append((done, total, where)))
-    assert seen and seen[-1][0] == seen[-1][1]
+    assert seen and seen[-1] == (seen[-1][1], seen[-1][1], "done")
+    stream = io.StringIO()
+    shown = TraceProgress(stream, after_s=0.0, every_s=0.0)  # what the shell sees when tracing is slow
+    shown(3, 10, "`b0` (Conv)")
+    shown(10, 10, "done")
+    assert stream.getvalue() == "tracing channels: 3/10 modules, 0 s, in `b0` (Conv)\n"
+    quiet = io.StringIO()
+    TraceProgress(quiet)(3, 10, "`b0` (Conv)")  # quick traces print nothing
+    assert quiet.getvalue() == ""

@@ -30,6 +30,7 @@ from torch import nn
 from engine.errors import PruneError
 from engine.slim.groups import SCORES
 from engine.slim.inputs import PlanInputs, precompute
+from engine.slim.trace import Progress
 
 PLAN_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: before units; kept_idxs were root-conv channels (see apply.py)
@@ -432,11 +433,12 @@ def make_plan(
     ignore: Sequence[str] = (),
     score: str = "max",
     input_shape: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> PrunePlan:
     """A plan from a model (traced once here) or from `precompute(model)` output. See module docstring."""
     if isinstance(source, nn.Module):
         _check_options(percent, threshold, min_keep, round_to, score)
-        source = precompute(source, input_shape, score=score)
+        source = precompute(source, input_shape, score=score, progress=progress)
     elif not isinstance(source, PlanInputs):
         raise PruneError(
             f"make_plan needs a model or PlanInputs (from precompute), not {type(source).__name__}"

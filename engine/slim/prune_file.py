@@ -11,6 +11,7 @@ from engine.runs import write_json
 from engine.slim.apply import apply_plan
 from engine.slim.compose import compose
 from engine.slim.plan import PrunePlan
+from engine.slim.trace import Progress
 
 
 def default_out(ckpt: Path) -> Path:
@@ -18,7 +19,8 @@ def default_out(ckpt: Path) -> Path:
 
 
 def prune_checkpoint(
-    loaded: checkpoint.Loaded, plan: PrunePlan, out: Path, *, source: Path | None = None, plan_out: Path | None = None
+    loaded: checkpoint.Loaded, plan: PrunePlan, out: Path, *, source: Path | None = None, plan_out: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Cut `plan` from the loaded model, write the pruned checkpoint and its plan.json.
 
@@ -30,7 +32,7 @@ def prune_checkpoint(
             f"{source or 'checkpoint'}: holds a pickled model with no architecture slimlab can rebuild, so a pruned "
             "copy would not reload. Save its state_dict and prune that with --arch (a registry name or module:Class)"
         )
-    model = apply_plan(loaded.model, plan)
+    model = apply_plan(loaded.model, plan, progress=progress)  # refuses a cut that breaks the model
     stored = compose(PrunePlan.from_dict(loaded.plan), plan) if loaded.plan else plan
     meta = {**loaded.meta, "pruned_from": str(source) if source else None, "stage": "prune"}
     checkpoint.save(out, model, loaded.arch, plan=stored.to_dict(), meta=meta)

@@ -11,8 +11,17 @@ def _n(v: float) -> str:
     return f"{v:,.0f}"
 
 
-def _fewer(before: float, after: float) -> str:
-    return f"{1 - after / max(1, before):.1%}"
+def share(before: float, after: float) -> str:
+    """The fraction removed, never rounded to 100% (or 0%) when something is left (or removed)."""
+    frac = 1 - after / max(1, before)
+    if after and frac > 0.999:
+        return ">99.9%"
+    if after != before and frac < 0.001:
+        return "<0.1%"
+    return f"{frac:.1%}"
+
+
+_fewer = share
 
 
 def prune_lines(stage: str, plan: Any) -> list[str]:

@@ -208,16 +208,18 @@ def plan_for_rule(
     input_shape: Sequence[int] | None,
     rule: Any,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[Any, list[dict[str, Any]] | None]:
     """(plan, sweep rows or None) for a preset plan rule (a prune stage or a target).
 
-    `evaluate(pruned copy) -> {"accuracy": ...}` is needed for `max_drop` only.
+    `evaluate(pruned copy) -> {"accuracy": ...}` is needed for `max_drop` only; `progress` hears
+    about building the channel graph (engine/slim/trace.py).
     """
     from engine.slim.inputs import precompute
     from engine.slim.plan import plan_from_inputs
 
     opts = rule.plan_options()
-    inputs = precompute(model, input_shape, score=opts["score"])
+    inputs = precompute(model, input_shape, score=opts["score"], progress=progress)
     max_drop = getattr(rule, "max_drop", None)
     if max_drop is None:
         return resolve_plan(inputs, **opts), None
