@@ -5,15 +5,22 @@
 2. plan recompute (what the inspector does on every key press) on ~100k channels: a wide
    residual net of 800 conv-BN layers x 256 channels in 40 residual stages (205k BN channels
    in 440 coupled groups holding 113k group channels).
+3. the test zoo (tests/zoo.py), each model in a fresh process: trace + plan at 50% + cut with its
+   dummy-batch check; % of channels removed, seconds, and the process's peak RSS (torch included).
 
-Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N]
+Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N] [--skip-zoo]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,17 +129,71 @@ def recompute(repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+ZOO_DIR = Path(__file__).resolve().parent.parent / "tests"
+
+
+def zoo_one(name: str) -> None:
+    """Child process: prune one zoo model at 50%, print its figures as JSON."""
+    sys.path.insert(0, str(ZOO_DIR))
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.randomize(zoo.ZOO[name]())
+    shape = zoo.input_size(name)
+    t0 = time.perf_counter()
+    inputs = precompute(model, shape)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    apply_plan(model, plan)
+    seconds = time.perf_counter() - t0
+    t = plan.totals
+    print(json.dumps({
+        "model": name, "removed": 1 - t["channels_after"] / t["channels_before"],
+        "params": 1 - t["params_after"] / t["params_before"], "seconds": seconds,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "groups": len(inputs.groups), "prunable": int(sum(g.prunable for g in inputs.groups)),
+    }))
+
+
+def zoo_table(threads: int) -> list[dict]:
+    sys.path.insert(0, str(ZOO_DIR))
+    import zoo
+
+    rows = []
+    for name in sorted(zoo.ZOO):
+        out = subprocess.run([sys.executable, __file__, "--zoo-one", name, "--threads", str(threads)],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"  {'model':<18} {'groups':>7} {'removed':>8} {'params':>8} {'time':>8} {'peak RSS':>9}")
+    for r in rows:
+        print(f"  {r['model']:<18} {r['prunable']:>3}/{r['groups']:<3} {r['removed']:>8.1%} {r['params']:>8.1%} "
+              f"{r['seconds']:>7.2f}s {r['rss_mb']:>6.0f} MB")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-zoo", action="store_true")
+    parser.add_argument("--zoo-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.zoo_one:
+        zoo_one(args.zoo_one)
+        return
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s)")
     print("prune pipeline on resnet_cifar depth 110 width 4 (targets: <= 3 s)")
     pipeline_s = pipeline(args.repeats)
     print("plan recompute on ~100k channels (target: <= 20 ms)")
     plan_ms = recompute(args.repeats)
+    rows = [] if args.skip_zoo else None
+    if rows is None:
+        print("test zoo at 50%, one fresh process per model (trace, plan, cut, dummy-batch check)")
+        rows = zoo_table(args.threads)
+        slowest = max(rows, key=lambda r: r["seconds"])
+        heaviest = max(rows, key=lambda r: r["rss_mb"])
+        print(f"zoo_slowest_s: {slowest['seconds']:.2f} ({slowest['model']})")
+        print(f"zoo_peak_rss_mb: {heaviest['rss_mb']:.0f} ({heaviest['model']})")
     print(f"prune_pipeline_s: {pipeline_s:.3f}")
     print(f"plan_recompute_ms: {plan_ms:.2f}")
 
