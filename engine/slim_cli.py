@@ -93,8 +93,9 @@ def inspect(args: argparse.Namespace) -> int:
     inputs = precompute(loaded.model, stats=stats, progress=TraceProgress())
     initial = initial_gamma(loaded.arch, loaded.model)
     layers = [_layer_row(name, stats.gammas[name], initial.get(name, 1.0)) for name in stats.layers]
-    groups = [{"id": g.id, "root": g.root, "channels": g.total, "layers": g.layers, "convs": g.convs,
-               "prunable": g.prunable, "reason": g.reason} for g in inputs.groups]
+    groups = [{"id": g.id, "root": g.root, "channels": g.total * g.width, "units": g.total, "width": g.width,
+               "layers": g.layers, "convs": g.convs, "prunable": g.prunable, "reason": g.reason,
+               "fixed_channels": int(g.fixed.sum()) * g.width, "note": g.note} for g in inputs.groups]
     everything = stats.all()
     scale = np.concatenate([np.full(stats.gammas[n].size, initial.get(n, 1.0)) for n in stats.layers])
     overall = {"channels": int(everything.size), **_figures(everything),
@@ -107,19 +108,22 @@ def inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # piped: never cut layer names at the 80 columns rich assumes
+        console = Console(highlight=False, width=1000)
     t = Table(title=f"BatchNorm |gamma| of {args.checkpoint}", title_justify="left")
     for col in ("layer", "channels", "min", "median", "max", "initial", "<1% of initial"):
-        t.add_column(col, justify="left" if col == "layer" else "right")
+        t.add_column(col, justify="left" if col == "layer" else "right", overflow="fold")
     for r in layers:
         t.add_row(r["layer"], str(r["channels"]), f"{r['min']:.4g}", f"{r['median']:.4g}", f"{r['max']:.4g}",
                   f"{r['initial_gamma']:.3g}", f"{r['rel_lt_1e-2']:.1%}")
     console.print(t)
     g = Table(title="coupled channel groups (channels cut together)", title_justify="left")
     for col in ("group", "root conv", "channels", "BN layers", "prunable"):
-        g.add_column(col)
+        g.add_column(col, overflow="fold")
     for r in groups:
-        g.add_row(str(r["id"]), r["root"], str(r["channels"]), ", ".join(r["layers"]) or "-",
-                  "yes" if r["prunable"] else f"no: {r['reason']}")
+        channels = str(r["channels"]) + (f" ({r['units']} x {r['width']})" if r["width"] > 1 else "")
+        verdict = ("yes" + (f" ({r['note']})" if r["note"] else "")) if r["prunable"] else f"no: {r['reason']}"
+        g.add_row(str(r["id"]), r["root"], channels, ", ".join(r["layers"]) or "-", verdict)
     console.print(g)
     console.print(f"{overall['channels']} BN channels; median |gamma| {overall['median']:.4g} "
                   f"({overall['rel_median']:.3g} of the initial {overall['initial_gamma']:.3g}); "

@@ -8,6 +8,7 @@ import torch
 
 from engine import checkpoint
 from engine.cli import ExitCode, main
+from engine.trust import Trust
 
 ARCH = checkpoint.arch_dict("resnet_cifar", 4, 3, {"depth": 8, "width": 0.5})
 
@@ -88,3 +89,15 @@ def test_shares_never_round_to_all_or_nothing():
     assert share(1000, 500) == "50.0%"
     assert share(100_000, 3) == ">99.9%" and share(100_000, 0) == "100.0%"
     assert share(100_000, 99_999) == "<0.1%" and share(10, 10) == "0.0%"
+
+
+def test_inspect_piped_keeps_long_layer_names_whole(tmp_path, capsys):
+    arch = checkpoint.arch_dict("zoo:SlimPreResNet", 10)
+    model = checkpoint.build_model(arch, trust=Trust().allowing(arch["name"]))
+    path = tmp_path / "long.pt"
+    checkpoint.save(path, model, arch)
+    assert main(["inspect", str(path), "--allow-arch", arch["name"]]) == ExitCode.OK
+    out = capsys.readouterr().out
+    longest = max((n for n, _ in model.named_modules()), key=len)
+    assert len(longest) > 10 and all(n in out for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert max(len(line) for line in out.splitlines()) > 80  # rows are not folded to 80 columns

@@ -259,3 +259,31 @@ def test_numpy_scalars_are_accepted_and_stored_as_plain_numbers(chain):
     assert plan.to_dict()["options"]["percent"] == 0.5
     assert type(plan.options["min_keep"]) is int and type(plan.options["round_to"]) is int
     json.dumps(plan.to_dict())
+
+
+class MostlyFixed(nn.Module):
+    """A wide stream that a channel mean reads (so it can never lose channels) and a small free branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = cbr(3, 48)
+        self.free = cbr(48, 8)
+        self.fc = nn.Linear(48 + 8 + 1, 3)
+        self.input_size = (3, 6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.wide(x)
+        y = torch.cat([w, self.free(w), w.mean(1, keepdim=True)], 1)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_plan_cutting_far_less_than_asked_says_why_with_counts():
+    model = MostlyFixed()
+    with torch.no_grad():
+        model.free[1].weight.copy_(torch.linspace(0.1, 0.8, 8))
+    plan = make_plan(model, percent=0.5)
+    short = [w for w in plan.warnings if w.startswith("asked to cut 50%")]
+    assert len(short) == 1
+    assert "this plan cuts 6.8% of all channels (4 of 59)" in short[0]
+    assert "48 channels in 2 layer(s): mean over dimension 1 combines them, in MostlyFixed" in short[0]
+    assert "3 channels in 1 layer(s): they are model outputs" in short[0]

@@ -35,18 +35,15 @@ class GammaStats:
 
 
 def _no_bn_error(model: nn.Module) -> PruneError:
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    biased = [n for n, m in convs if m.bias is not None]
-    if convs and len(biased) == len(convs):
-        return PruneError(
-            f"{type(model).__name__} has no BatchNorm but all {len(convs)} convs have a bias: "
-            "BatchNorm seems fused into the convs (an exported/inference checkpoint). Network slimming "
-            "needs the unfused BatchNorm layers: load the training checkpoint instead"
-        )
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    folded = (
+        " If this is an inference export with BatchNorm folded into the convs, load the training "
+        "checkpoint instead." if convs and all(m.bias is not None for m in convs) else ""
+    )
     return PruneError(
-        f"{type(model).__name__} has no BatchNorm layer: network slimming ranks channels by "
-        "BatchNorm |gamma|. Add BatchNorm after each conv and sparse-train, or use another "
-        "criterion (magnitude / L1-norm filter pruning, not built into slimlab)"
+        f"{type(model).__name__} has no BatchNorm layers, so network slimming has nothing to score: it "
+        "ranks channels by BatchNorm |gamma|. Add BatchNorm after each conv and sparse-train, or use "
+        f"another criterion (magnitude / L1-norm filter pruning, not built into slimlab).{folded}"
     )
 
 
