@@ -266,3 +266,22 @@ def test_plan_whose_coupling_differs_is_refused_before_cutting():
     with pytest.raises(PruneError, match="does not couple"):
         apply_plan(coupled, plan)
     assert all(torch.equal(v, before[k]) for k, v in coupled.state_dict().items())
+
+
+def test_a_version_1_plan_still_applies_and_refuses_composition():
+    """Plans saved before units: kept_idxs are channels of the root layer."""
+    from engine.slim.compose import compose
+
+    model = build("resnet_cifar")
+    plan = plan_from_inputs(precompute(model), percent=0.5)
+    d = plan.to_dict()
+    d["version"] = 1
+    for g in d["groups"]:
+        g.pop("width")
+    old = PrunePlan.from_dict(d)
+    a, b = apply_plan(copy.deepcopy(model), plan), apply_plan(copy.deepcopy(model), old)
+    x = torch.randn(2, *shape_of("resnet_cifar"))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    with pytest.raises(PruneError, match="older slimlab"):
+        compose(old, plan)

@@ -14,6 +14,12 @@ from engine.slim.plan import PrunePlan
 
 def compose(first: PrunePlan, second: PrunePlan) -> PrunePlan:
     """`second` was computed on the model that `first` produced; return the plan doing both."""
+    if first.version < 2:
+        raise PruneError(
+            "the earlier prune was saved by an older slimlab (plan version 1), which numbered channels "
+            "differently, so a second prune cannot be composed onto it: prune the original (unpruned) "
+            "checkpoint at the combined ratio instead"
+        )
     by_root = {g.root: g for g in first.groups}
     groups = []
     for g2 in second.groups:
