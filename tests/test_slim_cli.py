@@ -84,7 +84,7 @@ def test_model_without_batchnorm_says_slimming_needs_bn(tmp_path, capsys):
 
 
 def test_shares_never_round_to_all_or_nothing():
-    from engine.slim_cli import share
+    from engine.slim.report import share
 
     assert share(1000, 500) == "50.0%"
     assert share(100_000, 3) == ">99.9%" and share(100_000, 0) == "100.0%"

@@ -42,7 +42,8 @@ def prune_lines(stage: str, plan: Any) -> list[str]:
     for g in cut[:MAX_GROUP_ROWS]:
         note = "clamped at min_keep" if g.clamped else ("override " + ", ".join(f"{k} {v:g}" for k, v in g.override.items())
                                                          if g.override else "")
-        lines.append(f"[{stage}] {_group_name(g)[:width]:<{width}} {g.kept:>5} / {g.total:<5} "
+        w = getattr(g, "width", 1)  # channels per unit (grouped convs, even splits)
+        lines.append(f"[{stage}] {_group_name(g)[:width]:<{width}} {g.kept * w:>5} / {g.total * w:<5} "
                      f"{1 - g.kept / g.total:>8.0%}  {note}".rstrip())
     if len(cut) > MAX_GROUP_ROWS:
         lines.append(f"[{stage}] ... {len(cut) - MAX_GROUP_ROWS} more groups lose channels (plan.json lists all)")
