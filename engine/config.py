@@ -39,10 +39,22 @@ class DataSpec(Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)  # held out of train when there is no val split
     # held out of train as the test split, for datasets without one (shapes, imagefolder)
     test_fraction: float = Field(0.0, ge=0, lt=1)
-    augment: bool = True
-    workers: int = Field(0, ge=0)
+    # true (random_crop + horizontal_flip), false, or a list of named ops (engine/data/augment_spec.py)
+    augment: bool | list[str | dict[str, Any]] = Field(True, validate_default=True)
+    # decoding processes when streaming, threads when decoding into memory; auto: the usable cores (max 8)
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    # memory: decode everything once and keep it; none: stream from disk every epoch;
+    # auto: memory while it fits a quarter of the available memory (image folders only stream)
+    cache: Literal["auto", "memory", "none"] = "auto"
     seed: int = 0
     fallback: str | None = None  # dataset used instead when `path` does not exist (e.g. shapes)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: bool | list) -> list:
+        from engine.data.augment_spec import parse
+
+        return parse(v)
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSpec:

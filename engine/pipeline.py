@@ -200,10 +200,13 @@ class Pipeline:
         if batch_size not in self._data:
             from engine import data
 
-            self._data[batch_size] = data.build(
+            bundle = data.build(
                 self.data_spec(), batch_size=batch_size, seed=self.spec.training.seed,
-                rank=self.dist.rank, world_size=self.dist.world_size,
+                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device,
             )
+            for note in bundle.notes if not self._data else []:
+                self.writer.log(f"data: {note}")
+            self._data[batch_size] = bundle
         return self._data[batch_size]
 
     def _arch(self, spec_model: Any) -> dict:

@@ -287,14 +287,14 @@ class Trainer:
                     self._early_stop(epoch, result)
                     break
                 self.epoch = epoch
-                train_loader.set_epoch(epoch)
+                # resuming inside an epoch: the loader starts at the saved batch, without loading
+                # the ones before, and replays exactly the batches an uninterrupted epoch has
+                train_loader.set_epoch(epoch, start=skip_batches)
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 n_batches = len(train_loader)
-                for i, (x, y) in enumerate(train_loader):
-                    if i < skip_batches:
-                        continue  # resuming inside an epoch: the loader replays the same batches
+                for i, (x, y) in enumerate(train_loader, start=skip_batches):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     last_micro = (i + 1) % accumulate == 0 or i + 1 == n_batches
                     sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else ddp_model.no_sync()

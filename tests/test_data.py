@@ -14,8 +14,7 @@ from PIL import Image
 
 from engine import data
 from engine.config import DataSpec
-from engine.data import cifar, imagefolder, shapes
-from engine.data.augment import crop_flip
+from engine.data import cifar, shapes
 from engine.data.loader import TensorLoader
 from engine.data.split import holdout, split_indices
 from engine.data.stats import channel_mean_std
@@ -148,24 +147,6 @@ def test_augmentation_changes_pixels_but_keeps_labels():
     # The val split is never augmented.
     for (a, _), (b, _) in zip(plain.val, aug.val, strict=True):
         assert torch.equal(a, b)
-
-
-def test_crop_flip_matches_per_sample_slicing():
-    batch = torch.randint(0, 256, (16, 3, 10, 12), dtype=torch.uint8)
-    gen = torch.Generator().manual_seed(7)
-    out = crop_flip(batch, 4, gen)
-    # Replay the same random draws and crop sample by sample.
-    gen = torch.Generator().manual_seed(7)
-    oy = torch.randint(0, 9, (16,), generator=gen)
-    ox = torch.randint(0, 9, (16,), generator=gen)
-    flip = torch.rand(16, generator=gen) < 0.5
-    padded = torch.nn.functional.pad(batch, (4, 4, 4, 4))
-    for i in range(16):
-        ref = padded[i, :, oy[i] : oy[i] + 10, ox[i] : ox[i] + 12]
-        if flip[i]:
-            ref = ref.flip(-1)
-        assert torch.equal(out[i], ref)
-    assert flip.any() and not flip.all()
 
 
 def test_set_epoch_fully_determines_the_batches():
@@ -438,10 +419,13 @@ def test_imagefolder_corrupt_image_names_the_file(tmp_path):
 
 
 def test_imagefolder_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
+    from engine.data import resources
+
     make_folder(tmp_path, 3)
-    monkeypatch.setattr(imagefolder, "MAX_DECODED_BYTES", 1000)
-    with pytest.raises(DataError, match="smaller data.image_size"):
-        data.build(DataSpec(dataset="imagefolder", path=tmp_path, val_fraction=0.5), batch_size=4)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1000)
+    spec = DataSpec(dataset="imagefolder", path=tmp_path, val_fraction=0.5, cache="memory")
+    with pytest.raises(DataError, match="set data.cache: none to stream them from disk, or a smaller data.image_size"):
+        data.build(spec, batch_size=4)
 
 
 # --- names ------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""Datasets and batch loaders: every dataset becomes one in-memory uint8 tensor per split.
+"""Datasets and batch loaders: splits held in memory as uint8 tensors, or image folders
+streamed from disk by worker processes (`data.cache`).
 
 Importing this package stays cheap: torch and the dataset modules load inside `build`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.data.bundle import DataBundle
 
@@ -23,12 +24,14 @@ def build(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
+    device: Any = None,
 ) -> DataBundle:
-    """Load the dataset `spec` names and wrap its splits in train and val loaders.
+    """Load the dataset `spec` names and wrap its splits in train, val (and test) loaders.
 
     `spec.seed` fixes the data itself (generated shapes, the held-out split);
     `seed` fixes the order and augmentation of the batches, so a run's seed
-    can change without changing its data.
+    can change without changing its data. On a CUDA `device` streamed batches
+    are pinned for asynchronous copies.
     """
     from engine.data.registry import build as _build
 
@@ -39,6 +42,7 @@ def build(
         rank=rank,
         world_size=world_size,
         drop_last=drop_last,
+        device=device,
     )
 
 
