@@ -34,6 +34,11 @@ def resolve_workers(requested: int | str, world_size: int = 1) -> tuple[int, str
     return workers, None
 
 
+def data_workers(requested: int | str, world_size: int = 1) -> int:
+    """`data.workers` as a count (auto resolved, clamped to the cores) for other loaders."""
+    return resolve_workers(requested, world_size)[0]
+
+
 def available_memory() -> int:
     import psutil
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint
+from engine.data.resources import data_workers
 from engine.detect import data as ydata
 from engine.detect.evaluate import Evaluator, val_subset
 from engine.detect.model import arch_of
@@ -71,7 +72,7 @@ class DetectStages:
             bs = self.p.spec.training.batch_size
             work = self.p.writer.path / "ultralytics" / "val"
             self._evaluators[key] = Evaluator(self.data(), imgsz=self.imgsz, batch=max(1, bs), device=self.p.device,
-                                              work_dir=work, images=images, workers=self.p.spec.data.workers)
+                                              work_dir=work, images=images, workers=data_workers(self.p.spec.data.workers))
         return self._evaluators[key]
 
     def fresh(self, spec_model: Any) -> Any:
@@ -133,7 +134,7 @@ class DetectStages:
                           log_every=cfg.log_every, penalty=penalty, resume=resume)
         args = trainer_args(cfg, data=self.data(), imgsz=self.imgsz, device=p.device,
                             save_dir=p.writer.path / "ultralytics" / stage.name, stage=stage.name,
-                            augment=p.spec.data.augment, workers=p.spec.data.workers,
+                            augment=p.spec.data.augment, workers=data_workers(p.spec.data.workers),
                             model_name=cur.arch["name"].split(":", 1)[-1])  # a label in Ultralytics' args.yaml
         if cfg.epochs == 0:
             out = p._finish(stage, cur)
