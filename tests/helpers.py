@@ -85,3 +85,17 @@ def sparse_gammas(n: int, rng: Any) -> Any:
     kind = rng.random(n)
     return np.where(kind < 0.6, 10.0 ** rng.uniform(-7, np.log10(3e-3), n),
                     np.where(kind < 0.76, rng.uniform(3e-3, 0.024, n), rng.uniform(0.03, 0.74, n)))
+
+
+def make_images(root: Any, classes: int, per_class: int, *, seed: int = 0, size=(14, 11)) -> None:
+    """Noise images (PNG and JPEG) so every sample and every augmentation shows in the pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / f"{i:04d}{'.png' if i % 2 else '.jpg'}")

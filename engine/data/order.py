@@ -70,11 +70,12 @@ class EpochOrder:
         return math.ceil(self.num_samples / self.batch_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch whose order and augmentation the next iterations use.
+        """Select the epoch whose order and augmentation the next passes use.
 
-        `start` > 0 begins those iterations at that batch (resuming inside an epoch):
-        the batches before it are skipped without being loaded, and the ones after
-        are exactly those of an uninterrupted epoch.
+        `start` > 0 begins the next pass at that batch (resuming inside an epoch): the
+        batches before it are skipped without being loaded, and the ones after are
+        exactly those of an uninterrupted epoch. Later passes over the same epoch (a
+        BatchNorm re-estimate at epoch end, say) start at its first batch again.
         """
         if start < 0:
             raise ValueError(f"start batch must be >= 0, got {start}")
@@ -99,9 +100,10 @@ class EpochOrder:
         return order[self.rank :: self.world_size]
 
     def batches(self) -> list[tuple[int, torch.Tensor]]:
-        """(batch number, sample indices) of this epoch from `start` on."""
+        """(batch number, sample indices) of this pass: the epoch from `start` on (then 0)."""
+        start, self.start = self.start, 0
         order, bs = self.indices(), self.batch_size
-        return [(i, order[i * bs : (i + 1) * bs]) for i in range(self.start, len(self))]
+        return [(i, order[i * bs : (i + 1) * bs]) for i in range(start, len(self))]
 
 
 

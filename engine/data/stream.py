@@ -176,7 +176,8 @@ class StreamLoader(EpochOrder):
         return self._loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if len(self) - self.start <= 0:
+        if self.start >= len(self):
+            self.start = 0  # a resumed pass with nothing left; the next pass is whole again
             return
         for item in self._data_loader():
             if isinstance(item, str):
