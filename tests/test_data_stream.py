@@ -60,6 +60,21 @@ def test_streaming_gives_the_in_memory_batches(folder, workers):
         assert same([(x.clone(), y.clone()) for x, y in loader], full)  # the next pass is whole
 
 
+def test_a_copy_without_augmentation_leaves_the_loader_as_it_was(folder):
+    # How deployment reads calibration images: copy.copy(train), augment = False.
+    import copy
+
+    for cache in ("memory", "none"):
+        train = data.build(spec(folder, cache=cache), batch_size=5, seed=4).train
+        plain = data.build(spec(folder, cache=cache, augment=False), batch_size=5, seed=4).train
+        before = epoch(train, 0)
+        clone = copy.copy(train)
+        clone.augment = False
+        assert not clone.augment and train.augment
+        assert same(epoch(clone, 0), epoch(plain, 0))
+        assert same(epoch(train, 0), before)
+
+
 def test_resume_skips_batches_without_decoding_them(folder, monkeypatch):
     loader = data.build(spec(folder, cache="none"), batch_size=4, seed=1).train
     decoded = []

@@ -68,6 +68,11 @@ class TensorLoader(EpochOrder):
     def augment(self) -> bool:
         return bool(self.augmenter)
 
+    @augment.setter
+    def augment(self, value: Any) -> None:
+        """Replace the ops (a `data.augment` value); e.g. False on a copy for unaugmented passes."""
+        self.augmenter = Augmenter(value, int(self.images.shape[-1]), self.augmenter.fill.tolist())
+
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 normalised with this split's mean/std."""
         return batch.to(torch.float32).mul_(self._scale).add_(self._shift)

@@ -12,6 +12,7 @@ without decoding the ones before.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -151,7 +152,8 @@ class StreamLoader(EpochOrder):
         self.workers = workers
         self.persistent = persistent and workers > 0
         self.pin_memory = pin_memory
-        augmenter = Augmenter(augment, image_size, fill_colour(mean))
+        self._fill = fill_colour(mean)
+        augmenter = Augmenter(augment, image_size, self._fill)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._dataset = _FileBatches(
@@ -163,6 +165,21 @@ class StreamLoader(EpochOrder):
     @property
     def augment(self) -> bool:
         return self._dataset.augmenter is not None
+
+    @augment.setter
+    def augment(self, value: Any) -> None:
+        """Replace the ops (a `data.augment` value); e.g. False on a copy for unaugmented passes.
+        Workers hold their own copy of the ops, so they restart on the next pass."""
+        self._dataset.augmenter = Augmenter(value, self.image_size, self._fill) or None
+        self._loader = None
+
+    def __copy__(self) -> StreamLoader:
+        """A loader over the same files with its own epoch, ops and worker processes."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._dataset = copy.copy(self._dataset)
+        clone._loader = None
+        return clone
 
     def _data_loader(self) -> DataLoader:
         if self._loader is None:
