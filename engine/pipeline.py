@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from engine import checkpoint, distributed, threads
+from engine import resume as on_disk
 from engine import trust as trust_rule
 from engine.atomic import atomic_file
 from engine.config import (
     CONTROL_STAGES,
+    TRAINING_STAGES,
     DistillStage,
     FinetuneStage,
     PruneStage,
@@ -102,17 +104,21 @@ class Pipeline:
             from engine.detect.stages import DetectStages
 
             self.stage_impl = DetectStages(self)
+        self._resuming: str | None = None  # the stage a resume continues (its stale metrics are dropped)
+        self._stopped_stage: str | None = None  # the stage in progress when the resumed run stopped
 
     # ---------------------------------------------------------- the whole run
 
     def run(self, resume: bool = False) -> None:
         w = self.writer
         done: list[str] = []
+        self._remove_partial_files()
         if resume:
-            st = json.loads((w.path / "status.json").read_text())
-            done = list(st.get("completed", []))
-            self.outputs = {k: Path(v) for k, v in st.get("outputs", {}).items()}
-            self.original = Path(st["original"]) if st.get("original") else None
+            found = self._read_state()
+            if found.status.get("state") == "done" and {s.name for s in self.stages} <= set(found.completed):
+                w.log("resume: every stage is done already; nothing to do")
+                return  # `ended` and the rest stay as the run left them
+            done = found.completed
         w.status(state="running", preset=self.spec.name,
                  stages=[s.name for s in self.stages], completed=done, error=None, ended=None)
         if not resume:
@@ -123,19 +129,21 @@ class Pipeline:
         try:
             for i, stage in enumerate(self.stages):
                 if stage.name in done:
+                    if resume:
+                        w.log(f"resume: stage {stage.name} is done; skipped")
+                    continue
+                if resume and self._recover(stage, done):
                     continue
                 if self.current is None and self.outputs and stage.model is None and stage.start is None:
                     self.current = self._load_output(self._last_name())  # resuming after earlier stages
                 w.status(stage=stage.name, stage_index=i, progress=0.0)
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
-                figures = getattr(self.stage_impl, f"_stage_{stage.type}")(stage, self._resume_state(stage) if resume else None)
+                state = self._resume_state(stage) if resume else None
+                self._resuming = stage.name if resume else None
+                figures = getattr(self.stage_impl, f"_stage_{stage.type}")(stage, state)
                 figures["seconds"] = round(time.time() - t0, 2)
-                w.summary(stage.name, figures)
-                done.append(stage.name)
-                w.status(completed=done, outputs={k: str(v) for k, v in self.outputs.items()},
-                         original=str(self.original) if self.original else None)
-                w.log(f"stage {stage.name} done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+                self._commit(stage, figures, done)
                 if self.stop.requested:
                     raise Cancelled(f"{self.stop.signal_name or 'stop'} after stage {stage.name}")
                 resume = False
@@ -151,6 +159,86 @@ class Pipeline:
             raise
         finally:
             w.stop_heartbeat()
+
+    # ---------------------------------------------------------- completion and resume
+
+    def _commit(self, stage: Any, figures: dict[str, Any], done: list[str]) -> None:
+        """Everything after a stage's work: last.pt goes, summary.json and status.json record it.
+
+        The stage's output (weights/<stage>.pt, written by `_finish`) comes first, so a kill in
+        between leaves an output that a resume finds (`_recover`): the stage is not redone."""
+        w, name = self.writer, stage.name
+        last = w.weights / "last.pt"
+        if self.dist.is_main and last.exists() and self._last_stage(last) == name:
+            last.unlink()
+            w.log(f"stage {name}: removed weights/last.pt, its resume point (the stage is complete)")
+        w.summary(name, figures)
+        done.append(name)
+        w.status(completed=done, outputs={k: str(v) for k, v in self.outputs.items()},
+                 original=str(self.original) if self.original else None)
+        w.log(f"stage {name} done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+
+    def _recover(self, stage: Any, done: list[str]) -> bool:
+        """A stage that finished before the stop but was not marked complete: mark it, don't redo it.
+
+        Its summary.json entry, or else its output weights/<stage>.pt (written only when its work
+        is done), says it finished; with no summary entry its figures are measured again."""
+        w = self.writer
+        figures = on_disk.summary_entry(w.path, stage.name)
+        out = w.weights / f"{stage.name}.pt"
+        if figures is None and not out.exists():
+            return False
+        if stage.type == "prune":  # what the stage set when it ran: the model it pruned
+            self.original = self._current_output(stage) or w.weights / "original.pt"
+        if out.exists():
+            self.outputs[stage.name] = out
+            self.current = None  # the next stage starts from the outputs on disk
+            best = self._last_output() if stage.type in CONTROL_STAGES else out
+            if best is not None and self.dist.is_main:  # _finish may have stopped before its copy
+                _atomic_copy(best, w.weights / "best.pt")
+        if figures is None:
+            loaded = checkpoint.load(out, trust=self.trust)
+            figures = self.stage_impl.measure(Current(loaded.model, loaded.arch, loaded.plan), out)
+            figures["note"] = "figures measured again from the output after a stop"
+            w.log(f"resume: stage {stage.name} had written weights/{out.name} but not its figures when the run "
+                  "stopped; the stage is complete and not redone, its figures are measured again from the output")
+        else:
+            w.log(f"resume: stage {stage.name} had finished (summary.json holds its figures) but was not marked "
+                  "complete when the run stopped; marked complete now, not redone")
+        self._commit(stage, figures, done)
+        return True
+
+    def _read_state(self) -> on_disk.Found:
+        """status.json's bookkeeping; when it is missing or corrupt, say so and rebuild it from
+        the stage records on disk."""
+        found = on_disk.read_status(self.writer.path)
+        self._stopped_stage = found.status.get("stage") if isinstance(found.status.get("stage"), str) else None
+        if found.note:
+            self.writer.log(f"resume: {found.note}; the completed stages are read from their outputs instead")
+            found.completed = []
+        else:
+            self.outputs = found.outputs
+            self.original = found.original
+        return found
+
+    def _remove_partial_files(self) -> None:
+        if not self.dist.is_main:
+            return
+        partial = on_disk.partial_files(self.writer.path)
+        for p in partial:
+            p.unlink(missing_ok=True)
+        if partial:
+            names = ", ".join(str(p.relative_to(self.writer.path)) for p in partial)
+            self.writer.log(f"removed {len(partial)} partial file{'s' if len(partial) > 1 else ''} left by an "
+                            f"interrupted write: {names}")
+
+    @staticmethod
+    def _last_stage(last: Path) -> str | None:
+        try:
+            pos = on_disk.last_position(checkpoint.read_raw(last))
+        except CheckpointError:
+            return None
+        return pos["stage"] if pos else None
 
     def _compare(self) -> None:
         """summary.json's `comparison`: every stage's accuracy, params and FLOPs side by side."""
@@ -172,12 +260,30 @@ class Pipeline:
         self.writer.log("comparison: " + "; ".join(f"{k} {shown(v[metric])}" for k, v in rows.items() if v.get(metric) is not None))
 
     def _resume_state(self, stage: Any) -> dict | None:
-        """last.pt when it is the resume point of `stage` (read once, used by the trainer)."""
+        """last.pt when it is the resume point of `stage` (read once, used by the trainer); the
+        decision goes to the log."""
         last = self.writer.weights / "last.pt"
+        log = self.writer.log
         if not last.exists():
+            if stage.name == self._stopped_stage and stage.type in TRAINING_STAGES:
+                log(f"resume: stage {stage.name} was in progress but weights/last.pt is missing (deleted?); "
+                    "it starts over from its beginning")
+            else:
+                log(f"resume: stage {stage.name} starts from its beginning (no resume point saved for it)")
             return None
-        raw = checkpoint.read_raw(last)
-        return raw if raw.get("position", {}).get("stage") == stage.name else None
+        try:
+            raw = checkpoint.read_raw(last)
+        except CheckpointError as e:
+            log(f"resume: weights/last.pt cannot be read ({e}); stage {stage.name} starts over from its beginning")
+            return None
+        pos = on_disk.last_position(raw)
+        if pos is None or pos["stage"] != stage.name:
+            owner = pos["stage"] if pos else "no stage"
+            log(f"resume: weights/last.pt belongs to {owner}, not {stage.name}; stage {stage.name} starts from its beginning")
+            return None
+        log(f"resume: stage {stage.name} continues from weights/last.pt (epoch {pos.get('epoch', 0) + 1}, "
+            f"batch {pos.get('batch', 0)}, step {pos.get('step', 0)})")
+        return raw
 
     # ---------------------------------------------------------- shared pieces
 
@@ -246,27 +352,32 @@ class Pipeline:
         return Current(loaded.model, loaded.arch, loaded.plan)
 
     def _finish(self, stage: Any, cur: Current, src: Path | None = None) -> Path:
-        """Record a stage's output model as weights/<stage>.pt and weights/best.pt."""
+        """Record a stage's output model as weights/<stage>.pt and weights/best.pt.
+
+        Written only when the stage's work is done: a resume that finds weights/<stage>.pt
+        does not redo the stage (`_recover`)."""
         out = self.writer.weights / f"{stage.name}.pt"
         if self.dist.is_main:
             if src is not None:
                 _atomic_copy(src, out)
             else:
                 checkpoint.save(out, cur.model, cur.arch, plan=cur.plan, meta={"stage": stage.name, "spec": self.spec.model_dump(mode="json")})
-            _atomic_copy(out, self.writer.weights / "best.pt")
+            if stage.type not in CONTROL_STAGES:  # best.pt: the latest stage's model
+                _atomic_copy(out, self.writer.weights / "best.pt")
         distributed.barrier(self.dist)
         self.outputs[stage.name] = out
-        self.current = cur
+        if stage.type not in CONTROL_STAGES:
+            self.current = cur
         return out
 
-    def measure(self, cur: Current, out: Path, accuracy: float | None = None) -> dict[str, Any]:
+    def measure(self, cur: Current, out: Path | None, accuracy: float | None = None) -> dict[str, Any]:
         from engine import measure
 
         model = cur.model
         if accuracy is None:
             accuracy = evaluate(model, self.data(self.spec.training.batch_size).val, self.device)["accuracy"]
         prof = measure.profile(copy.deepcopy(model).cpu().eval(), self._input_shape(), torch.device("cpu"))
-        figures = {"accuracy": accuracy, **prof, "size": out.stat().st_size if out.exists() else None}
+        figures = {"accuracy": accuracy, **prof, "size": out.stat().st_size if out is not None and out.exists() else None}
         test = getattr(self.data(self.spec.training.batch_size), "test", None)
         if test is not None:  # held out of every choice: reported, never used to select
             figures["test_accuracy"] = evaluate(model, test, self.device)["accuracy"]
@@ -283,6 +394,8 @@ class Pipeline:
         if resume is not None:
             # into the same module object: a distiller's hooks are already on it
             checkpoint.load_state(cur.model, resume["state_dict"], source=str(self.writer.weights / "last.pt"))
+        if self._resuming == stage.name:
+            self._drop_redone_metrics(stage.name, resume)
         model = cur.model.to(self.device).train()
         trainer = Trainer(
             model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
@@ -299,7 +412,6 @@ class Pipeline:
             out = self._finish(stage, cur, src=best_path)
         else:  # zero epochs: the model passes through unchanged
             out = self._finish(stage, cur)
-        (self.writer.weights / "last.pt").unlink(missing_ok=True)
         selected = {k: result.best[k] for k in ("acc_pruned_at_target", "s") if k in result.best}
         if result.best:
             selected["selected_epoch"] = result.best["epoch"] + 1
@@ -317,6 +429,17 @@ class Pipeline:
         for note in parts.notes:
             self.writer.log(f"{stage.name}: {note}")
         return parts
+
+    def _drop_redone_metrics(self, name: str, resume: dict | None) -> None:
+        """metrics.jsonl keeps each step once: the lines after the resume point are redone."""
+        pos = on_disk.last_position(resume) if resume is not None else None
+        if pos is None:
+            dropped = self.writer.drop_metrics(name)
+        else:
+            dropped = self.writer.drop_metrics(name, after_step=int(pos.get("step", 0)), from_epoch=int(pos.get("epoch", 0)))
+        if dropped:
+            self.writer.log(f"resume: dropped {dropped} metrics line{'s' if dropped > 1 else ''} of stage {name} "
+                            "written after its resume point (those steps are redone)")
 
     def _stage_train(self, stage: Any, resume: dict | None) -> dict:
         cur = self._start(stage)

@@ -83,6 +83,23 @@ class RunWriter:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
 
+    def drop_metrics(self, stage: str, *, after_step: int | None = None, from_epoch: int | None = None) -> int:
+        """Remove the lines of `stage` that a resume redoes (all of them without a resume point),
+        so readers count each step once. Rewrites metrics.jsonl atomically; returns the count."""
+        if not self.enabled:
+            return 0
+        path = self.path / "metrics.jsonl"
+        try:
+            lines = path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            return 0
+        keep = [ln for ln in lines if not _redone(ln, stage, after_step, from_epoch)]
+        if len(keep) == len(lines):
+            return 0
+        with atomic_file(path, "wb") as f:
+            f.writelines(keep)
+        return len(lines) - len(keep)
+
     def log(self, line: str) -> None:
         if not self.enabled:
             return
@@ -114,6 +131,20 @@ class RunWriter:
         if self._beat is not None:
             self._beat.join(timeout=5)
             self._beat = None
+
+
+def _redone(line: bytes, stage: str, after_step: int | None, from_epoch: int | None) -> bool:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(rec, dict) or rec.get("stage") != stage:
+        return False
+    if after_step is None:
+        return True
+    if "accuracy" in rec or "val_loss" in rec:  # an epoch line
+        return isinstance(rec.get("epoch"), int) and from_epoch is not None and rec["epoch"] >= from_epoch
+    return isinstance(rec.get("step"), int) and rec["step"] > after_step
 
 
 # ---------------------------------------------------------------- reading runs
@@ -197,16 +228,26 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
 
 
 class MetricsTail:
-    """Incremental reader of metrics.jsonl: each call returns only the new complete lines."""
+    """Incremental reader of metrics.jsonl: each call returns only the new complete lines.
+
+    A resume rewrites the file without the lines it redoes (RunWriter.drop_metrics); the tail
+    notices the new file, reads it from the start and sets `rewritten`, so a reader that keeps
+    what it was given starts over (each step counted once)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
         self.bad_lines = 0
+        self.rewritten = False  # set when the lines returned before are superseded
+        self._inode: int | None = None
 
     def read(self) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if self._inode is not None and inode != self._inode:
+                    self.offset, self.bad_lines, self.rewritten = 0, 0, True
+                self._inode = inode
                 f.seek(self.offset)
                 chunk = f.read()
         except FileNotFoundError:

@@ -143,8 +143,7 @@ class DetectStages:
         best_path = p.writer.weights / "best.pt"
         loaded = checkpoint.load(best_path, trust=p.trust)
         cur = Current(loaded.model, loaded.arch, loaded.plan)
-        out = p._finish(stage, cur, src=best_path)
-        (p.writer.weights / "last.pt").unlink(missing_ok=True)
+        out = p._finish(stage, cur, src=best_path)  # last.pt goes once the output is written (Pipeline._commit)
         return self.measure(cur, out, best) | {"epochs": cfg.epochs, "best_epoch": best.get("epoch")}
 
     def _stage_train(self, stage: Any, resume: dict | None) -> dict:

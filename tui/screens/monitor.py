@@ -174,6 +174,7 @@ class MonitorScreen(WorkbenchScreen):
         if tail is not None:
             poll.records = tail.read()
             poll.bad_lines = tail.bad_lines
+            poll.rewritten, tail.rewritten = tail.rewritten, False
         if log_tail is not None:
             poll.log_lines = log_tail.read()
         if self._stage_epochs is None:
@@ -187,6 +188,9 @@ class MonitorScreen(WorkbenchScreen):
         self.bad_lines = poll.bad_lines
         if self._stage_epochs is None and poll.stage_epochs is not None:
             self._stage_epochs = poll.stage_epochs
+        if poll.rewritten:  # a resume dropped the lines it redoes: plot the file as it is now
+            self.series = RunSeries()
+            self._drawn = {}
         if poll.records:
             self.series.feed(poll.records)
         if poll.log_lines:

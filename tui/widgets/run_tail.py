@@ -144,3 +144,4 @@ class Poll:
     log_lines: list[str] = field(default_factory=list)
     bad_lines: int = 0
     stage_epochs: dict[str, int] | None = None  # read once per run, from spec.yaml
+    rewritten: bool = False  # metrics.jsonl was rewritten by a resume: `records` is all of it
