@@ -25,9 +25,13 @@ from engine.trust import Trust
 FORMAT = CHECKPOINT_FORMAT
 
 
-def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | None = None) -> dict:
-    """What a checkpoint stores to rebuild its model."""
-    return {"name": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs or {})}
+def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | None = None,
+              input_size: tuple[int, ...] | list[int] | None = None) -> dict:
+    """What a checkpoint stores to rebuild its model (`input_size`, when given: the (C, H, W) it is traced at)."""
+    d = {"name": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs or {})}
+    if input_size is not None:
+        d["input_size"] = [int(s) for s in input_size]
+    return d
 
 
 def build_model(arch: dict, trust: Trust | None = None, source: str | None = None) -> nn.Module:
@@ -35,8 +39,11 @@ def build_model(arch: dict, trust: Trust | None = None, source: str | None = Non
     from engine import models
 
     check_arch_dict(arch, source or "checkpoint")
-    return models.build_from(arch["name"], arch["num_classes"], arch.get("in_channels", 3), dict(arch.get("kwargs", {})),
-                             trust=trust, source=source)
+    model = models.build_from(arch["name"], arch["num_classes"], arch.get("in_channels", 3), dict(arch.get("kwargs", {})),
+                              trust=trust, source=source)
+    if arch.get("input_size"):
+        model.input_size = tuple(arch["input_size"])
+    return model
 
 
 def check_arch_dict(arch: Any, source: str) -> None:
@@ -48,6 +55,9 @@ def check_arch_dict(arch: Any, source: str) -> None:
         and type(arch.get("in_channels", 3)) is int
         and isinstance(arch.get("kwargs", {}), dict)
         and all(isinstance(k, str) for k in arch.get("kwargs", {}))
+        and (arch.get("input_size") is None or (
+            isinstance(arch["input_size"], list) and len(arch["input_size"]) == 3
+            and all(type(v) is int and v > 0 for v in arch["input_size"])))
     )
     if not ok:
         raise CheckpointError(
@@ -139,6 +149,9 @@ def read_raw(path: str | Path, *, trust: bool = False) -> Any:
             ) from None
     except Exception as e:  # torch.load on damaged bytes raises almost anything
         raise CheckpointError(f"{path}: damaged PyTorch checkpoint ({_short(e)}); re-save or re-copy it") from None
+    from engine.models.registry import with_current_folder
+
+    with_current_folder()  # the classes a trusted pickle names are found from the project folder
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # arbitrary unpickling failures: missing classes, modules, ...

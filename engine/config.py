@@ -25,8 +25,21 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     arch: str = "vgg"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # a "package.module:Class" value is that class
     checkpoint: Path | None = None  # start from these weights instead of random init
+    input_size: str | None = None  # CxHxW the model is traced and measured at; default: the data's
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from engine.models.sizing import parse_input_size
+
+            try:
+                parse_input_size(v)
+            except PresetError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class DataSpec(Strict):

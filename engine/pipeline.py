@@ -317,7 +317,20 @@ class Pipeline:
 
     def _arch(self, spec_model: Any) -> dict:
         d = self.data(self.spec.training.batch_size)
-        return checkpoint.arch_dict(spec_model.arch, d.num_classes, d.in_channels, spec_model.kwargs)
+        size = self._model_input_size(spec_model)
+        return checkpoint.arch_dict(spec_model.arch, d.num_classes, d.in_channels, spec_model.kwargs, input_size=size)
+
+    def _model_input_size(self, spec_model: Any) -> tuple[int, int, int] | None:
+        """The preset's model.input_size; its channels must be the data's."""
+        if getattr(spec_model, "input_size", None) is None:
+            return None
+        from engine.models.sizing import parse_input_size
+
+        size = parse_input_size(spec_model.input_size)
+        d = self.data(self.spec.training.batch_size)
+        if size[0] != d.in_channels:
+            raise PresetError(f"model.input_size {spec_model.input_size} has {size[0]} channels but the data has {d.in_channels}")
+        return size
 
     def _fresh(self, spec_model: Any) -> Current:
         arch = self._arch(spec_model)
@@ -335,6 +348,9 @@ class Pipeline:
             raise CheckpointError(f"{source}: the model predicts {n} classes but dataset {self.spec.data.dataset} has {d.num_classes}")
 
     def _input_shape(self) -> tuple[int, int, int]:
+        size = self._model_input_size(self.spec.model)
+        if size is not None:
+            return size
         d = self.data(self.spec.training.batch_size)
         return (d.in_channels, d.image_size, d.image_size)
 

@@ -15,10 +15,14 @@ from engine.errors import PresetError
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--arch", help="architecture of a bare state_dict: a registry name or package.module:Class")
-    p.add_argument("--num-classes", type=int, help="with --arch: the classifier's outputs")
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--arch-kwargs", default="{}", help='with --arch: constructor kwargs as JSON, e.g. \'{"width": 0.5}\'')
+    p.add_argument("--arch", help="architecture of a bare state_dict: a registry name or package.module:Class "
+                   "(the current folder is on the import path)")
+    p.add_argument("--num-classes", type=int, help="with --arch: the classifier's outputs (default: read from the state_dict)")
+    p.add_argument("--in-channels", type=int, help="with --arch: input channels (default: from --input-size, else 3)")
+    p.add_argument("--arch-kwargs", default="{}", help='with --arch: constructor kwargs as JSON, e.g. \'{"width": 0.5}\'; '
+                   'a "package.module:Class" value is that class, e.g. \'{"block": "models.resnet:BasicBlock"}\'')
+    p.add_argument("--input-size", metavar="CxHxW", help="the input the model runs on, e.g. 3x64x64 (default: the "
+                   "model's input_size, 3x32x32 for your own classes); the pruned checkpoint records it")
     p.add_argument("--trust", action="store_true",
                    help="trust the file: unpickle objects and build the package.module:Class it names (only for files you trust)")
     p.add_argument("--allow-arch", action="append", default=[], metavar="MODULE:CLASS",
@@ -68,18 +72,49 @@ def load(args: argparse.Namespace) -> Any:
         allowed = arch_names(args.allow_arch)
     except ValueError as e:
         raise PresetError(str(e)) from None
+    from engine.models.catalog import class_refs
+    from engine.models.sizing import parse_input_size
+
+    shape = parse_input_size(args.input_size) if args.input_size else None
+    try:
+        kwargs = json.loads(args.arch_kwargs)
+    except ValueError as e:
+        raise PresetError(f"--arch-kwargs is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise PresetError(f"--arch-kwargs must be a JSON object of constructor arguments, not {args.arch_kwargs!r}")
+    in_channels = args.in_channels or (shape[0] if shape else 3)
+    if shape and shape[0] != in_channels:
+        raise PresetError(f"--input-size {args.input_size} has {shape[0]} channels but --in-channels is {in_channels}")
+    # what the user typed is theirs: --arch, the classes in --arch-kwargs and --allow-arch may be built
+    trust = Trust.of(args.trust).allowing(*allowed, args.arch, *class_refs(kwargs))
     arch = None
     if args.arch:
-        if args.num_classes is None:
-            raise PresetError("--arch needs --num-classes (the classifier's outputs)")
-        try:
-            kwargs = json.loads(args.arch_kwargs)
-        except ValueError as e:
-            raise PresetError(f"--arch-kwargs is not JSON: {e}") from None
-        arch = checkpoint.arch_dict(args.arch, args.num_classes, args.in_channels, kwargs)
-    # what the user typed is theirs: --arch and --allow-arch may be built
-    trust = Trust.of(args.trust).allowing(*allowed, args.arch)
-    return checkpoint.load(args.checkpoint, arch=arch, trust=trust)
+        num_classes = args.num_classes or _num_classes(args.checkpoint, args.arch, in_channels, kwargs, trust)
+        arch = checkpoint.arch_dict(args.arch, num_classes, in_channels, kwargs, input_size=shape)
+    loaded = checkpoint.load(args.checkpoint, arch=arch, trust=trust)
+    if shape:
+        if getattr(loaded.model, "input_size", shape)[0] != shape[0]:
+            raise PresetError(f"--input-size {args.input_size}: the model takes {loaded.model.input_size[0]} input channels")
+        loaded.model.input_size = shape
+        loaded.arch = {**loaded.arch, "input_size": list(shape)}
+    return loaded
+
+
+def _num_classes(path: Path, arch: str, in_channels: int, kwargs: dict, trust: Any) -> int:
+    """--num-classes left out: read from the state_dict (or the model's own count, for a class without it)."""
+    from engine import checkpoint
+    from engine.models import build_from
+    from engine.models.classes import infer_num_classes, takes_num_classes
+
+    if not takes_num_classes(arch, trust):  # e.g. a class taking `nc`: its kwargs give the count
+        model = build_from(arch, 1, in_channels, kwargs, trust=trust)
+        last = model.get_submodule(model.default_ignore[-1]) if getattr(model, "default_ignore", None) else None
+        return int(getattr(last, "out_features", getattr(last, "out_channels", 1)))
+    raw = checkpoint.read_raw(path, trust=trust.pickles)
+    state = checkpoint.find_state_dict(raw)
+    if checkpoint.is_slimlab(raw) or state is None:
+        return 1  # the file names its own architecture; --arch is not used for it
+    return infer_num_classes(arch, in_channels, kwargs, state, trust=trust)
 
 
 def inspect(args: argparse.Namespace) -> int:

@@ -79,8 +79,9 @@ class Trust:
 
 def spec_archs(spec: Any) -> list[str]:
     """The `module:Class` names a RunSpec names itself (model, stages' models, allow_archs)."""
-    names = [spec.model.arch]
-    names += [s.model.arch for s in spec.stages if getattr(s, "model", None) is not None]
+    models = [spec.model] + [s.model for s in spec.stages if getattr(s, "model", None) is not None]
+    names = [m.arch for m in models]
+    names += [ref for m in models for ref in catalog.class_refs(getattr(m, "kwargs", {}) or {})]  # e.g. a block
     names += list(getattr(spec, "allow_archs", []) or [])
     return [n for n in dict.fromkeys(names) if is_module_class(n)]
 

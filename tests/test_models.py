@@ -370,7 +370,6 @@ def test_external_keeps_its_own_attributes(tmp_path, monkeypatch):
         ("NUMBER", {}, "is a int, not a torch.nn.Module subclass"),
         ("not_a_model", {}, "is a function, not a torch.nn.Module subclass"),
         ("Picky", {}, "num_classes must be even"),
-        ("NoClasses", {}, "must take num_classes"),
         ("NotAModule", {}, "is a class, not a torch.nn.Module subclass"),
     ],
 )
@@ -392,6 +391,59 @@ def test_external_errors(tmp_path, monkeypatch, attr, kwargs, expected):
     with pytest.raises(ModelError, match=f"{mod}:{attr}") as info:
         models.build(f"{mod}:{attr}", 5, trust=named(f"{mod}:{attr}"), **kwargs)
     assert expected in str(info.value)
+
+
+def test_external_class_without_num_classes_takes_its_own_count(tmp_path, monkeypatch):
+    source = NET_SOURCE + textwrap.indent(textwrap.dedent("""
+        class Yolo(Net):
+            def __init__(self, nc=80, ch=3):
+                super().__init__(nc, in_channels=ch)
+        """), "    ")
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_nc", source)
+    model = models.build(f"{mod}:Yolo", 10, nc=4, trust=named(f"{mod}:Yolo"))
+    assert model.out.out_features == 4  # num_classes is not passed to a class that does not take it
+
+
+def test_class_valued_kwargs_are_classes_under_the_trust_rule(tmp_path, monkeypatch):
+    source = NET_SOURCE + textwrap.indent(textwrap.dedent("""
+        class Block(nn.Module):
+            def __init__(self, c):
+                super().__init__()
+                self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+            def forward(self, x):
+                return x + self.conv(x)
+
+        class Stack(nn.Module):
+            def __init__(self, block, depth, num_classes=10):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 8, 3, padding=1)
+                self.blocks = nn.Sequential(*(block(8) for _ in range(depth)))
+                self.fc = nn.Linear(8, num_classes)
+
+            def forward(self, x):
+                return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+        """), "    ")
+    mod = write_module(tmp_path, monkeypatch, "slimlab_ext_block", source)
+    block = f"{mod}:Block"
+    with pytest.raises(NeedsTrust, match=f"--allow-arch {block}"):  # naming the model is not naming its block
+        models.build(f"{mod}:Stack", 3, block=block, depth=2, trust=named(f"{mod}:Stack"))
+    model = models.build(f"{mod}:Stack", 3, block=block, depth=2, trust=named(f"{mod}:Stack").allowing(block))
+    assert type(model.blocks[1]).__name__ == "Block" and model.fc.out_features == 3
+    with pytest.raises(ModelError, match="not a torch.nn.Module subclass"):
+        models.build(f"{mod}:Stack", 3, block=f"{mod}:make_net", depth=1, trust=Trust.everything())
+
+
+def test_the_current_folder_is_on_the_import_path(tmp_path, monkeypatch):
+    (tmp_path / "slimlab_here").mkdir()
+    (tmp_path / "slimlab_here" / "__init__.py").write_text("")
+    (tmp_path / "slimlab_here" / "nets.py").write_text(textwrap.dedent(NET_SOURCE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "slimlab_here", raising=False)
+    monkeypatch.delitem(sys.modules, "slimlab_here.nets", raising=False)
+    model = models.build("slimlab_here.nets:Net", 4, trust=named("slimlab_here.nets:Net"))
+    assert model.out.out_features == 4
 
 
 def test_external_import_failures(tmp_path, monkeypatch):

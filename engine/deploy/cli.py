@@ -35,7 +35,6 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="ONNX file to write (default: CKPT with .onnx beside it)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size")
-    p.add_argument("--input-size", metavar="CxHxW", help="input size, e.g. 3x32x32 (default: the data's, or the model's)")
     p.add_argument("--data", metavar="PRESET_OR_DATA",
                    help="validation images for the check: a preset, a built-in preset name or a data folder")
     return p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from engine.errors import ModelError
@@ -62,6 +63,20 @@ def names() -> list[str]:
 def is_external(arch: str) -> bool:
     """True for `package.module:Class` forms (anything with a colon that is not a registry prefix)."""
     return ":" in arch and not arch.startswith(REGISTRY_PREFIXES)
+
+
+# `package.module:Class` as a constructor kwarg value names that class (e.g. a ResNet's block)
+_CLASS_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def class_refs(kwargs: dict) -> list[str]:
+    """The `package.module:Class` strings among constructor kwargs (values, or items of list values)."""
+    refs = []
+    for value in (kwargs or {}).values():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str) and _CLASS_REF.fullmatch(item) and is_external(item):
+                refs.append(item)
+    return list(dict.fromkeys(refs))
 
 
 def unknown_arch_error(arch: str) -> ModelError:

@@ -8,7 +8,10 @@ pruning and profiling code rely on.
 The trust rule (engine/trust.py): a `module:Class` is imported only when `trust` permits it
 (the user named it), and called only when it is an `nn.Module` subclass, checked before the
 call. Factory functions are not accepted: whatever a function returns can only be checked
-after it ran.
+after it ran. A constructor kwarg whose value is a `module:Class` string (a ResNet's `block`)
+is that class, under the same rule. `num_classes` is passed only to classes that take it
+(others get their class count from their own kwargs, e.g. `nc`), and the current folder is on
+the import path, so `models.resnet:ResNet` works from the project that holds `models/`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 from torch import nn
@@ -58,7 +63,7 @@ def build_from(
 
         return build_ultralytics(arch, num_classes, in_channels, **kwargs)
     if catalog.is_external(arch):
-        return build_external(arch, num_classes, in_channels, kwargs)
+        return build_external(arch, num_classes, in_channels, class_kwargs(kwargs, trust, source))
     raise catalog.unknown_arch_error(arch)
 
 
@@ -127,22 +132,46 @@ def check_trusted(arch: str, kwargs: dict[str, Any], trust: Trust | None, source
     )
 
 
+def class_kwargs(kwargs: dict[str, Any], trust: Trust | None, source: str | None) -> dict[str, Any]:
+    """`kwargs` with every `package.module:Class` value replaced by that class (trust rule applies)."""
+    refs = catalog.class_refs(kwargs)
+    if not refs:
+        return kwargs
+    for ref in refs:
+        check_trusted(ref, {}, trust, source)
+    classes = {ref: resolve_external(ref) for ref in refs}
+
+    def swap(v: Any) -> Any:
+        return classes.get(v, v) if isinstance(v, str) else v
+
+    return {k: type(v)(swap(x) for x in v) if isinstance(v, list | tuple) else swap(v) for k, v in kwargs.items()}
+
+
+def takes(signature: inspect.Signature | None, name: str) -> bool:
+    """Whether a constructor accepts keyword `name` (True when Python cannot tell)."""
+    if signature is None:
+        return True
+    params = signature.parameters.values()
+    return name in signature.parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def build_external(
     arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
     cls = resolve_external(arch)
-    call_kwargs = {"num_classes": num_classes, **kwargs}
     signature = external_signature(arch, cls)
+    call_kwargs = {"num_classes": num_classes} if takes(signature, "num_classes") and "num_classes" not in kwargs else {}
+    call_kwargs.update(kwargs)
     if signature is not None:
-        if "in_channels" in signature.parameters:
+        if "in_channels" in signature.parameters and "in_channels" not in kwargs:
             call_kwargs["in_channels"] = in_channels
         try:
             signature.bind(**call_kwargs)
         except TypeError as e:
             accepted = ", ".join(signature.parameters) or "nothing"
             raise ModelError(
-                f"{arch}: cannot be called with {', '.join(call_kwargs)} ({e}); it accepts: {accepted}. "
-                f"A model class must take num_classes."
+                f"{arch}: cannot be called with {', '.join(call_kwargs) or 'no arguments'} ({e}); it accepts: "
+                f"{accepted}. Give the others with --arch-kwargs (or model.kwargs in a preset)."
             ) from e
     try:
         model = cls(**call_kwargs)
@@ -161,6 +190,13 @@ def external_signature(arch: str, cls: type) -> inspect.Signature | None:
         return None
 
 
+def with_current_folder() -> None:
+    """Put the current folder on the import path, after installed packages (it never shadows them)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def resolve_external(arch: str) -> type[nn.Module]:
     """Import `package.module:Class` and return the class; it must be an nn.Module subclass.
 
@@ -168,12 +204,13 @@ def resolve_external(arch: str) -> type[nn.Module]:
     module_name, _, attr_path = arch.partition(":")
     if not module_name or not attr_path or ":" in attr_path:
         raise ModelError(f"{arch!r} is not of the form 'package.module:Class'.")
+    with_current_folder()
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ModelError(
-            f"{arch}: cannot import module {module_name!r} ({e}); check the spelling and that its "
-            f"folder is on PYTHONPATH."
+            f"{arch}: cannot import module {module_name!r} ({e}); check the spelling, and run from the "
+            f"folder that holds it or put that folder on PYTHONPATH."
         ) from e
     except Exception as e:
         raise ModelError(
