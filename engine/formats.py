@@ -2,3 +2,4 @@
 
 CHECKPOINT_FORMAT = "slimlab/1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+ONNX_SUFFIX = ".onnx"  # deployment files (engine/deploy), listed beside the checkpoints

@@ -37,18 +37,23 @@ def export_file(
     plan: dict | None = None,
     meta: dict | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """Export, check, measure accuracy on the validation images, annotate, then write `out` atomically.
 
-    Nothing is written when any step fails. Returns the artifact record.
+    Nothing is written when any step fails. Returns the artifact record. `progress(fraction,
+    what)` hears of each step.
     """
     from engine import measure
 
+    say = progress or (lambda fraction, what: None)
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays where it is
     check = images.check_batch(32) if images is not None else None
+    say(0.0, f"exporting {out.name} and checking it against PyTorch")
     done = exporter.export(model, input_shape, images=check, batch=batch, opset=opset, log=log)
     accuracy = None
     if images is not None:
+        say(0.8, f"accuracy of {out.name} through onnxruntime")
         accuracy = runtime.accuracy(runtime.session(onnxfile.serialize(done.model)), images.val())
     params, flops = measure.count_params(model), measure.count_flops(model, input_shape)
     onnxfile.set_metadata(done.model, {

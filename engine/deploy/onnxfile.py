@@ -189,3 +189,36 @@ def serialize(model: onnx.ModelProto) -> bytes:
             "prune or compress it first"
         )
     return model.SerializeToString()
+
+
+def browse(path: str | Path) -> dict[str, Any]:
+    """What the checkpoint browser shows for an ONNX file: a plain dict, an `error` when unreadable."""
+    path = Path(path)
+    size: int | None = None
+    try:
+        size = path.stat().st_size
+        info = peek(path)
+    except (OSError, DeployError) as e:
+        return {"path": str(path), "kind": "onnx", "size": size, "error": str(e)}
+    meta = info.metadata
+    quant = meta.get("slimlab.quantization") if isinstance(meta.get("slimlab.quantization"), dict) else {}
+    arch = meta.get("slimlab.arch") if isinstance(meta.get("slimlab.arch"), dict) else {}
+    source = meta.get("slimlab.meta") if isinstance(meta.get("slimlab.meta"), dict) else {}
+    names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else None
+    return {
+        "path": str(path), "kind": "onnx", "size": size, "opset": info.opset, "precision": info.precision,
+        "input": "x".join(str(d) if isinstance(d, int) else ("N" if i == 0 else "?") for i, d in enumerate(info.input_shape)),
+        "batch": info.batch or "dynamic",
+        "classes": names, "num_classes": info.num_classes, "accuracy": info.accuracy,
+        "params": _number(meta.get("params")), "flops": _number(meta.get("flops")),
+        "producer": info.producer, "arch": arch.get("name"), "stage": source.get("stage"),
+        "fp32_accuracy": quant.get("fp32_accuracy"), "fp32_layers": quant.get("fp32_layers"),
+        "method": quant.get("method"), "slimlab": meta.get("slimlab.format") == FORMAT,
+    }
+
+
+def _number(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None

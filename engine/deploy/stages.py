@@ -23,6 +23,16 @@ def _log(pipe: Any):
     return pipe.writer.log
 
 
+def _progress(pipe: Any, stage: Any, start: float = 0.0, span: float = 1.0):
+    """progress(fraction, what) of a step that covers [start, start + span] of the stage: status.json's
+    `progress` and `activity` ("<stage>: <what>"), which the monitor shows."""
+
+    def report(fraction: float, what: str) -> None:
+        pipe.writer.status(progress=round(start + span * fraction, 3), activity=f"{stage.name}: {what}")
+
+    return report
+
+
 def run_images(pipe: Any) -> Images:
     """The run's own data: validation images for checks and accuracy, training images for calibration."""
     if getattr(pipe.spec, "task", "classify") != "classify":
@@ -58,19 +68,20 @@ def export_stage(pipe: Any, stage: Any, cur: Any, input_shape: tuple[int, int, i
     todo.append((list(pipe.outputs)[-1] if pipe.outputs else "model", cur, pipe.writer.path / f"{stage.name}.onnx"))
     artifacts = []
     for i, (from_stage, model, out) in enumerate(todo):
-        pipe.writer.status(progress=i / len(todo))
+        step = _progress(pipe, stage, i / len(todo), 1 / len(todo))
         pipe.writer.log(f"{stage.name}: exporting the {'unpruned' if out.name == ORIGINAL else 'current'} model "
                         f"({from_stage}) to {out.name}")
         meta = {"stage": from_stage, "run": pipe.writer.path.name, "spec": pipe.spec.model_dump(mode="json")}
         record = export_file(
             model.model, out, input_shape=shape, images=images, batch=batch, opset=stage.opset,
             class_names=list(images.bundle.class_names), arch=model.arch, plan=model.plan, meta=meta,
-            log=_log(pipe),
+            log=_log(pipe), progress=step,
         )
         record["from"] = from_stage
         artifacts.append(record)
         pipe.writer.log(f"{stage.name}: {out.name} reproduces PyTorch within {record['max_abs_diff']:.2g} on "
                         f"{record['checked_on']}; accuracy {record['accuracy']:.2%} through onnxruntime")
+    pipe.writer.status(activity=None)
     main = artifacts[-1]
     return {k: main[k] for k in ("accuracy", "params", "flops", "size", "max_abs_diff", "opset")} | {
         "file": main["file"], "artifacts": artifacts}
@@ -113,7 +124,8 @@ def quantize_stage(pipe: Any, stage: Any) -> dict[str, Any]:
                               activations=stage.activations, max_drop=stage.max_drop)
     pipe.writer.log(f"{stage.name}: INT8 of {src.name}, calibrated on {stage.samples} training images ({stage.method})")
     result = quantize(fp32, images.calibration(stage.samples), images.val, options, log=pipe.writer.log,
-                      progress=lambda f, text: pipe.writer.status(progress=round(f, 3), activity=f"{stage.name}: {text}"))
+                      progress=_progress(pipe, stage))
+    pipe.writer.status(activity=None)
     out = pipe.writer.path / f"{stage.name}.int8.onnx"
     figures = {"fp32_accuracy": result.fp32_accuracy, "attempts": result.attempts, "source": src.name, **result.settings}
     if result.model is None:
@@ -153,9 +165,11 @@ def comparison_rows(pipe: Any, summary: dict[str, Any]) -> dict[str, dict[str, A
     cfg = pipe.spec.latency
     pipe.writer.log(f"latency: timing {len(records)} artifacts with onnxruntime, {cfg.threads} thread(s), "
                     f"median of {cfg.repeats} interleaved runs at batch {' and '.join(map(str, latency.BATCHES))}")
+    pipe.writer.status(activity=f"timing {len(records)} files with onnxruntime")
     shape = _input_shape(pipe, records)
     sessions = {a["name"]: runtime.session(_runnable(pipe, a, shape), cfg.threads) for a in records}
     times = latency.measure(sessions, shape, warmup=cfg.warmup, repeats=cfg.repeats)
+    pipe.writer.status(activity=None)
     rows = {}
     for a in records:
         t = times[a["name"]]
@@ -205,7 +219,9 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
     val = run_images(pipe).bundle.val
     cpu = torch.device("cpu")
     source = list(pipe.outputs)[-1] if pipe.outputs else "model"
+    say = _progress(pipe, stage)
     model = copy.deepcopy(cur.model).cpu().float()
+    say(0.0, "magnitude pruning")
     sparsity = compress.magnitude_prune(model, stage.sparsity)
     acc_pruned = evaluate(model, val, cpu)["accuracy"]
     pipe.writer.log(f"{stage.name}: {sparsity:.1%} of the conv/linear weights are zero after global magnitude "
@@ -217,13 +233,16 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
         pipe._train(stage.model_copy(update={"training": epochs}), resume, [held],
                     cur=type(cur)(model.to(pipe.device), cur.arch, cur.plan))
         model = pipe.current.model.cpu().float()
+    say(0.9, f"k-means weight sharing ({2 ** stage.bits} values per layer)")
     encoded = compress.share_weights(model, stage.bits)
     out = pipe.writer.path / f"{stage.name}.zip"
     meta = {"stage": stage.name, "from": source, "run": pipe.writer.path.name, "sparsity": stage.sparsity,
             "bits": stage.bits, "spec": pipe.spec.model_dump(mode="json")}
     size = compressed.save(out, model.state_dict(), encoded, bits=stage.bits, arch=cur.arch, plan=cur.plan, meta=meta)
     reloaded, _ = compressed.load(out, trust=pipe.trust)
+    say(0.95, f"accuracy of the reloaded {out.name}")
     accuracy = evaluate(reloaded, val, cpu)["accuracy"]
+    pipe.writer.status(activity=None)
     dense = pipe._finish(stage, type(cur)(reloaded, cur.arch, cur.plan))  # weights/<stage>.pt: the decoded model
     shape = pipe._input_shape()
     params_dense = measure.count_params(reloaded)

@@ -25,7 +25,7 @@ from engine.runs import read_run
 from tui.screens.base import WorkbenchScreen
 from tui.widgets.checkpoint_panel import CheckpointPanel
 from tui.widgets.ckpt_format import display_path
-from tui.widgets.ckpt_tree import CheckpointTree, is_checkpoint, is_run_dir
+from tui.widgets.ckpt_tree import CheckpointTree, is_checkpoint, is_onnx, is_run_dir
 
 PEEK_DELAY_S = 0.15
 RUN_REFRESH_S = 3.0
@@ -121,9 +121,14 @@ class CheckpointsScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, exclusive=True, group="peek")
     def _peek(self, path: Path) -> None:
         try:
-            from engine import checkpoint
+            if is_onnx(path):
+                from engine.deploy import onnxfile
 
-            info = checkpoint.peek(path)
+                info = onnxfile.browse(path)
+            else:
+                from engine import checkpoint
+
+                info = checkpoint.peek(path)
         except Exception as exc:  # peek reports readable failures itself; anything else is shown too
             try:
                 size: int | None = path.stat().st_size
@@ -148,6 +153,8 @@ class CheckpointsScreen(WorkbenchScreen):
     def open(self, path: Path) -> None:
         if is_checkpoint(path):
             self.app.open_checkpoint(path)
+        elif is_onnx(path):
+            self.notify("An ONNX file is for onnxruntime; the inspector opens PyTorch checkpoints.", title="ONNX")
 
     def action_open(self) -> None:
         path = self.cursor_path()

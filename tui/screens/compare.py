@@ -1,4 +1,8 @@
-"""Compare: chosen runs side by side per stage (summary.json) and their sweep curves (sweep.json)."""
+"""Compare: chosen runs side by side per stage (summary.json) and their sweep curves (sweep.json).
+
+Deployable files (ONNX, INT8, compressed) get a row each, with their onnxruntime latency from
+summary.json's comparison once the run has timed them.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +86,23 @@ def read_results(path: Path) -> RunResults:
     except (OSError, ValueError, AttributeError) as e:
         out.errors.append(f"sweep.json unreadable ({e})")
     return out
+
+
+def table_rows(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows of the table: the stages, then one per deployable file ("export.onnx · fp32").
+
+    A file's figures come from `comparison` (with latency) when the run has finished, else
+    from its stage's `artifacts` record."""
+    rows = {k: v for k, v in summary.items() if k != "comparison" and "artifacts" not in v}
+    compared = summary.get("comparison", {})
+    files = {k: v for k, v in compared.items() if isinstance(v, dict) and "format" in v}
+    for stage in summary.values():
+        for record in stage.get("artifacts") or []:
+            if isinstance(record, dict) and record.get("name") not in files:
+                files[str(record.get("name"))] = record
+    for name, row in files.items():
+        rows[f"{name} · {row.get('format')}"] = row
+    return rows
 
 
 def sweep_line(name: str, rows: list[dict[str, Any]]) -> Line:
@@ -199,12 +220,13 @@ class CompareScreen(WorkbenchScreen):
         names = _unique_names([r.path.name for r in chosen])
         for name in names:
             table.add_column(name, key=f"run:{name}")
+        rows = [table_rows(r.summary) for r in chosen]
         stages: list[str] = []
-        for r in chosen:
-            stages += [s for s in r.summary if s not in stages]
+        for r in rows:
+            stages += [s for s in r if s not in stages]
         for stage in stages:
             for i, (key, label) in enumerate(METRICS):
-                values = [r.summary.get(stage, {}).get(key) for r in chosen]
+                values = [r.get(stage, {}).get(key) for r in rows]
                 if all(v is None for v in values):
                     continue
                 best = _best(key, values)

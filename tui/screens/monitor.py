@@ -208,6 +208,9 @@ class MonitorScreen(WorkbenchScreen):
         if info.stage:
             pos = stage_position(status)
             parts.append(f"stage {_escape(info.stage)}" + (f" {pos[0]}/{pos[1]}" if pos else ""))
+        activity = status.get("activity")  # what a stage without epochs is doing (export, quantize ...)
+        if info.state == "running" and isinstance(activity, str) and activity:
+            parts.append(f"[dim]{_escape(activity)}[/]")
         epochs = epochs_for(self._stage_epochs or {}, info.stage)
         if self.series.epoch is not None and self.series.stage == info.stage and epochs:
             parts.append(f"epoch {min(self.series.epoch + 1, epochs)}/{epochs}")

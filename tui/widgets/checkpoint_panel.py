@@ -1,4 +1,5 @@
-"""Side panel of the checkpoint browser: what `engine.checkpoint.peek` read, or a run's status."""
+"""Side panel of the checkpoint browser: what `engine.checkpoint.peek` (or, for an ONNX file,
+`engine.deploy.onnxfile.browse`) read, or a run's status."""
 
 from __future__ import annotations
 
@@ -109,6 +110,39 @@ def peek_renderable(info: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+def onnx_renderable(info: dict[str, Any]) -> Group:
+    """The panel for an ONNX file: what its graph and slimlab's metadata say."""
+    title = Text(Path(info.get("path", "?")).name, style="bold")
+    table = _table()
+    _rows(table, [("size", fmt_size(info.get("size")))])
+    if "error" in info:
+        return Group(title, table, Text(""), Text("Cannot be read:", style="bold red"), Text(str(info["error"]), style="red"))
+    names = info.get("classes") or []
+    classes = (f"{len(names)}: {', '.join(map(str, names[:6]))}{' …' if len(names) > 6 else ''}" if names
+               else info.get("num_classes"))
+    fp32_layers = info.get("fp32_layers")
+    accuracy = info.get("accuracy")
+    fp32_accuracy = info.get("fp32_accuracy")
+    _rows(table, [
+        ("format", f"ONNX, opset {info.get('opset')}"),
+        ("precision", Text(str(info.get("precision")).upper(), style="bold")),
+        ("input", f"{info.get('input')}" + (" (any batch)" if info.get("batch") == "dynamic" else "")),
+        ("classes", classes),
+        ("accuracy", f"{100 * accuracy:.2f}% (onnxruntime, validation split)" if isinstance(accuracy, float) else None),
+        ("fp32", f"{100 * fp32_accuracy:.2f}% before quantization" if isinstance(fp32_accuracy, float) else None),
+        ("kept fp32", (", ".join(fp32_layers) or "none") if isinstance(fp32_layers, list) else None),
+        ("calibration", info.get("method")),
+        ("params", f"{fmt_count(info.get('params'))} ({info.get('params')})" if info.get("params") is not None else None),
+        ("FLOPs", fmt_count(info.get("flops")) if info.get("flops") is not None else None),
+        ("arch", info.get("arch")),
+        ("from stage", info.get("stage")),
+        ("producer", info.get("producer")),
+    ])
+    hint = ("exported by slimlab: run it with onnxruntime; the inspector takes PyTorch checkpoints"
+            if info.get("slimlab") else "not written by slimlab: no recorded accuracy or dataset")
+    return Group(title, table, Text(""), Text(hint, style="dim"))
+
+
 def run_renderable(info: RunInfo) -> Group:
     table = _table()
     pos = stage_position(raw_status(info))
@@ -142,7 +176,7 @@ class CheckpointPanel(VerticalScroll):
         yield Static("Move to a checkpoint to see what it holds.", id="panel-body")
 
     shown: Any = None  # the renderable on display
-    kind = "empty"  # what it shows: empty, reading, peek, run or folder
+    kind = "empty"  # what it shows: empty, reading, peek, onnx, run or folder
 
     def _set(self, renderable: Any, kind: str) -> None:
         self.shown, self.kind = renderable, kind
@@ -153,7 +187,10 @@ class CheckpointPanel(VerticalScroll):
         self._set(Text.assemble((path.name, "bold"), "\n\nreading …"), "reading")
 
     def show_peek(self, info: dict[str, Any]) -> None:
-        self._set(peek_renderable(info), "peek")
+        if info.get("kind") == "onnx":
+            self._set(onnx_renderable(info), "onnx")
+        else:
+            self._set(peek_renderable(info), "peek")
 
     def show_run(self, info: RunInfo) -> None:
         self._set(run_renderable(info), "run")

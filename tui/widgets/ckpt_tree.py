@@ -1,4 +1,4 @@
-"""A directory tree showing only checkpoints and the directories that lead to them.
+"""A directory tree showing only checkpoints (and ONNX files) and the directories that lead to them.
 
 Filtering runs in DirectoryTree's loader thread; a directory is kept when it is a run
 directory (it has a status.json) or holds a checkpoint within a few levels. The scan skips
@@ -19,13 +19,14 @@ from textual.widgets import DirectoryTree
 from textual.widgets.directory_tree import DirEntry
 from textual.widgets.tree import TreeNode
 
-from engine.formats import CHECKPOINT_SUFFIXES
+from engine.formats import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from engine.runs import RunInfo, read_run
 from tui.widgets.run_tail import raw_status, run_fraction
 
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", ".git", ".venv", "venv"}
 SCAN_DEPTH = 4
 SCAN_BUDGET = 5000
+LISTED_SUFFIXES = (*CHECKPOINT_SUFFIXES, ONNX_SUFFIX)
 
 STATE_STYLES = {
     "running": "bold green",
@@ -39,6 +40,10 @@ STATE_STYLES = {
 
 def is_checkpoint(path: Path) -> bool:
     return path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ONNX_SUFFIX
 
 
 def is_run_dir(path: Path) -> bool:
@@ -67,7 +72,7 @@ def holds_checkpoints(path: Path, depth: int = SCAN_DEPTH, budget: int = SCAN_BU
                             if entry.is_dir(follow_symlinks=False):
                                 if not (name.startswith(".") or name in SKIP_DIRS):
                                     below.append(Path(entry.path))
-                            elif name.lower().endswith(CHECKPOINT_SUFFIXES) or name == "status.json":
+                            elif name.lower().endswith(LISTED_SUFFIXES) or name == "status.json":
                                 return True
                         except OSError:
                             continue
@@ -107,7 +112,7 @@ class CheckpointTree(DirectoryTree):
                         kept.append(path)
                     elif holds_checkpoints(path):
                         kept.append(path)
-                elif is_checkpoint(path):
+                elif is_checkpoint(path) or is_onnx(path):
                     kept.append(path)
             except OSError:
                 continue
