@@ -54,6 +54,20 @@ def unpruned(pipe: Any, cur: Any) -> tuple[str, Path] | None:
     return (before[-1] if before else "original", path) if path.exists() else None
 
 
+def main_rank_only(work):
+    """Under torchrun, rank 0 exports or quantizes while the other ranks wait for it."""
+
+    def run(pipe: Any, *args: Any) -> dict[str, Any]:
+        from engine import distributed
+
+        figures = work(pipe, *args) if pipe.dist.is_main else {}
+        distributed.barrier(pipe.dist)
+        return figures
+
+    return run
+
+
+@main_rank_only
 def export_stage(pipe: Any, stage: Any, cur: Any, input_shape: tuple[int, int, int]) -> dict[str, Any]:
     from engine.models.sizing import parse_input_size
 
@@ -108,6 +122,7 @@ def _say(pipe: Any, line: str) -> None:
         message(line)
 
 
+@main_rank_only
 def quantize_stage(pipe: Any, stage: Any) -> dict[str, Any]:
     from engine.deploy import onnxfile
     from engine.deploy.artifacts import write_int8
@@ -212,7 +227,7 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
 
     import torch
 
-    from engine import measure
+    from engine import distributed, measure
     from engine.deploy import compress, compressed
     from engine.train import evaluate
 
@@ -238,7 +253,10 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
     out = pipe.writer.path / f"{stage.name}.zip"
     meta = {"stage": stage.name, "from": source, "run": pipe.writer.path.name, "sparsity": stage.sparsity,
             "bits": stage.bits, "spec": pipe.spec.model_dump(mode="json")}
-    size = compressed.save(out, model.state_dict(), encoded, bits=stage.bits, arch=cur.arch, plan=cur.plan, meta=meta)
+    if pipe.dist.is_main:  # every rank shares the same weights (deterministic); one writes them
+        compressed.save(out, model.state_dict(), encoded, bits=stage.bits, arch=cur.arch, plan=cur.plan, meta=meta)
+    distributed.barrier(pipe.dist)
+    size = out.stat().st_size
     reloaded, _ = compressed.load(out, trust=pipe.trust)
     say(0.95, f"accuracy of the reloaded {out.name}")
     accuracy = evaluate(reloaded, val, cpu)["accuracy"]
