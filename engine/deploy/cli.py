@@ -108,7 +108,8 @@ def export(args: argparse.Namespace) -> int:
             images = deploy_data.from_spec(spec, label)
         except DeployError as e:
             _print(f"note: {e}; checking on random inputs instead (give --data for real images)")
-    shape = shape or (images.shape if images else _model_shape(loaded.model))
+    recorded_shape = loaded.arch.get("input_size") if isinstance(loaded.arch, dict) else None
+    shape = shape or (tuple(recorded_shape) if recorded_shape else None) or (images.shape if images else _model_shape(loaded.model))
     if images is not None:
         images.check_fits(shape, f"{args.checkpoint} (input size {shape_text(shape)})",
                           _outputs(loaded.model, shape))
