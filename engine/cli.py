@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Cancelled, PresetError, SlimlabError
+from engine.errors import Cancelled, PresetError, RunBusy, SlimlabError
 
 
 class ExitCode(enum.IntEnum):
@@ -192,7 +192,7 @@ def run_trust(path: Path, spec: Any, *, trust: bool, allow_archs: list[str], fre
 def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False,
             allow_archs: list[str] = (), spec: Any = None) -> int:
     """Run the spec in `path` (or `spec`, a fresh run's validated preset); maps outcomes to exit codes."""
-    from engine import config, distributed
+    from engine import config, distributed, runs
     from engine.pipeline import Pipeline
     from engine.progress import make_reporter
     from engine.train import StopFlag
@@ -207,20 +207,29 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
     info = distributed.from_env()
     hint = resume_command(path, info, trust=trust, allow_archs=list(allow_archs))
     stop = StopFlag()
-    install_signal_handlers(stop)
+    previous_handlers = install_signal_handlers(stop)
     reporter = make_reporter(True if plain else None) if info.is_main else None
     if reporter is None:
         from engine.train import NullReporter
 
         reporter = NullReporter()
+    lock = runs.RunLock(path) if info.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()  # for the whole run: a second writer is refused with this pid
         pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed)
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")
         pipeline.run(resume=resume)
+        if pipeline.nothing_to_do:
+            reporter_msg(reporter, f"{path}: every stage is done already; nothing to resume")
+            return ExitCode.OK
         show_summary(reporter, path)
         reporter_msg(reporter, f"done: {path}")
         return ExitCode.OK
+    except RunBusy as e:  # nothing was written
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
     except (Cancelled, KeyboardInterrupt) as e:
         reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: {hint}")
         return ExitCode.INTERRUPTED
@@ -235,6 +244,10 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         if hasattr(reporter, "close"):
             reporter.close()
         distributed.shutdown()
+        if lock is not None:
+            lock.release()
+        for sig, old in previous_handlers.items():
+            signal.signal(sig, old)
 
 
 def resume_command(path: Path, info: Any, *, trust: bool = False, allow_archs: list[str] = ()) -> str:
@@ -259,14 +272,16 @@ def reporter_msg(reporter: Any, text: str) -> None:
         reporter.message(text)
 
 
-def install_signal_handlers(stop: Any) -> None:
-    """First SIGINT/SIGTERM: stop at the next step boundary. A second SIGINT: stop now."""
+def install_signal_handlers(stop: Any) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: stop at the next step boundary. A second SIGINT: stop now.
+
+    Returns the handlers it replaced (execute puts them back when the run ends)."""
 
     def handler(signum: int, frame: Any) -> None:
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.request(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return previous

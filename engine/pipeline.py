@@ -34,7 +34,7 @@ from engine.config import (
     SweepStage,
 )
 from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
-from engine.runs import RunWriter, write_json
+from engine.runs import RunLock, RunWriter, write_json
 from engine.train import StopFlag, Trainer, evaluate, resolve_device
 
 ROUND_STAGES = ("sparse", "prune", "finetune")
@@ -106,10 +106,23 @@ class Pipeline:
             self.stage_impl = DetectStages(self)
         self._resuming: str | None = None  # the stage a resume continues (its stale metrics are dropped)
         self._stopped_stage: str | None = None  # the stage in progress when the resumed run stopped
+        self.nothing_to_do = False  # set by a resume of a run whose stages are all done
 
     # ---------------------------------------------------------- the whole run
 
     def run(self, resume: bool = False) -> None:
+        """Run (or with `resume`, continue) the stages. One process writes a run directory: the
+        run's lock is taken first, and a second writer is refused (RunBusy) before it writes."""
+        lock = RunLock(self.writer.path) if self.writer.enabled else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            self._run(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume: bool) -> None:
         w = self.writer
         done: list[str] = []
         self._remove_partial_files()
@@ -117,6 +130,7 @@ class Pipeline:
             found = self._read_state()
             if found.status.get("state") == "done" and {s.name for s in self.stages} <= set(found.completed):
                 w.log("resume: every stage is done already; nothing to do")
+                self.nothing_to_do = True
                 return  # `ended` and the rest stay as the run left them
             done = found.completed
         w.status(state="running", preset=self.spec.name,

@@ -7,6 +7,7 @@ so readers can tail it by byte offset.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_file
+from engine.errors import RunBusy
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 HEARTBEAT_S = 2.0
@@ -147,6 +149,108 @@ def _redone(line: bytes, stage: str, after_step: int | None, from_epoch: int | N
     return isinstance(rec.get("step"), int) and rec["step"] > after_step
 
 
+# ---------------------------------------------------------------- one writer per run directory
+
+
+LOCK_FILE = "run.lock"
+_held: dict[str, list] = {}  # run.lock paths this process holds: [fd, depth]
+_held_lock = threading.Lock()
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's lock; it drops its reference, so
+    the lock goes when the run's process ends even if a child outlives it."""
+    for fd, _depth in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+class RunLock:
+    """The one-writer lock of a run directory: an exclusive flock on run_dir/run.lock, held for
+    the whole run. The kernel drops it when the process ends, however it ends (a kill -9 too), so
+    no stale lock outlives a crash. The file holds the holder's pid, for the refusal message."""
+
+    def __init__(self, run: Path):
+        self.run = Path(run)
+        self.path = self.run / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        key = str(self.path.resolve())
+        with _held_lock:
+            if key in _held:  # this process holds it already (the CLI, then the pipeline)
+                _held[key][1] += 1
+                return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _pid_in(fd)
+            os.close(fd)
+            who = f"pid {pid}" if pid else "another process"
+            raise RunBusy(f"{self.run}: {who} is writing this run right now; one process writes a run at a time. "
+                          "Wait for it to end, or cancel it (the workbench's c key, or kill -TERM "
+                          f"{pid or 'PID'}), then resume.", pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        with _held_lock:
+            _held[key] = [fd, 1]
+
+    def release(self) -> None:
+        key = str(self.path.resolve())
+        with _held_lock:
+            entry = _held.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _held[key]
+        os.close(entry[0])  # closing drops the flock
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_in(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def lock_holder(run: Path) -> int | None:
+    """The pid writing `run` now (0 when the holder's pid is unknown), or None when nobody is."""
+    if str((Path(run) / LOCK_FILE).resolve()) in _held:
+        return os.getpid()
+    try:
+        fd = os.open(Path(run) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no slimlab process ever wrote here, or an older one
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _pid_in(fd) or 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- reading runs
 
 
@@ -199,9 +303,17 @@ def read_run(path: Path) -> RunInfo:
     info.error = st.get("error")
     info.pid = st.get("pid")
     info.extra = st
-    if info.state == "running" and not pid_alive(info.pid) and _stale(info.heartbeat):
+    if info.state == "running" and _writer_gone(path, info):
         info.state, info.error = "failed", info.error or "process ended without writing a final status"
     return info
+
+
+def _writer_gone(path: Path, info: RunInfo) -> bool:
+    """A "running" status whose process is gone: its run.lock is free (the kernel released it
+    when the process died), or, in a directory without one, a dead pid and an old heartbeat."""
+    if (path / LOCK_FILE).exists():
+        return lock_holder(path) is None
+    return not pid_alive(info.pid) and _stale(info.heartbeat)
 
 
 def _stale(heartbeat: float | None) -> bool:

@@ -49,8 +49,12 @@ def resume(path: Path, allow_archs: tuple[str, ...] = ()) -> Launched:
 
     Raises NeedsTrust (kind "arch") when the run's spec.yaml was not written by this user and
     names a package.module:Class not in `allow_archs`: the caller asks, then passes it."""
+    holder = runs.lock_holder(path)  # the rule the engine applies: one writer per run directory
+    if holder is not None:
+        who = f"pid {holder}" if holder else "another process"
+        raise LaunchError(f"{path.name} is being written by {who} right now; cancel it first (c), then resume")
     info = runs.read_run(path)
-    if info.state not in ("failed", "cancelled"):
+    if info.state not in ("failed", "cancelled", "unreadable"):  # unreadable: resume rebuilds its status
         raise LaunchError(f"{path.name} is {info.state}; only failed or cancelled runs resume")
     if not (path / "spec.yaml").exists():
         raise LaunchError(f"{path.name} has no spec.yaml to resume from")

@@ -180,7 +180,7 @@ class RunsScreen(WorkbenchScreen):
         line = f"[b]{escape(info.name)}[/b]  [{style}]{info.state}[/]" if style else f"[b]{escape(info.name)}[/b]  {info.state}"
         if info.state == "running" and info.pid:
             line += f"  pid {info.pid}"
-        hints = {"running": "c cancels", "failed": "R resumes", "cancelled": "R resumes"}
+        hints = {"running": "c cancels", "failed": "R resumes", "cancelled": "R resumes", "unreadable": "R resumes"}
         line += f"  [dim]({hints[info.state] + ', ' if info.state in hints else ''}Enter monitors)[/]"
         if info.error:
             line += f"\n[red]{escape(info.error)}[/]"
