@@ -4,7 +4,7 @@ Each model gets log-normal |gamma| (a spread like after sparse training), a plan
 with round_to 8, and is exported to ONNX (checked against PyTorch) before and after pruning; the
 pruned model is quantized to INT8 (QDQ, per-channel, calibrated on random inputs: this measures
 speed, the demo run measures accuracy). All three are timed in one process, interleaved, with
-fixed onnxruntime threads, at batch 1 and 32 (medians).
+fixed onnxruntime threads, at batch 1 and 32 (median over rounds of the best of 3 back-to-back runs).
 
 Usage: python benchmarks/deploy_latency.py [--threads N] [--repeats N]
 """
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} intra-op thread(s), "
-          f"percent 0.5, round_to 8, median of {args.repeats} interleaved runs")
+          f"percent 0.5, round_to 8, median of {args.repeats} interleaved rounds (best of 3 runs each)")
     head = f"{'model':<16}{'variant':<14}{'params':>11}{'FLOPs':>15}{'size MiB':>10}{'b1 ms':>9}{'b32 ms':>10}{'x b1':>7}{'x b32':>7}"
     print(head)
     headline = None

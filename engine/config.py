@@ -308,7 +308,8 @@ class LatencySpec(Strict):
 
     threads: int = Field(1, ge=1)  # intra-op threads, fixed for every artifact
     warmup: int = Field(5, ge=0)
-    repeats: int = Field(30, ge=3)  # timed runs per artifact and batch size
+    repeats: int = Field(30, ge=3)  # rounds per artifact and batch size; latency is their median
+    runs: int = Field(3, ge=1)  # back-to-back runs per round, the fastest kept (interruptions only slow)
 
 
 Stage = Annotated[

@@ -2,8 +2,10 @@
 
 Every session has the same fixed intra-op thread count. After warm-up, rounds alternate the
 models (in a rotating order, so no model always runs first or right after another) and the
-batch sizes; each model's latency is the median over the rounds. Load on the machine then
-hits all models alike instead of whichever happened to run during it.
+batch sizes; in each round a model runs `runs` times back to back and the round keeps the
+fastest (a run the scheduler interrupted for another process is slower, never faster); each
+model's latency is the median over the rounds. Load on the machine then hits all models alike
+instead of whichever happened to run during it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def measure(
     batches: Sequence[int] = BATCHES,
     warmup: int = 5,
     repeats: int = 30,
+    runs: int = 3,
     seed: int = 0,
 ) -> dict[str, dict[int, float | None]]:
-    """{name: {batch: median milliseconds}}; None where a model's fixed batch differs from `batch`."""
+    """{name: {batch: median over `repeats` rounds of the best of `runs` runs, in milliseconds}};
+    None where a model's fixed batch differs from `batch`."""
     rng = np.random.default_rng(seed)
     inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
     runnable = {
@@ -49,9 +53,12 @@ def measure(
                 if b not in runnable[name]:
                     continue
                 sess, feed = sessions[name], {feeds[name]: inputs[b]}
-                start = time.perf_counter()
-                sess.run(None, feed)
-                samples[(name, b)].append(time.perf_counter() - start)
+                best = float("inf")
+                for _ in range(max(1, runs)):
+                    start = time.perf_counter()
+                    sess.run(None, feed)
+                    best = min(best, time.perf_counter() - start)
+                samples[(name, b)].append(best)
     return {
         name: {b: (statistics.median(samples[(name, b)]) * 1e3 if (name, b) in samples else None) for b in batches}
         for name in names

@@ -179,11 +179,12 @@ def comparison_rows(pipe: Any, summary: dict[str, Any]) -> dict[str, dict[str, A
         return {}
     cfg = pipe.spec.latency
     pipe.writer.log(f"latency: timing {len(records)} artifacts with onnxruntime, {cfg.threads} thread(s), "
-                    f"median of {cfg.repeats} interleaved runs at batch {' and '.join(map(str, latency.BATCHES))}")
+                    f"median of {cfg.repeats} interleaved rounds (best of {cfg.runs} runs each) at batch "
+                    f"{' and '.join(map(str, latency.BATCHES))}")
     pipe.writer.status(activity=f"timing {len(records)} files with onnxruntime")
     shape = _input_shape(pipe, records)
     sessions = {a["name"]: runtime.session(_runnable(pipe, a, shape), cfg.threads) for a in records}
-    times = latency.measure(sessions, shape, warmup=cfg.warmup, repeats=cfg.repeats)
+    times = latency.measure(sessions, shape, warmup=cfg.warmup, repeats=cfg.repeats, runs=cfg.runs)
     pipe.writer.status(activity=None)
     rows = {}
     for a in records:
