@@ -54,12 +54,14 @@ class Atoms:
         if not valid.any():
             return out
         r = self.parent[ids[valid]]
-        while True:
-            rr = self.parent[r]
-            if np.array_equal(rr, r):
+        while True:  # path halving: every node visited now points two steps higher
+            p = self.parent[r]
+            if np.array_equal(p, r):
                 break
-            r = rr
-        self.parent[ids[valid]] = r  # path compression
+            pp = self.parent[p]
+            self.parent[r] = pp
+            r = pp
+        self.parent[ids[valid]] = r
         out[valid] = r
         return out
 
@@ -78,7 +80,9 @@ class Atoms:
             if not differ.any():
                 return
             lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
-            self.parent[hi] = lo  # where one root meets several, the next round links the rest
+            # every root takes its smallest partner at once: one atom coupled with thousands (a
+            # single-channel tensor added to a wide one) links in two rounds, not thousands
+            np.minimum.at(self.parent, hi, lo)
             a, b = a[differ], b[differ]
 
     def freeze(self, ids: np.ndarray, reason: str, priority: int = STRUCTURE) -> None:
