@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from engine.errors import PruneError
-from engine.slim.cut import cut_atoms, cut_model
+from engine.slim.cut import Undo, cut_atoms, cut_model
 from engine.slim.groups import ChannelGroup, groups_from_trace
 from engine.slim.plan import PlanGroup, PrunePlan
 from engine.slim.trace import Progress, TraceBudget, build_trace, layer_kind
@@ -82,29 +82,29 @@ def apply_plan(
     if not verify:
         _cut(model, plan, todo, budget, progress)
         return model
-    snapshot = copy.deepcopy(model)
-    problem = _cut(model, plan, todo, budget, progress, check=True)
+    undo = Undo()
+    problem = _cut(model, plan, todo, budget, progress, check=True, undo=undo)
     if problem:
-        model.__dict__.update(copy.deepcopy(snapshot).__dict__)  # leave the caller's model whole
-        raise PruneError(_blame(snapshot, plan, todo, problem))
+        undo.restore()  # leave the caller's model whole
+        raise PruneError(_blame(model, plan, todo, problem))
     return model
 
 
 def _cut(model: nn.Module, plan: PrunePlan, todo: Sequence[PlanGroup], budget: TraceBudget | None,
-         progress: Progress | None, check: bool = False) -> str | None:
+         progress: Progress | None, check: bool = False, undo: Undo | None = None) -> str | None:
     """Cut `todo` from `model`; with `check`, what the dummy batch shows is wrong (None if nothing)."""
     trace = build_trace(model, plan.input_shape, budget=budget, progress=progress)
     groups = groups_from_trace(trace)
     cut = resolve_cut(plan, todo, groups)
     if not check:
-        cut_model(model, trace, groups, cut)
+        cut_model(model, trace, groups, cut, undo)
         return None
     device = next((p.device for p in model.parameters()), None)
     x = dummy_batch(plan.input_shape, device or "cpu")
     with masked(trace, cut_atoms(groups, cut)):
         ref = outputs(model, x)
     try:
-        cut_model(model, trace, groups, cut)
+        cut_model(model, trace, groups, cut, undo)
         return compare(ref, outputs(model, x))
     except PruneError:
         raise
@@ -114,7 +114,7 @@ def _cut(model: nn.Module, plan: PrunePlan, todo: Sequence[PlanGroup], budget: T
 
 
 def _blame(snapshot: nn.Module, plan: PrunePlan, todo: list[PlanGroup], problem: str) -> str:
-    """The message naming the group (found by bisection) whose cut breaks the model."""
+    """The message naming the group (found by bisection on copies of the whole model) whose cut breaks it."""
 
     def fails(part: list[PlanGroup]) -> bool:
         return _cut(copy.deepcopy(snapshot), plan, part, None, None, check=True) is not None

@@ -74,8 +74,10 @@ class CostModel:
         groups: list[ChannelGroup],
         offsets: np.ndarray,
         input_shape: Sequence[int],
+        flops: tuple[int, dict[str, int]] | None = None,
     ) -> CostModel:
-        flops_total, flops_of = module_flops(model, input_shape)
+        """`flops` (total, per module) as the channel trace counted them; else counted here."""
+        flops_total, flops_of = flops if flops is not None else module_flops(model, input_shape)
         modules = dict(model.named_modules())
         members_of: dict[str, list[tuple[int, object]]] = {}
         for g in groups:

@@ -27,8 +27,40 @@ def kept(trace: Trace, slots: np.ndarray | None, atoms: np.ndarray) -> np.ndarra
     return ~np.isin(trace.atoms.find(slots), atoms)
 
 
-def cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: dict[int, np.ndarray]) -> None:
-    """Remove the units `cut` names from every layer and parameter holding them, in place."""
+class Undo:
+    """What a cut replaced (tensors, channel counts), to put the model back exactly as it was."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[nn.Module, str, str, object]] = []  # (owner, kind, name, old value)
+
+    def restore(self) -> None:
+        for owner, kind, name, old in reversed(self.steps):
+            if kind == "param":
+                owner._parameters[name] = old
+            elif kind == "buffer":
+                owner._buffers[name] = old
+            else:
+                setattr(owner, name, old)
+        self.steps.clear()
+
+
+_undo: Undo | None = None  # the log of the cut in progress
+
+
+def cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: dict[int, np.ndarray],
+              undo: Undo | None = None) -> None:
+    """Remove the units `cut` names from every layer and parameter holding them, in place.
+
+    With `undo`, every replaced tensor and changed channel count is logged there."""
+    global _undo
+    _undo = undo
+    try:
+        _cut_model(model, trace, groups, cut)
+    finally:
+        _undo = None
+
+
+def _cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: dict[int, np.ndarray]) -> None:
     atoms = cut_atoms(groups, cut)
     for layer in trace.layers.values():
         keep_out = kept(trace, layer.out, atoms)
@@ -60,11 +92,23 @@ def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
 
 
 def _replace(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    """`value` is a fresh tensor (index_select copies): it becomes the parameter or buffer `attr`."""
     old = getattr(owner, attr)
     if isinstance(old, nn.Parameter):
-        owner._parameters[attr] = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+        if _undo is not None:
+            _undo.steps.append((owner, "param", attr, old))
+        owner._parameters[attr] = nn.Parameter(value.detach(), requires_grad=old.requires_grad)
     else:
-        owner._buffers[attr] = value.detach().clone()
+        if _undo is not None:
+            _undo.steps.append((owner, "buffer", attr, old))
+        owner._buffers[attr] = value.detach()
+
+
+def _set(module: nn.Module, **counts: int) -> None:
+    for name, value in counts.items():
+        if _undo is not None:
+            _undo.steps.append((module, "attr", name, getattr(module, name)))
+        setattr(module, name, value)
 
 
 def _conv(name: str, m: nn.modules.conv._ConvNd, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
@@ -90,14 +134,14 @@ def _conv(name: str, m: nn.modules.conv._ConvNd, keep_out: np.ndarray, keep_in: 
     _replace(m, "weight", w)
     if m.bias is not None:
         _replace(m, "bias", _index(m.bias.detach(), 0, keep_out))
-    m.in_channels, m.out_channels, m.groups = int(keep_in.sum()), int(keep_out.sum()), groups
+    _set(m, in_channels=int(keep_in.sum()), out_channels=int(keep_out.sum()), groups=groups)
 
 
 def _linear(m: nn.Linear, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
     _replace(m, "weight", _index(_index(m.weight.detach(), 0, keep_out), 1, keep_in))
     if m.bias is not None:
         _replace(m, "bias", _index(m.bias.detach(), 0, keep_out))
-    m.out_features, m.in_features = int(keep_out.sum()), int(keep_in.sum())
+    _set(m, out_features=int(keep_out.sum()), in_features=int(keep_in.sum()))
 
 
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, keep: np.ndarray) -> None:
@@ -105,7 +149,7 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, keep: np.ndarray) -> None:
         t = getattr(m, attr, None)
         if t is not None:
             _replace(m, attr, _index(t.detach(), 0, keep))
-    m.num_features = int(keep.sum())
+    _set(m, num_features=int(keep.sum()))
 
 
 def _param(model: nn.Module, name: str, dim: int, gone: np.ndarray) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from engine.errors import PruneError, SlimlabError
 from engine.slim.atoms import OUTPUT, STRUCTURE, Atoms, Lab, along, const, reroot
@@ -166,6 +167,8 @@ class Trace:
     opaque: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     memory_mb: float = 0.0
+    flops: int = 0  # one forward at batch 1, by torch.utils.flop_counter's formulas
+    flops_of: dict[str, int] = field(default_factory=dict)  # per module name, itself and below
 
 
 class ChannelTracer(TorchDispatchMode):
@@ -207,6 +210,8 @@ class ChannelTracer(TorchDispatchMode):
         self.rss0 = _rss_mb()
         self.peak_mb = 0.0
         self.sliced: dict[Any, tuple[weakref.ref, Lab, int, list]] = {}  # channel slices, decided at the end
+        self.flops = 0
+        self.flops_of: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ labels
 
@@ -324,7 +329,15 @@ class ChannelTracer(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.inside or self.busy:
+        if self.busy:
+            return out
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:  # what FlopCounterMode counts, without running the model again
+            n = int(formula(*args, **kwargs, out_val=out))
+            self.flops += n
+            for name in {name for name, _ in self.stack if name}:
+                self.flops_of[name] += n
+        if self.inside:
             return out
         self.ops += 1
         self.current_op = f"aten.{op_name(func)}"
@@ -487,7 +500,7 @@ class ChannelTracer(TorchDispatchMode):
     def trace(self, input_shape: tuple[int, ...]) -> Trace:
         return Trace(
             type(self.model).__name__, input_shape, self.atoms, self.layers, self.params,
-            dict(self.opaque_ops), time.monotonic() - self.t0, self.peak_mb,
+            dict(self.opaque_ops), time.monotonic() - self.t0, self.peak_mb, self.flops, dict(self.flops_of),
         )
 
 

@@ -62,7 +62,7 @@ class GroupTable(DataTable):
         for gid in order:
             g, s = by_id[gid], gammas[gid]
             self.add_row(
-                Text(group_name(g)), Text(str(g.total), justify="right"), Text("", justify="right"),
+                Text(group_name(g)), Text(str(g.total * getattr(g, "width", 1)), justify="right"), Text("", justify="right"),
                 Text("", justify="right"), Text(fmt_gamma(s.min), justify="right"),
                 Text(fmt_gamma(s.median), justify="right"), Text(fmt_gamma(s.max), justify="right"),
                 Text(""), key=str(gid),
@@ -78,7 +78,8 @@ class GroupTable(DataTable):
                 continue
             self._shown[g.id] = state
             style = "bold red" if g.kept < g.total else ""
-            self.update_cell(key, "kept", Text(str(g.kept), style=style, justify="right"))
+            kept = g.kept * getattr(g, "width", 1)  # a unit is `width` channels (grouped convs, even splits)
+            self.update_cell(key, "kept", Text(str(kept), style=style, justify="right"))
             self.update_cell(key, "removed", Text(f"{removed:.1f}", style=style, justify="right"))
             self.update_cell(key, "flag", flag_of(g))
 
