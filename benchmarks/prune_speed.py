@@ -6,7 +6,8 @@
    residual net of 800 conv-BN layers x 256 channels in 40 residual stages (205k BN channels
    in 440 coupled groups holding 113k group channels).
 3. the test zoo (tests/zoo.py), each model in a fresh process: trace + plan at 50% + cut with its
-   dummy-batch check; % of channels removed, seconds, and the process's peak RSS (torch included).
+   dummy-batch check; % of channels removed, seconds, the process's peak RSS (torch included) and
+   how much slimming added to it.
 
 Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N] [--skip-zoo]
 """
@@ -140,6 +141,7 @@ def zoo_one(name: str) -> None:
     torch.manual_seed(0)
     model = zoo.randomize(zoo.ZOO[name]())
     shape = zoo.input_size(name)
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch and the model, before slimming
     t0 = time.perf_counter()
     inputs = precompute(model, shape)
     plan = plan_from_inputs(inputs, percent=0.5)
@@ -150,6 +152,7 @@ def zoo_one(name: str) -> None:
         "model": name, "removed": 1 - t["channels_after"] / t["channels_before"],
         "params": 1 - t["params_after"] / t["params_before"], "seconds": seconds,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb,
         "groups": len(inputs.groups), "prunable": int(sum(g.prunable for g in inputs.groups)),
     }))
 
@@ -163,10 +166,10 @@ def zoo_table(threads: int) -> list[dict]:
         out = subprocess.run([sys.executable, __file__, "--zoo-one", name, "--threads", str(threads)],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"  {'model':<18} {'groups':>7} {'removed':>8} {'params':>8} {'time':>8} {'peak RSS':>9}")
+    print(f"  {'model':<18} {'groups':>7} {'removed':>8} {'params':>8} {'time':>8} {'peak RSS':>9} {'growth':>7}")
     for r in rows:
         print(f"  {r['model']:<18} {r['prunable']:>3}/{r['groups']:<3} {r['removed']:>8.1%} {r['params']:>8.1%} "
-              f"{r['seconds']:>7.2f}s {r['rss_mb']:>6.0f} MB")
+              f"{r['seconds']:>7.2f}s {r['rss_mb']:>6.0f} MB {r['rss_growth_mb']:>4.0f} MB")
     return rows
 
 
