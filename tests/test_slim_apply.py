@@ -285,3 +285,15 @@ def test_a_version_1_plan_still_applies_and_refuses_composition():
         assert torch.equal(a(x), b(x))
     with pytest.raises(PruneError, match="older slimlab"):
         compose(old, plan)
+
+
+def test_apply_reuses_the_trace_of_the_model_precompute_traced():
+    from engine.slim.trace import trace_for
+
+    model = build("resnet_cifar")
+    shape = shape_of("resnet_cifar")
+    plan = plan_from_inputs(precompute(model), percent=0.5)
+    first = trace_for(model, shape)
+    assert trace_for(model, shape) is first  # unchanged: precompute's trace serves apply
+    apply_plan(model, plan)
+    assert trace_for(model, shape) is not first  # cut: a new structure is traced anew

@@ -20,7 +20,7 @@ from engine.errors import PruneError
 from engine.slim.cut import Undo, cut_atoms, cut_model
 from engine.slim.groups import ChannelGroup, groups_from_trace
 from engine.slim.plan import PlanGroup, PrunePlan
-from engine.slim.trace import Progress, TraceBudget, build_trace, layer_kind
+from engine.slim.trace import Progress, TraceBudget, layer_kind, trace_for
 from engine.slim.verify import compare, dummy_batch, masked, outputs
 
 
@@ -93,7 +93,7 @@ def apply_plan(
 def _cut(model: nn.Module, plan: PrunePlan, todo: Sequence[PlanGroup], budget: TraceBudget | None,
          progress: Progress | None, check: bool = False, undo: Undo | None = None) -> str | None:
     """Cut `todo` from `model`; with `check`, what the dummy batch shows is wrong (None if nothing)."""
-    trace = build_trace(model, plan.input_shape, budget=budget, progress=progress)
+    trace = trace_for(model, plan.input_shape, budget=budget, progress=progress)  # precompute's, when it traced this model
     groups = groups_from_trace(trace)
     cut = resolve_cut(plan, todo, groups)
     if not check:

@@ -523,6 +523,29 @@ def _rss_mb() -> float:
         return 0.0
 
 
+_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Trace]] = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module, shape: tuple[int, ...]) -> tuple:
+    """What a trace depends on: the input shape, every layer's type and every tensor's shape (and the
+    `indexes` of channel_selection layers, which pick channels by value)."""
+    layers = tuple((n, type(m)) for n, m in model.named_modules())
+    tensors = tuple((n, tuple(t.shape)) for n, t in (*model.named_parameters(), *model.named_buffers()))
+    picks = tuple((n, tuple(torch.nonzero(m.indexes.detach()).reshape(-1).tolist()))
+                  for n, m in model.named_modules() if _is_channel_selection(m))
+    return shape, layers, tensors, picks
+
+
+def trace_for(model: nn.Module, input_shape: Sequence[int], *, budget: TraceBudget | None = None,
+              progress: Progress | None = None) -> Trace:
+    """The trace `build_trace` made of this very model, if its structure has not changed since; else a new one."""
+    shape = tuple(int(s) for s in input_shape)
+    cached = _TRACES.get(model)
+    if cached is not None and cached[0] == _signature(model, shape):
+        return cached[1]
+    return build_trace(model, shape, budget=budget, progress=progress)
+
+
 def build_trace(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -530,7 +553,7 @@ def build_trace(
     budget: TraceBudget | None = None,
     progress: Progress | None = None,
 ) -> Trace:
-    """Trace `model` on one dummy input of `input_shape` (C, H, W) into a `Trace`."""
+    """Trace `model` on one dummy input of `input_shape` (C, H, W) into a `Trace` (remembered for `trace_for`)."""
     budget = budget or TraceBudget.from_env()
     shape = tuple(int(s) for s in input_shape)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -555,7 +578,9 @@ def build_trace(
             h.remove()
     if progress is not None:
         progress(tracer.modules_total, tracer.modules_total, "done")
-    return tracer.trace(shape)
+    trace = tracer.trace(shape)
+    _TRACES[model] = (_signature(model, shape), trace)
+    return trace
 
 
 def _forward_error(model: nn.Module, shape: tuple[int, ...], tracer: ChannelTracer, exc: Exception) -> PruneError:
