@@ -287,3 +287,34 @@ def test_a_plan_cutting_far_less_than_asked_says_why_with_counts():
     assert "this plan cuts 6.8% of all channels (4 of 59)" in short[0]
     assert "48 channels in 2 layer(s): mean over dimension 1 combines them, in MostlyFixed" in short[0]
     assert "3 channels in 1 layer(s): they are model outputs" in short[0]
+
+
+class TwoBranches(nn.Module):
+    """Two convs concatenated under one BatchNorm: one group, each conv holding half its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = cbr(8, 6)
+        self.fc = nn.Linear(6, 2)
+        self.input_size = (3, 6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(self.head(y).mean((2, 3)))
+
+
+def test_min_keep_holds_for_every_layer_of_a_group_not_only_the_group():
+    model = TwoBranches()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([0.5, 0.6, 0.7, 0.8, 0.01, 0.02, 0.03, 0.04]))
+        model.head[1].weight.copy_(torch.linspace(0.2, 0.9, 6))
+    plan = make_plan(model, percent=0.4)
+    g = next(g for g in plan.groups if "a" in g.convs)
+    assert "b" in g.convs and g.kept_idxs == [0, 1, 2, 3, 7]  # b keeps its best channel
+    assert any("b would keep 0 channel(s), below min_keep" in w for w in plan.warnings)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert pruned.b.out_channels == 1 and pruned.a.out_channels == 4
+    assert plan.totals["params_after"] == count_params(pruned)

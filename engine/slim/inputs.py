@@ -48,6 +48,9 @@ class PlanInputs:
     unit_ok: np.ndarray = field(init=False)  # (N,) unit of a prunable group that may be cut
     unit_width: np.ndarray = field(init=False)  # (N,)
     group_of: np.ndarray = field(init=False)  # (N,) group id of each unit
+    # groups whose layers hold only some of the units (a concat's branches): each layer's units,
+    # so a plan never empties one layer while the group keeps others
+    partial: list[tuple[int, list[tuple[str, np.ndarray]]]] = field(init=False, repr=False)
     _arrays: dict[str, ScoreArrays] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,14 @@ class PlanInputs:
         self.unit_width = np.repeat(self.widths, self.totals)
         fixed = [g.fixed if g.fixed.size == g.total else np.zeros(g.total, bool) for g in self.groups]
         self.unit_ok = np.repeat(self.prunable, self.totals) & ~(np.concatenate(fixed) if fixed else np.zeros(0, bool))
+        self.partial = []
+        for g in self.groups:
+            if not g.prunable:
+                continue
+            layers = [(m.name, np.unique(m.root_idxs)) for m in g.members if m.side == "out"]
+            layers = [(name, units) for name, units in layers if units.size < g.total]
+            if layers:
+                self.partial.append((g.id, layers))
         self.arrays(self.score)
 
     @property

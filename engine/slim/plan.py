@@ -334,16 +334,32 @@ def plan_from_inputs(
 
     counts = np.where(active, counts, totals)
     kept_mask = arr.rank < np.repeat(counts, totals)
+    for gid, layers in inputs.partial:  # min_keep holds per layer: a concat's branch keeps its best
+        if not active[gid]:
+            continue
+        g, off = groups[gid], int(inputs.offsets[gid])
+        mask = kept_mask[off : off + g.total]
+        for name, units in layers:
+            need = max(1, math.ceil(min_keep * units.size - 1e-9) if isinstance(min_keep, float)
+                       else min(-(-int(min_keep) // g.width), units.size))
+            have = int(mask[units].sum())
+            if have < need:
+                spare = units[~mask[units]]
+                mask[spare[np.argsort(arr.rank[off + spare])][: need - have]] = True
+                warnings.append(f"{_label(g)}: {name} would keep {have * g.width} channel(s), below min_keep; "
+                                f"kept its best {need * g.width}")
+                clamped[gid] = True
+        counts[gid] = int(mask.sum())
     params_after, flops_after = inputs.cost.evaluate(counts, kept_mask)
 
     plan_groups = []
-    order, offsets = arr.order, inputs.offsets
+    offsets = inputs.offsets
     for g in groups:
         i, n = g.id, int(counts[g.id])
         if n == g.total:
             kept = list(range(n))
         else:
-            kept = np.sort(order[offsets[i] : offsets[i] + n]).tolist()
+            kept = np.flatnonzero(kept_mask[offsets[i] : offsets[i] + g.total]).tolist()
         by_threshold = active[i] and "keep" not in override_of.get(i, {})
         g_thr = float(thr_g[i]) if by_threshold else None
         plan_groups.append(
