@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import PresetError
+from engine.messages import plain_message
 from engine.models import catalog
 from engine.slim.spec import S_HINT, AutoS, PruneRule, TargetSpec
 
@@ -463,10 +464,7 @@ def format_errors(err: ValidationError, source: str) -> str:
         elif e["type"] == "union_tag_not_found":
             lines.append(f"  {key}: a stage needs a 'type': one of {', '.join(STAGE_TYPES)}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            got = e.get("input")
-            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-            lines.append(f"  {key or '(top level)'}: {msg}{shown}")
+            lines.append(f"  {key or '(top level)'}: {plain_message(e)}")
     return "\n".join(lines)
 
 

@@ -81,6 +81,12 @@ def resolve_device(name: str, info: distributed.DistInfo | None = None) -> torch
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise PresetError(f"training.device: {name} asked for, but CUDA is not available here; use cpu or auto")
+        index, count = torch.device(name).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise PresetError(f"training.device: {name} asked for, but this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise PresetError("training.device: mps asked for, but Apple's MPS is not available here; use cpu or auto")
         if name == "cuda" and info is not None and info.enabled:
             name = f"cuda:{info.local_rank}"
     return torch.device(name)

@@ -48,5 +48,5 @@ def test_threads_must_be_positive():
     from engine.config import spec_from_dict
     from engine.errors import PresetError
 
-    with pytest.raises(PresetError, match="training.threads: Input should be greater than or equal to 1"):
+    with pytest.raises(PresetError, match="training.threads: must be 1 or more"):
         spec_from_dict({"training": {"threads": 0}})

@@ -107,7 +107,7 @@ def test_inspect_save_launch_and_watch_a_run(tmp_path):
         term.keys("s")
         term.wait(lambda s: "Save plan" in s, 20, "the save dialog")
         term.keys("Enter")
-        plan_path = tmp_path / "ckpts" / "plan.json"
+        plan_path = tmp_path / "ckpts" / "model.plan.json"
         deadline = time.monotonic() + 20
         while not plan_path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)

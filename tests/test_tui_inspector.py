@@ -17,6 +17,7 @@ from engine import checkpoint
 from engine.slim import PrunePlan, make_plan, precompute
 from tui.app import make_app
 from tui.screens.inspector import InspectorScreen
+from tui.widgets.confirm import ConfirmModal
 from tui.widgets.histogram import GammaHistogram
 from tui.widgets.inspector_modals import OverrideModal, ValueModal
 from tui.widgets.inspector_sweep import SweepPlot
@@ -316,18 +317,39 @@ async def test_s_saves_the_plan_shown(ckpt):
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, ValueModal), 10, "the save modal")
         default = pilot.app.screen.query_one("#value", Input).value
-        assert default == str(ckpt.parent / "plan.json")
+        assert default == str(ckpt.parent / "model.plan.json")  # named after the checkpoint
         await pilot.press("enter")
         await pilot.pause()
-        saved = json.loads((ckpt.parent / "plan.json").read_text())
+        saved = json.loads((ckpt.parent / "model.plan.json").read_text())
         assert saved == json.loads(json.dumps(screen.plan.to_dict()))
         assert PrunePlan.from_dict(saved).to_dict() == screen.plan.to_dict()
         assert saved["options"]["percent"] == pytest.approx(0.53)
 
+        # A folder that does not exist is refused, not created.
         await pilot.press("s")
         other = ckpt.parent / "elsewhere" / "mine.json"
         await type_into_modal(pilot, str(other))
+        assert "does not exist: create it first" in modal_error(pilot)
+        assert not other.parent.exists()
+        other.parent.mkdir()
+        await type_into_modal(pilot, str(other))
         assert json.loads(other.read_text()) == saved
+
+        # An existing file is overwritten only after a yes; enter answers no.
+        await pilot.press("right")
+        await pilot.press("s")
+        await type_into_modal(pilot, str(other))
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmModal), 10, "the overwrite question")
+        assert "Overwrite" in str(pilot.app.screen.query_one(".modal-title", Label).content)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert pilot.app.screen is screen and json.loads(other.read_text()) == saved
+        await pilot.press("s")
+        await type_into_modal(pilot, str(other))
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmModal), 10, "the overwrite question")
+        await pilot.press("y")
+        await pilot.pause()
+        assert json.loads(other.read_text())["options"]["percent"] == pytest.approx(0.54)
 
         await pilot.press("s")
         await type_into_modal(pilot, str(ckpt.parent))
@@ -353,7 +375,8 @@ async def test_x_writes_a_pruned_checkpoint_the_engine_rebuilds(ckpt):
         await wait_for(pilot, lambda: not job.running and out.exists(), what="the pruned checkpoint")
         loaded = checkpoint.load(out)
         assert loaded.plan == json.loads(json.dumps(shown))
-        assert json.loads(out.with_name("plan.json").read_text()) == loaded.plan
+        assert json.loads(out.with_name("model-pruned.plan.json").read_text()) == loaded.plan
+        assert not out.with_name("plan.json").exists()
         params = sum(p.numel() for p in loaded.model.parameters())
         assert params == shown["totals"]["params_after"]
         assert loaded.model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
@@ -362,6 +385,21 @@ async def test_x_writes_a_pruned_checkpoint_the_engine_rebuilds(ckpt):
             layer = layers[g["root"]]
             assert (layer.out_channels if hasattr(layer, "out_channels") else layer.out_features) == g["kept"]
         assert screen.plan.to_dict() == shown  # the inspector still shows the unpruned model
+
+        # Pruning onto existing files asks first (naming both); no leaves them as they are.
+        stamp = out.stat().st_mtime_ns
+        await pilot.press("x")
+        await type_into_modal(pilot, str(out))
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmModal), 10, "the overwrite question")
+        title = str(pilot.app.screen.query_one(".modal-title", Label).content)
+        assert "model-pruned.pt and" in title and "model-pruned.plan.json" in title
+        await pilot.press("n")
+        await pilot.pause()
+        assert pilot.app.screen is screen and not job.running and out.stat().st_mtime_ns == stamp
+        await pilot.press("x")
+        await type_into_modal(pilot, str(ckpt.parent / "no" / "such" / "out.pt"))
+        assert "does not exist" in modal_error(pilot) and not (ckpt.parent / "no").exists()
+        await pilot.press("escape")
 
         # The pruned checkpoint opens in the inspector too; pruning it again composes the plans.
         app.open_checkpoint(out)

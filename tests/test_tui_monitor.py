@@ -55,6 +55,9 @@ async def test_monitor_plots_a_finished_run(tmp_path):
         assert screen.query_one("#run-bar", ProgressBar).percentage == 1.0
         log = log_text(screen)
         assert "log line 13" in log and "log line 4" in log and "log line 3" not in log  # the last 10
+        # epoch lines from metrics.jsonl, counted from 1 like the run's own output
+        assert "[train] epoch 1/2  loss 1.0000  val_loss 1.2000  accuracy 55.00%" in log
+        assert "[sparse] epoch 2/2" in log and "|gamma|<0.01 20.0%" in log and "epoch 0/" not in log
         assert screen.query_one("#plot-loss", MetricPlot).has_data
 
         # Only the visible plot is handed data; the others get it when their tab opens.
@@ -223,3 +226,16 @@ def test_text_tail_reads_the_last_lines_then_only_new_ones(tmp_path):
     assert tail.read() == ["partial"]
     log.write_text("replaced\n")  # shorter: read again from the top
     assert tail.read() == ["replaced"]
+
+
+@run_async
+async def test_a_cancelled_run_shows_how_far_the_run_got(tmp_path):
+    path = make_run(tmp_path, "stopped", "cancelled", stages=("train", "sparse"), stage="sparse", progress=0.25,
+                    completed=["train"], ended=T0 + 60, error="SIGTERM at epoch 0 step 4")
+    app = HostApp(lambda: MonitorScreen(path), tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.info is not None, what="the status")
+        await pilot.pause(0.2)
+        assert screen.query_one("#stage-bar", ProgressBar).percentage == 0.25
+        assert screen.query_one("#run-bar", ProgressBar).percentage == 0.625  # not run 0% beside stage 25%

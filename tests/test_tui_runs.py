@@ -24,6 +24,7 @@ from tui import launcher
 from tui.screens.launch import LaunchScreen
 from tui.screens.monitor import MonitorScreen
 from tui.screens.runs import RunsScreen
+from tui.widgets.confirm import ConfirmModal
 
 from helpers import run_async, wait_for
 
@@ -279,6 +280,10 @@ def field(form: LaunchScreen, key: str) -> Input:
     return form.query_one(f"#field-{index}", Input)
 
 
+def launch_errors(form: LaunchScreen) -> str:
+    return str(form.query_one("#launch-errors", Static).render())
+
+
 def field_error(form: LaunchScreen, key: str) -> str:
     index = [f.key for f in form.fields].index(key)
     return str(form.query_one(f"#error-{index}", Static).render())
@@ -309,8 +314,8 @@ async def test_new_run_form_shows_errors_and_launches_nothing(tmp_path):
         assert "percent 1.5 is outside [0, 1)" in field_error(form, "stages.2.percent")
         assert "plain directory name" in field_error(form, "output.name")
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: any("nothing was launched" in n.message for n in app._notifications),
-                       what="the refusal")
+        await wait_for(pilot, lambda: "nothing was launched" in launch_errors(form), what="the refusal")
+        assert not app._notifications  # said in the form, not in a toast over it
         assert isinstance(app.screen, LaunchScreen)  # still open: nothing launched
         assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
@@ -321,10 +326,10 @@ async def test_new_run_form_shows_errors_and_launches_nothing(tmp_path):
         await wait_for(pilot, lambda: "unknown model 'vggg'" in field_error(form, "model.arch"), what="the arch error")
         assert "did you mean 'vgg'" in field_error(form, "model.arch")
         assert field_error(form, "training.lr") == "" and form.checked is not None and form.checked.spec is None
-        app._notifications.clear()
+        field(form, "output.name").value = "ok-name-2"
+        await wait_for(pilot, lambda: "nothing was launched" not in launch_errors(form), what="the refusal gone")
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: any("nothing was launched" in n.message for n in app._notifications),
-                       what="the second refusal")
+        await wait_for(pilot, lambda: "nothing was launched" in launch_errors(form), what="the second refusal")
         assert isinstance(app.screen, LaunchScreen)
         assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
@@ -388,6 +393,8 @@ async def test_cancel_then_resume_a_launched_run(tmp_path):
             await pilot.pause(0.2)
         pid = runs.read_run(path).pid
         await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
+        await pilot.press("y")
         await wait_for(pilot, lambda: runs.read_run(path).state == "cancelled", timeout=60, what="cancelled")
         assert (path / "weights" / "last.pt").exists()
         await wait_for(pilot, lambda: table_rows(screen)["tiny"]["status"] == "cancelled", what="row cancelled")

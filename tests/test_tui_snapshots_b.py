@@ -41,7 +41,11 @@ def run_dirs(tmp_path, monkeypatch) -> Path:
     make_run(runs_dir, "crashed", "running", progress=0.5, started=T0 + 200, heartbeat=T0 + 242)  # dead pid
     corrupt = runs.create_run_dir(runs_dir, "corrupt")
     (corrupt / "status.json").write_text('{"state": "runn')
-    return runs_dir
+    monkeypatch.setenv("TZ", "UTC")  # epoch lines show clock times: the same on every machine
+    time.tzset()
+    yield runs_dir
+    monkeypatch.undo()
+    time.tzset()
 
 
 async def until(pilot: Pilot, condition, timeout: float = 10.0) -> None:

@@ -110,6 +110,26 @@ class SlimlabApp(App):
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
+    async def action_quit(self) -> None:
+        """Quit at once: background reads and sweeps are dropped; a prune writing a file asks first."""
+        writing = any(w.group == "prune" and w.is_running for w in self.workers)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._quit_now()
+
+        if writing:
+            from tui.widgets.confirm import ConfirmModal
+
+            self.push_screen(ConfirmModal("Quit while pruning?", "The pruned checkpoint is still being written; "
+                                          "quitting now leaves it unwritten.", yes="Quit"), answered)
+            return
+        self._quit_now()
+
+    def _quit_now(self) -> None:
+        self.workers.cancel_all()
+        self.exit()
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))

@@ -7,6 +7,7 @@ Ctrl+C in it) never reaches it; a later TUI finds it again by reading run direct
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,24 @@ def cancel(path: Path) -> str:
     except OSError as e:
         raise LaunchError(f"{path.name}: cannot signal pid {info.pid} ({e.strerror})") from None
     return f"cancelling {path.name}: it stops at the next step and writes last.pt"
+
+
+def is_live(path: Path) -> bool:
+    """A process is (or may be about to start) writing this run directory."""
+    if _running_child(path) is not None or runs.lock_holder(path) is not None:  # the run-directory lock
+        return True
+    info = runs.read_run(path)
+    # queued: the pid is the launcher's until the run's own process writes its pid
+    return info.state in ("running", "queued") and runs.pid_alive(info.pid) and info.pid != os.getpid()
+
+
+def delete(path: Path) -> None:
+    """Remove a run directory that no process is writing."""
+    if is_live(path):
+        raise LaunchError(f"{path.name} is still running; cancel it first")
+    if not (path / "status.json").is_file() and not (path / "spec.yaml").is_file():
+        raise LaunchError(f"{path} does not look like a run directory (no status.json or spec.yaml); not deleting it")
+    shutil.rmtree(path)
 
 
 def children() -> dict[Path, int]:

@@ -26,8 +26,10 @@ from tui.screens.base import WorkbenchScreen
 from tui.widgets.checkpoint_panel import CheckpointPanel
 from tui.widgets.ckpt_format import display_path
 from tui.widgets.ckpt_tree import CheckpointTree, is_checkpoint, is_onnx, is_run_dir
+from tui.widgets.filter_bar import FilterBar
 
 PEEK_DELAY_S = 0.15
+FILTER_DELAY_S = 0.25
 RUN_REFRESH_S = 3.0
 
 
@@ -38,6 +40,7 @@ class CheckpointsScreen(WorkbenchScreen):
         Binding("enter", "open", "Inspect / expand", id="checkpoints.open"),
         Binding("m", "monitor", "Monitor run", id="checkpoints.monitor"),
         Binding("r", "reload", "Reload", id="checkpoints.reload"),
+        Binding("slash", "filter", "Filter", key_display="/", id="checkpoints.filter"),
     ]
 
     @dataclass
@@ -53,6 +56,7 @@ class CheckpointsScreen(WorkbenchScreen):
         super().__init__()
         self.root = Path(root) if root is not None else None
         self._peek_timer: Timer | None = None
+        self._filter_timer: Timer | None = None
         self._peeks: dict[tuple[Path, float, int], dict[str, Any]] = {}
         self.current: Path | None = None
 
@@ -64,6 +68,7 @@ class CheckpointsScreen(WorkbenchScreen):
         with Horizontal(id="checkpoints-body"):
             yield CheckpointTree(root, id="checkpoint-tree")
             yield CheckpointPanel(id="checkpoint-panel")
+        yield FilterBar(id="tree-filter")
 
     def on_mount(self) -> None:
         self.set_interval(RUN_REFRESH_S, self._refresh_runs)
@@ -179,6 +184,23 @@ class CheckpointsScreen(WorkbenchScreen):
         self._peeks.clear()
         self.tree.runs.clear()
         self.tree.reload()
+
+    # ------------------------------------------------------------ filter
+
+    def action_filter(self) -> None:
+        self.query_one("#tree-filter", FilterBar).open()
+
+    @on(FilterBar.Changed, "#tree-filter")
+    def _filtered(self, event: FilterBar.Changed) -> None:
+        # the tree rescans folders on a new filter: once typing pauses, not on every key
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        text = event.text
+        self._filter_timer = self.set_timer(FILTER_DELAY_S, lambda: self.tree.set_filter(text))
+
+    @on(FilterBar.Done, "#tree-filter")
+    def _filter_done(self) -> None:
+        self.tree.focus()
 
     # ------------------------------------------------------------ live run states
 

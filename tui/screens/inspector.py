@@ -9,6 +9,7 @@ and `x` applies, so what is shown is exactly what gets cut.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import ContentSwitcher, DataTable, LoadingIndicator, Static
+from textual.widgets import ContentSwitcher, DataTable, Input, LoadingIndicator, Static
 from textual.worker import get_current_worker
 
 from tui.screens.base import WorkbenchScreen
 from tui.widgets.ckpt_format import display_path, fmt_count
 from tui.widgets.ckpt_trust import TrustModal
+from tui.widgets.confirm import ConfirmModal
+from tui.widgets.filter_bar import FilterBar
 from tui.widgets.histogram import GammaHistogram
 from tui.widgets.inspector_jobs import JobBar
 from tui.widgets.inspector_modals import OverrideModal, OverridePreview, ValueModal
@@ -52,8 +55,21 @@ from tui.widgets.inspector_sweep import SweepPlot
 from tui.widgets.inspector_table import GroupTable
 
 PRUNE_STEPS = 3
+LOAD_TICK_S = 0.5
 SWEEP_REDRAW_S = 0.25
 STEP_KEYS = Binding.Group("±1%", compact=True)
+
+
+def plan_name(path: Path) -> Path:
+    """The plan file named after what it belongs to: model-pruned.pt -> model-pruned.plan.json."""
+    return path.with_name(f"{path.stem}.plan.json")
+
+
+def check_folder(path: Path) -> None:
+    """Files are written into folders that exist: a typo must not create /nonexistent/dir."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"folder {folder} does not exist: create it first, or choose a file in an existing folder")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -86,6 +102,7 @@ class InspectorScreen(WorkbenchScreen):
         Binding("s", "save_plan", "Save", id="inspector.save_plan"),
         Binding("x", "prune", "Prune", id="inspector.prune"),
         Binding("w", "sweep", "Sweep", id="inspector.sweep"),
+        Binding("slash", "filter", "Filter", key_display="/", id="inspector.filter"),
     ]
 
     @dataclass
@@ -151,6 +168,8 @@ class InspectorScreen(WorkbenchScreen):
         self._started = False  # set by on_mount: `is_mounted` turns true only after every mount handler
         self._sweeping = False
         self._sweep_latest: tuple[list[dict[str, Any]], str] | None = None  # newest rows not drawn yet
+        self._load_started: float | None = None  # monotonic time the load in progress began
+        self._load_step = ""
 
     def compose_body(self) -> ComposeResult:
         yield Static("Inspector", id="inspector-title", classes="screen-title")
@@ -169,6 +188,7 @@ class InspectorScreen(WorkbenchScreen):
                     yield SweepPlot(id="sweep")
                 yield Static("", id="sweep-note")
                 yield GroupTable(id="groups")
+                yield FilterBar(id="groups-filter")
                 yield JobBar(id="prune-job")
                 yield JobBar(id="sweep-job")
 
@@ -178,6 +198,7 @@ class InspectorScreen(WorkbenchScreen):
         self.query_one("#sweep-note").display = False
         self._started = True
         self.set_interval(SWEEP_REDRAW_S, self._draw_sweep)
+        self.set_interval(LOAD_TICK_S, self._show_loading)
         if self._pending is not None:
             path, trust = self._pending
             self._pending = None
@@ -206,7 +227,8 @@ class InspectorScreen(WorkbenchScreen):
         for job in self.query(JobBar):
             job.finish()
         self.query_one("#inspector-title", Static).update(f"{display_path(path)} · loading")
-        self._message(f"Loading {display_path(path)} …", loading=True)
+        self._load_started, self._load_step = time.monotonic(), "starting"
+        self._show_loading()
         self._load(self.generation, path, trust)
 
     def _message(self, text: str, *, loading: bool = False) -> None:
@@ -217,29 +239,36 @@ class InspectorScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, exclusive=True, group="load")
     def _load(self, generation: int, path: Path, trust: Any) -> None:
         from engine.errors import NeedsTrust
+        from tui import model_cache
+
+        def step(text: str) -> None:
+            self.post_message(self.LoadStep(generation, text))
 
         try:
-            self.post_message(self.LoadStep(generation, f"Loading {display_path(path)}: reading the checkpoint …"))
-            from engine import checkpoint
-            from engine.slim import gamma_stats, precompute
-
-            loaded = checkpoint.load(path, trust=trust)
-            self.post_message(self.LoadStep(generation, f"Loading {display_path(path)}: tracing channel groups …"))
-            stats = gamma_stats(loaded.model)
-            inputs = precompute(loaded.model, stats=stats)
+            opened, _cached = model_cache.open_model(path, trust, step)
         except Exception as exc:  # any failure is shown on screen; the app keeps running
             needs = exc if isinstance(exc, NeedsTrust) else None
             self.post_message(self.LoadFailed(generation, path, describe_error(exc), needs, trust))
             return
-        self.post_message(self.ModelReady(generation, path, loaded, inputs))
+        self.post_message(self.ModelReady(generation, path, opened.loaded, opened.inputs))
 
     def on_inspector_screen_load_step(self, message: LoadStep) -> None:
         if message.generation == self.generation:
-            self._message(message.text, loading=True)
+            self._load_step = message.text
+            self._show_loading()
+
+    def _show_loading(self) -> None:
+        """What the load is doing and for how long (refreshed while it runs)."""
+        if self._load_started is None or self.path is None:
+            return
+        elapsed = time.monotonic() - self._load_started
+        self._message(f"Opening {display_path(self.path)}\n\n{self._load_step} …  {elapsed:.0f} s", loading=True)
 
     def on_inspector_screen_load_failed(self, message: LoadFailed) -> None:
         if message.generation != self.generation:
             return
+        self._load_started = None
+        self.query_one("#inspector-title", Static).update(f"{display_path(message.path)} · could not open")
         self._message(f"Could not open {display_path(message.path)}:\n\n{message.error}\n\n"
                       "Press 1 to choose another checkpoint.")
         needs = message.needs_trust
@@ -257,7 +286,10 @@ class InspectorScreen(WorkbenchScreen):
                     self.load(message.path, trust=granted)
 
             arch = needs.arch if needs.kind == "arch" else None
-            self.app.push_screen(TrustModal(message.path, message.error, arch=arch, kwargs=needs.kwargs), answered)
+            # the modal says what unpickling does; the reason adds what this file would import
+            reason = (f"It imports {', '.join(needs.names[:4])}{' …' if len(needs.names) > 4 else ''}."
+                      if arch is None and needs.names else message.error)
+            self.app.push_screen(TrustModal(message.path, reason, arch=arch, kwargs=needs.kwargs), answered)
 
     def on_inspector_screen_model_ready(self, message: ModelReady) -> None:
         if message.generation != self.generation:
@@ -265,6 +297,7 @@ class InspectorScreen(WorkbenchScreen):
         from engine.errors import SlimlabError
         from engine.slim.plan import plan_from_inputs
 
+        self._load_started = None
         loaded, inputs = message.loaded, message.inputs
         settings = settings_from_spec(loaded.meta)
         try:
@@ -339,7 +372,10 @@ class InspectorScreen(WorkbenchScreen):
     def _need_model(self) -> bool:
         if self.ready:
             return True
-        self.notify("Open a checkpoint first (screen 1, enter).", severity="warning")
+        if self._load_started is not None and self.path is not None:
+            self.notify(f"Still opening {display_path(self.path)}: {self._load_step}.", severity="information")
+        else:
+            self.notify("Open a checkpoint first (screen 1, enter).", severity="warning")
         return False
 
     def action_step(self, steps: int) -> None:
@@ -399,6 +435,29 @@ class InspectorScreen(WorkbenchScreen):
     def action_log_x(self) -> None:
         hist = self.query_one("#histogram", GammaHistogram)
         hist.set_log_x(not hist.showing_log_x)
+
+    # ------------------------------------------------------------ filter
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # ← → move the cursor in the filter field while it has the focus, not the threshold
+        if action == "step" and isinstance(self.focused, Input):
+            return False
+        return True
+
+    def action_filter(self) -> None:
+        if self.ready:
+            self.query_one("#groups-filter", FilterBar).open()
+
+    @on(FilterBar.Changed, "#groups-filter")
+    def _filtered(self, event: FilterBar.Changed) -> None:
+        table = self.query_one("#groups", GroupTable)
+        table.set_filter(event.text)
+        if self.plan is not None:
+            table.show_plan(self.plan)
+
+    @on(FilterBar.Done, "#groups-filter")
+    def _filter_done(self) -> None:
+        self.query_one("#groups", GroupTable).focus()
 
     # ------------------------------------------------------------ per-layer override
 
@@ -463,21 +522,38 @@ class InspectorScreen(WorkbenchScreen):
 
         def check(text: str) -> Path:
             if not text.strip():
-                raise ValueError("give a file name, e.g. plan.json")
+                raise ValueError(f"give a file name, e.g. {plan_name(self.path).name}")
             path = Path(text.strip()).expanduser()
             if path.is_dir():
                 raise ValueError(f"{path} is a directory; give a file name inside it")
+            check_folder(path)
             return path
 
         def done(path: Path | None) -> None:
             if path is not None:
-                self.save_plan(path)
+                self.ask_overwrite([path], lambda: self.save_plan(path))
 
         self.app.push_screen(
             ValueModal("Save plan", "The plan as shown (PrunePlan JSON); `slimlab prune --plan` and "
-                       "prune stages read it.", str(self.path.parent / "plan.json"), check),
+                       "prune stages read it.", str(plan_name(self.path)), check),
             done,
         )
+
+    def ask_overwrite(self, paths: list[Path], then: Any) -> None:
+        """Run `then` at once when none of `paths` exists; else only after a yes."""
+        existing = [p for p in paths if p.exists()]
+        if not existing:
+            then()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        names = " and ".join(display_path(p) for p in existing)
+        self.app.push_screen(ConfirmModal(f"Overwrite {names}?",
+                                          "The file already exists; writing replaces what it holds.",
+                                          yes="Overwrite"), answered)
 
     def save_plan(self, path: Path) -> None:
         from engine.runs import write_json
@@ -507,16 +583,18 @@ class InspectorScreen(WorkbenchScreen):
                 raise ValueError(f"{path.name}: use a .pt, .pth or .ckpt name")
             if path.resolve() == self.path.resolve():
                 raise ValueError("that is the checkpoint being inspected; choose another name")
+            check_folder(path)
             return path
 
         def done(out: Path | None) -> None:
             if out is not None:
-                self.prune_to(out)
+                self.ask_overwrite([out, plan_name(out)], lambda: self.prune_to(out))
 
+        out = default_out(self.path)
         again = " It was pruned before: the new plan is composed with its stored one." if self.loaded.plan else ""
         self.app.push_screen(
             ValueModal("Prune now", f"Write the pruned model ({fmt_count(self.plan.totals['params_after'])} params) "
-                       f"and plan.json beside it.{again}", str(default_out(self.path)), check),
+                       f"and its plan ({plan_name(out).name}) beside it.{again}", str(out), check),
             done,
         )
 
@@ -534,7 +612,7 @@ class InspectorScreen(WorkbenchScreen):
             # prune_checkpoint cuts the model it is given; the inspector keeps showing the original.
             own = replace(loaded, model=copy.deepcopy(loaded.model))
             self.post_message(self.PruneProgress(generation, f"cutting channels, writing {out.name}", 2))
-            result = prune_checkpoint(own, plan, out, source=source)
+            result = prune_checkpoint(own, plan, out, source=source, plan_out=plan_name(out))
             self.post_message(self.PruneProgress(generation, "reloading it to check it rebuilds", 3))
             reloaded = checkpoint.load(out)
             params = sum(p.numel() for p in reloaded.model.parameters())

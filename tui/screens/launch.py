@@ -1,191 +1,49 @@
-"""New run: pick a preset, edit its key fields, validate with the engine's schema, launch.
+"""New run: pick a preset (or type its path), edit its key fields, validate, launch.
 
-The edits are applied as `--set`-style overrides and validated by `engine.config.spec_from_dict`,
-the same path `slimlab --batch --set` takes, so the form accepts exactly what the CLI accepts and
-shows the engine's own messages next to the fields. Nothing starts until the whole spec is valid.
+The form's logic (fields, overrides, the engine's checks and this machine's) is in
+tui/launch_form.py; this screen holds the widgets. Nothing starts until the whole spec is
+valid. Keys arriving in bursts (fast typing through tmux) stay in the field they were typed
+into: Enter moves to the next field, only Ctrl+S (or Enter on the last field) launches, and
+nothing moves the focus but the user (a refused launch names the fields to fix).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from engine import config
-from engine.errors import PresetError, SlimlabError
+from engine.errors import SlimlabError
 from tui import launcher
+from tui.launch_form import (
+    NAME_KEY,
+    Checked,
+    FormField,
+    PresetChoice,
+    check,
+    find_presets,
+    form_fields,
+    read_preset,
+)
 
-PRESET_SUFFIXES = (".yaml", ".yml")
 AMP_CHOICES = ("none", "fp16", "bf16")
-NAME_KEY = "output.name"
 PICK_TITLE = "New run: pick a preset (Enter), or tab to type a preset file's path"
-
-
-@dataclass
-class PresetChoice:
-    path: Path
-    name: str
-    description: str = ""
-    data: dict[str, Any] | None = None
-    error: str | None = None
-    source: str = ""  # "built-in" or the folder/file it was found in
-
-
-@dataclass
-class FormField:
-    key: str  # the override key, as `--set` spells it (stages.1.s)
-    label: str
-    value: str
-
-
-def read_preset(path: Path, source: str = "") -> PresetChoice:
-    """One preset file, read but not validated (an unreadable one carries its error)."""
-    choice = PresetChoice(path, path.stem, source=source)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError("not a mapping of keys")
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        choice.error = f"unreadable: {str(e).splitlines()[0]}"
-        return choice
-    data.setdefault("name", path.stem)
-    choice.name = str(data["name"])
-    desc = str(data.get("description") or "").strip()
-    choice.description = desc.splitlines()[0] if desc else ""
-    choice.data = data
-    return choice
-
-
-def find_presets(dirs: list[Path], builtin: bool = True) -> list[PresetChoice]:
-    """Every preset file in `dirs`, then the built-in ones (each file once, by its real path)."""
-    from engine import presets
-
-    out: list[PresetChoice] = []
-    seen: set[Path] = set()
-    shipped = presets.folder().resolve()
-    for d in [*dirs, *([shipped] if builtin else [])]:
-        d = Path(d).expanduser()
-        if not d.is_dir():
-            continue
-        for path in sorted(p for p in d.iterdir() if p.suffix in PRESET_SUFFIXES and p.is_file()):
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            source = "built-in" if real.parent == shipped else f"{path.parent.name}/{path.name}"
-            out.append(read_preset(path, source))
-    return out
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | dict):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return str(value)
-
-
-def form_fields(data: dict[str, Any]) -> list[FormField]:
-    """The key fields of a preset: run name, model, data, training, and each stage's main numbers."""
-    model, dataset, training = data.get("model") or {}, data.get("data") or {}, data.get("training") or {}
-    defaults = {name: f.default for name, f in config.TrainingSpec.model_fields.items()}
-    output = data.get("output") or {}
-    fields = [
-        FormField(NAME_KEY, "run name", str(output.get("name") or data.get("name") or "run")),
-        FormField("model.arch", "model.arch", _show(model.get("arch", config.ModelSpec().arch))),
-        FormField("data.dataset", "data.dataset", _show(dataset.get("dataset", config.DataSpec().dataset))),
-    ]
-    for key in ("epochs", "batch_size", "lr", "amp", "device"):
-        fields.append(FormField(f"training.{key}", f"training.{key}", _show(training.get(key, defaults[key]))))
-    for i, stage in enumerate(data.get("stages") or []):
-        if not isinstance(stage, dict):
-            continue
-        title = stage.get("name") or stage.get("type")
-        kind = stage.get("type")
-        if kind == "sparse":
-            fields.append(FormField(f"stages.{i}.s", f"{title}: s", _show(stage.get("s", 1e-4))))
-        elif kind == "prune":
-            key = "threshold" if stage.get("threshold") is not None and stage.get("percent") is None else "percent"
-            fields.append(FormField(f"stages.{i}.{key}", f"{title}: {key}", _show(stage.get(key))))
-        stage_epochs = (stage.get("training") or {}).get("epochs")
-        if stage_epochs is not None:
-            fields.append(FormField(f"stages.{i}.training.epochs", f"{title}: epochs", _show(stage_epochs)))
-    return fields
-
-
-@dataclass
-class Checked:
-    spec: config.RunSpec | None
-    name: str
-    field_errors: dict[str, str]
-    other_errors: list[str]
-
-
-def _error_key(key: str) -> str:
-    """`stages[1].s` (how the engine reports) -> `stages.1.s` (how --set spells it)."""
-    return re.sub(r"\[(\d+)\]", r".\1", key)
-
-
-def check(choice: PresetChoice, values: dict[str, str], initial: dict[str, str] | None = None) -> Checked:
-    """Validate the preset with the form's values applied; errors keyed by field.
-
-    Only fields that differ from `initial` become overrides, so untouched preset values are
-    validated exactly as written, not after a round trip through the form's text.
-    """
-    name = values.get(NAME_KEY, "").strip()
-    field_errors: dict[str, str] = {}
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        field_errors[NAME_KEY] = "a run name is a plain directory name: not empty, no '/', not starting with '.'"
-    initial = initial or {}
-    overrides = [f"{k}={v}" for k, v in values.items() if k != NAME_KEY and initial.get(k) != v]
-    source = choice.path.name
-    try:
-        spec = config.spec_from_dict(choice.data or {}, overrides, source=source, base_dir=choice.path.parent)
-    except PresetError as e:
-        other: list[str] = []
-        keys = list(values)
-        for line in str(e).splitlines():
-            text = line.strip().removeprefix(f"{source}: ")
-            if text == "invalid preset" or not text:
-                continue
-            m = re.match(r"^([\w.\[\]-]+): (.*)$", text)
-            key = _error_key(m.group(1)) if m else None
-            target = key if key in keys else next((k for k in keys if key and k.startswith(key + ".")), None)
-            if target is not None and m is not None:
-                field_errors[target] = (field_errors.get(target, "") + "; " if target in field_errors else "") + m.group(2)
-            else:
-                other.append(text)
-        return Checked(None, name, field_errors, other)
-    if field_errors:
-        return Checked(None, name, field_errors, [])
-    _anchor_paths(spec, choice.path.parent)
-    spec.output.name = name  # spec.yaml re-runs under the name it was launched with
-    return Checked(spec, name, {}, [])
-
-
-def _anchor_paths(spec: config.RunSpec, base: Path) -> None:
-    """Paths a preset gives relative to its own folder must still work from the run directory."""
-    if spec.data.path is not None and not spec.data.path.is_absolute() and not spec.data.path.exists():
-        if (base / spec.data.path).exists():
-            spec.data.path = (base / spec.data.path).resolve()
-    ckpt = spec.model.checkpoint
-    if ckpt is not None and not ckpt.is_absolute() and not ckpt.exists() and (base / ckpt).exists():
-        spec.model.checkpoint = (base / ckpt).resolve()
+FORM_KEYS = "Enter: next field · Ctrl+S: launch · Esc: back"
 
 
 class LaunchScreen(ModalScreen[Path | None]):
-    """Dismisses with the new run's directory, or None when closed without launching."""
+    """Dismisses with the new run's directory, or None when closed without launching.
+
+    `start`: open straight on this preset's form (a failed run's spec, to edit and relaunch).
+    """
 
     DEFAULT_CSS = """
     LaunchScreen { align: center middle; }
@@ -193,14 +51,14 @@ class LaunchScreen(ModalScreen[Path | None]):
         width: 90; max-width: 100%; height: auto; max-height: 100%;
         border: round $accent; background: $surface; padding: 0 1;
     }
-    LaunchScreen #launch-title { height: 1; text-style: bold; }
+    LaunchScreen #launch-title { height: 1; text-style: bold; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     LaunchScreen #launch-steps { height: auto; }
     LaunchScreen #launch-pick { height: auto; }
-    LaunchScreen #launch-presets { height: auto; max-height: 18; }
+    LaunchScreen #launch-presets { height: auto; max-height: 16; }
     LaunchScreen #launch-path-row { height: 1; margin-top: 1; }
-    LaunchScreen #launch-form { height: auto; max-height: 20; }
+    LaunchScreen #launch-form { height: auto; max-height: 16; }
     LaunchScreen .field-row { height: 1; }
-    LaunchScreen .field-row Label { width: 22; padding: 0 1 0 0; }
+    LaunchScreen .field-row Label { width: 22; padding: 0 1 0 0; text-wrap: nowrap; text-overflow: ellipsis; }
     LaunchScreen .field-row Input, LaunchScreen .field-row Select { width: 1fr; }
     LaunchScreen .field-error { color: $error; padding: 0 0 0 22; height: auto; display: none; }
     LaunchScreen .field-error.shown { display: block; }
@@ -213,10 +71,11 @@ class LaunchScreen(ModalScreen[Path | None]):
         Binding("escape", "back", "Back", id="launch.back"),
     ]
 
-    def __init__(self, presets_dirs: list[Path], runs_dir: Path) -> None:
+    def __init__(self, presets_dirs: list[Path], runs_dir: Path, start: PresetChoice | None = None) -> None:
         super().__init__()
         self.presets_dirs = [Path(d) for d in presets_dirs]
         self.runs_dir = Path(runs_dir)
+        self.start = start
         self.presets: list[PresetChoice] = []
         self.choice: PresetChoice | None = None
         self.fields: list[FormField] = []
@@ -238,8 +97,11 @@ class LaunchScreen(ModalScreen[Path | None]):
             yield Static("", id="launch-errors")
         yield Footer()
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self._warm_up()
+        if self.start is not None:
+            await self.open_form(self.start)
+            return
         self.presets = find_presets(self.presets_dirs)
         picker = self.query_one("#launch-presets", OptionList)
         for i, p in enumerate(self.presets):
@@ -254,9 +116,9 @@ class LaunchScreen(ModalScreen[Path | None]):
 
     @work(thread=True, exit_on_error=False, group="launch-warm-up")
     def _warm_up(self) -> None:
-        # The schema's name checks import the model and data registries (torch among them):
+        # The schema's name checks and the device check import the registries and torch:
         # load them while the user picks a preset, not on the first keystroke in the form.
-        from engine import data, models
+        from engine import data, models, train  # noqa: F401
 
         data.names()
         models.names()
@@ -289,24 +151,24 @@ class LaunchScreen(ModalScreen[Path | None]):
         self.fields = form_fields(choice.data or {})
         form = self.query_one("#launch-form", VerticalScroll)
         await form.remove_children()
-        rows = []
-        for i, f in enumerate(self.fields):
-            if f.key == "training.amp" and f.value in AMP_CHOICES:
-                editor: Input | Select = Select([(c, c) for c in AMP_CHOICES], value=f.value, allow_blank=False,
-                                                compact=True, id=f"field-{i}")
-            else:
-                editor = Input(f.value, compact=True, id=f"field-{i}")
-            rows.append(Horizontal(Label(f.label), editor, classes="field-row"))
-            rows.append(Static("", id=f"error-{i}", classes="field-error"))
-        await form.mount_all(rows)
+        await form.mount_all([w for i, f in enumerate(self.fields) for w in self._row(i, f)])
         self.choice = choice
         self.checked = None
-        self.query_one("#launch-title", Label).update(
-            f"New run from {choice.name}: edit, then Ctrl+S (or Enter) to launch, Esc to go back")
+        verb = "Edit the run" if choice.source.startswith("run ") else "New run from"
+        self.query_one("#launch-title", Label).update(f"{verb} {choice.name}: {FORM_KEYS}")
         self.query_one(ContentSwitcher).current = "launch-form"
         self._errors([])
         self.query_one("#field-0").focus()
         self.validate_form()  # a preset's own problems (a missing data path ...) show at once
+
+    def _row(self, i: int, f: FormField) -> list[Widget]:
+        if f.key == "training.amp" and f.value in AMP_CHOICES:
+            editor: Input | Select = Select([(c, c) for c in AMP_CHOICES], value=f.value, allow_blank=False,
+                                            compact=True, id=f"field-{i}")
+        else:
+            editor = Input(f.value, compact=True, id=f"field-{i}")
+        return [Horizontal(Label(f.label), editor, classes="field-row"),
+                Static("", id=f"error-{i}", classes="field-error")]
 
     def values(self) -> dict[str, str]:
         out = {}
@@ -316,7 +178,7 @@ class LaunchScreen(ModalScreen[Path | None]):
         return out
 
     def validate_form(self, launch: bool = False) -> None:
-        """Check the form in a thread (the engine's name checks may import torch the first time)."""
+        """Check the form in a thread (the engine's checks may import torch the first time)."""
         if self.choice is None:
             return
         if launch:
@@ -343,8 +205,8 @@ class LaunchScreen(ModalScreen[Path | None]):
                 error = f"could not launch: {e}"
         self.app.call_from_thread(self._checked, seq, result, launch, launched, error)
 
-    def _checked(self, seq: int, result: Checked, launch: bool, launched: launcher.Launched | None,
-                 error: str | None) -> None:
+    async def _checked(self, seq: int, result: Checked, launch: bool, launched: launcher.Launched | None,
+                       error: str | None) -> None:
         if launch:
             self._launching = False
         if launched is not None:
@@ -353,22 +215,33 @@ class LaunchScreen(ModalScreen[Path | None]):
             return
         if seq != self._seq and not launch:
             return  # an older check: a newer one is on its way
+        if self.choice is None:
+            return  # the form was closed meanwhile
+        if result.new_fields:  # an error names a key the form had no field for: add one to fix it in
+            known = {f.key for f in self.fields}
+            form = self.query_one("#launch-form", VerticalScroll)
+            for f in result.new_fields:
+                if f.key not in known:
+                    self.fields.append(f)
+                    await form.mount_all(self._row(len(self.fields) - 1, f))
         self.checked = result
         for i, f in enumerate(self.fields):
             box = self.query_one(f"#error-{i}", Static)
             message = result.field_errors.get(f.key)
             box.update(f"↑ {message}" if message else "")
             box.set_class(bool(message), "shown")
-        self._errors(result.other_errors + ([error] if error else []))
+        refused: list[str] = []
         if launch and result.spec is None:
-            bad = next((i for i, f in enumerate(self.fields) if f.key in result.field_errors), None)
-            if bad is not None:
-                self.query_one(f"#field-{bad}").focus()
-            self.notify("fix the marked fields first; nothing was launched", severity="warning", title="New run")
+            # The focus stays where it is: keys typed since Ctrl+S (a burst through tmux) must not
+            # land in another field. The message names the fields to fix instead.
+            bad = [f.label for f in self.fields if f.key in result.field_errors]
+            refused = [f"fix {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} first; nothing was launched"
+                       if bad else "nothing was launched"]
+        self._errors(result.other_errors + ([error] if error else []) + refused)
 
     def _errors(self, lines: list[str]) -> None:
         box = self.query_one("#launch-errors", Static)
-        box.update("\n".join(lines))
+        box.update(escape("\n".join(lines)))
         box.set_class(bool(lines), "shown")
 
     # ------------------------------------------------------------ events and actions
@@ -379,15 +252,20 @@ class LaunchScreen(ModalScreen[Path | None]):
         self.validate_form()
 
     @on(Input.Submitted, "#launch-form Input")
-    def _submitted(self) -> None:
-        self.action_launch()
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        last = f"field-{len(self.fields) - 1}"
+        if event.input.id == last:
+            self.action_launch()
+        else:
+            self.focus_next()
 
     def action_launch(self) -> None:
         self.validate_form(launch=True)
 
     def action_back(self) -> None:
         switcher = self.query_one(ContentSwitcher)
-        if switcher.current == "launch-form":
+        if switcher.current == "launch-form" and self.start is None:
             self.choice = None
             self.checked = None
             switcher.current = "launch-pick"

@@ -25,9 +25,11 @@ from tui.widgets.run_series import RunSeries
 from tui.widgets.run_tail import (
     Poll,
     TextTail,
+    epoch_line,
     epochs_for,
     fmt_accuracy,
     fmt_elapsed,
+    merge_by_clock,
     raw_status,
     run_fraction,
     spec_stage_epochs,
@@ -35,6 +37,7 @@ from tui.widgets.run_tail import (
 )
 
 PLOTS = ("loss", "accuracy", "lr", "memory", "gamma")
+LOG_LINES = 500
 STATE_STYLE = {"running": "bold green", "done": "bold", "failed": "bold red", "cancelled": "bold yellow",
                "unreadable": "bold red", "queued": "cyan"}
 
@@ -106,10 +109,10 @@ class MonitorScreen(WorkbenchScreen):
             with TabPane("Gamma", id="tab-gamma"):
                 yield MetricPlot("BatchNorm |gamma| sparsity", "epoch",
                                  empty="gamma sparsity appears during sparse stages", id="plot-gamma")
-        yield RichLog(id="monitor-log", max_lines=500, wrap=False, markup=False, highlight=False)
+        yield RichLog(id="monitor-log", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False)
 
     def on_mount(self) -> None:
-        self.query_one("#monitor-log", RichLog).border_title = "log.txt"
+        self.query_one("#monitor-log", RichLog).border_title = "log: stages and epochs"
         self.set_interval(self.TICK_S, self._tick, name="monitor-tick")
         if self.run_path is None:
             self.run_path = self._newest_running()
@@ -193,9 +196,11 @@ class MonitorScreen(WorkbenchScreen):
             self._drawn = {}
         if poll.records:
             self.series.feed(poll.records)
-        if poll.log_lines:
+        epochs = [line for rec in poll.records
+                  if (line := epoch_line(rec, epochs_for(self._stage_epochs or {}, rec.get("stage")))) is not None]
+        if poll.log_lines or epochs:  # stage lines from log.txt, epoch lines from metrics.jsonl
             log = self.query_one("#monitor-log", RichLog)
-            for line in poll.log_lines:
+            for line in merge_by_clock(poll.log_lines, epochs)[-LOG_LINES:]:
                 log.write(Text(line))
         self._show_status(poll)
         self._draw(self._active_plot())
@@ -274,10 +279,9 @@ class MonitorScreen(WorkbenchScreen):
     def action_cancel_run(self) -> None:
         if self.run_path is None:
             return
-        try:
-            self.notify(launcher.cancel(self.run_path), title="Cancel")
-        except launcher.LaunchError as e:
-            self.notify(str(e), severity="warning", title="Cancel")
+        from tui.screens.runs import confirm_cancel
+
+        confirm_cancel(self, self.run_path, self._tick)
 
     def action_resume_run(self) -> None:
         if self.run_path is None:

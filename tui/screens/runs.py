@@ -8,6 +8,7 @@ or before this workbench was opened show up the same way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.markup import escape
@@ -15,11 +16,14 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Static
+from textual.screen import Screen
+from textual.widgets import DataTable, Input, Static
 
 from engine import runs
 from tui import launcher
 from tui.screens.base import WorkbenchScreen
+from tui.widgets.ckpt_format import fmt_size
+from tui.widgets.filter_bar import FilterBar, matches
 from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, raw_status, stage_position
 
 COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
@@ -54,6 +58,44 @@ def row_cells(info: runs.RunInfo, bar: int = 10) -> dict[str, Text | str]:
         "best": fmt_accuracy(info.best_accuracy),
         "elapsed": fmt_elapsed(info.elapsed),
     }
+
+
+def confirm_cancel(screen: Screen, path: Path, then: Callable[[], None] | None = None) -> None:
+    """Ask before cancelling the run at `path` (no is the default), then cancel it."""
+    from tui.widgets.confirm import ConfirmModal
+
+    info = runs.read_run(path)
+    if info.state not in ("running", "queued") and launcher.children().get(path) is None:
+        screen.notify(f"{path.name} is {info.state}, not running", severity="warning", title="Cancel")
+        return
+
+    def answered(yes: bool | None) -> None:
+        if not yes:
+            return
+        try:
+            screen.notify(launcher.cancel(path), title="Cancel")
+        except launcher.LaunchError as e:
+            screen.notify(str(e), severity="warning", title="Cancel")
+        if then is not None:
+            then()
+
+    screen.app.push_screen(ConfirmModal(
+        f"Cancel run {path.name}?",
+        "It stops at the next training step and writes last.pt; R resumes it later from there.",
+        yes="Cancel the run"), answered)
+
+
+def folder_size(path: Path) -> tuple[int, int]:
+    """Files under `path` and their total size in bytes."""
+    files = size = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                continue
+            files += 1
+    return files, size
 
 
 def display_path(path: Path) -> str:
@@ -91,6 +133,9 @@ class RunsScreen(WorkbenchScreen):
         Binding("n", "new_run", "New run", id="runs.new"),
         Binding("c", "cancel_run", "Cancel", id="runs.cancel"),
         Binding("R", "resume_run", "Resume", id="runs.resume"),
+        Binding("e", "edit_run", "Edit & relaunch", id="runs.edit"),
+        Binding("d", "delete_run", "Delete", id="runs.delete"),
+        Binding("slash", "filter", "Filter", key_display="/", id="runs.filter"),
         # priority: the table would otherwise take Enter and hide the key from the footer
         Binding("enter", "open_run", "Monitor", priority=True, id="runs.open"),
     ]
@@ -100,6 +145,7 @@ class RunsScreen(WorkbenchScreen):
         self.infos: dict[str, runs.RunInfo] = {}
         self._order: list[str] = []
         self._select_after: str | None = None
+        self._found: list[runs.RunInfo] = []  # every run found, before the filter
 
     @property
     def runs_dir(self) -> Path:
@@ -111,6 +157,7 @@ class RunsScreen(WorkbenchScreen):
         for key, label in COLUMNS:
             table.add_column(label, key=key)
         yield table
+        yield FilterBar(id="runs-filter")
         yield Static("", id="runs-detail")
 
     def on_mount(self) -> None:
@@ -133,6 +180,9 @@ class RunsScreen(WorkbenchScreen):
     # ------------------------------------------------------------ table
 
     def _show(self, found: list[runs.RunInfo]) -> None:
+        self._found = found
+        text = self.query_one("#runs-filter", FilterBar).text
+        found = [r for r in found if matches(text, r.name, r.preset or "", r.state, r.stage or "")]
         table = self.query_one("#runs-table", DataTable)
         order = [str(r.path) for r in found]
         bar = 10 if self.size.width >= 100 else 5  # the whole table fits at 80 columns
@@ -173,18 +223,43 @@ class RunsScreen(WorkbenchScreen):
         detail = self.query_one("#runs-detail", Static)
         info = self.selected()
         if info is None:
-            detail.update(f"No runs in {escape(display_path(self.runs_dir))} yet. Press [b]n[/b] to start one."
-                          if not self._order else "")
+            text = self.query_one("#runs-filter", FilterBar).text
+            if self._found and not self._order:
+                detail.update(f"No run matches [b]{escape(text)}[/b] ({len(self._found)} runs): esc clears the filter")
+            else:
+                detail.update(f"No runs in {escape(display_path(self.runs_dir))} yet. Press [b]n[/b] to start one."
+                              if not self._order else "")
             return
         style = STATE_STYLE.get(info.state, "")
         line = f"[b]{escape(info.name)}[/b]  [{style}]{info.state}[/]" if style else f"[b]{escape(info.name)}[/b]  {info.state}"
         if info.state == "running" and info.pid:
             line += f"  pid {info.pid}"
-        hints = {"running": "c cancels", "failed": "R resumes", "cancelled": "R resumes", "unreadable": "R resumes"}
+        hints = {"running": "c cancels", "failed": "R resumes, e edits and relaunches, d deletes",
+                 "cancelled": "R resumes, e edits and relaunches, d deletes", "unreadable": "R resumes, d deletes",
+                 "done": "e edits and relaunches, d deletes"}
         line += f"  [dim]({hints[info.state] + ', ' if info.state in hints else ''}Enter monitors)[/]"
         if info.error:
             line += f"\n[red]{escape(info.error)}[/]"
         detail.update(line)
+
+    # ------------------------------------------------------------ filter
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Enter in the filter field keeps the filter; it does not open the monitor
+        if action == "open_run" and isinstance(self.focused, Input):
+            return False
+        return True
+
+    def action_filter(self) -> None:
+        self.query_one("#runs-filter", FilterBar).open()
+
+    @on(FilterBar.Changed, "#runs-filter")
+    def _filtered(self) -> None:
+        self._show(self._found)
+
+    @on(FilterBar.Done, "#runs-filter")
+    def _filter_done(self) -> None:
+        self.query_one("#runs-table", DataTable).focus()
 
     # ------------------------------------------------------------ actions
 
@@ -219,11 +294,76 @@ class RunsScreen(WorkbenchScreen):
         info = self.selected()
         if info is None:
             return
+
+        def done() -> None:
+            self.refresh_runs()
+
+        confirm_cancel(self, info.path, done)
+
+    def action_edit_run(self) -> None:
+        """Clone and edit: the run's spec in the new-run form; launching makes a new run directory."""
+        info = self.selected()
+        if info is not None:
+            self._edit(info.path, ())
+
+    def _edit(self, path: Path, allow_archs: tuple[str, ...]) -> None:
+        from engine.errors import NeedsTrust, SlimlabError
+        from tui.launch_form import run_choice
+        from tui.screens.launch import LaunchScreen
+        from tui.widgets.ckpt_trust import TrustModal
+
+        if not (path / "spec.yaml").is_file():
+            self.notify(f"{path.name} has no spec.yaml to start from", severity="warning", title="Edit")
+            return
         try:
-            self.notify(launcher.cancel(info.path), title="Cancel")
-        except launcher.LaunchError as e:
-            self.notify(str(e), severity="warning", title="Cancel")
-        self.refresh_runs()
+            launcher.check_spec_trust(path, allow_archs)  # the same rule as resuming a copied run
+        except NeedsTrust as e:
+            arch = e.arch
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._edit(path, (*allow_archs, arch))
+
+            self.app.push_screen(TrustModal(path / "spec.yaml", str(e), arch=arch, kwargs=e.kwargs), answered)
+            return
+        except SlimlabError:
+            pass  # a spec.yaml that no longer validates: the form shows what to fix
+        choice = run_choice(path)
+        if choice.error:
+            self.notify(f"{path.name}/spec.yaml: {choice.error}", severity="warning", title="Edit")
+            return
+        dirs = getattr(self.app, "presets_dirs", None) or list(DEFAULT_PRESET_DIRS)
+        self.app.push_screen(LaunchScreen(list(dirs), self.runs_dir, start=choice), self._launched)
+
+    def action_delete_run(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        from tui.widgets.confirm import ConfirmModal
+
+        if launcher.is_live(info.path):
+            self.notify(f"{info.name} is {info.state}: cancel it first (c)", severity="warning", title="Delete")
+            return
+        files, size = folder_size(info.path)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(info.path)
+
+        self.app.push_screen(ConfirmModal(
+            f"Delete run {info.name}?",
+            f"Removes {display_path(info.path)} with its {files} files ({fmt_size(size)}): checkpoints, metrics "
+            "and logs. This cannot be undone.", yes="Delete"), answered)
+
+    @work(thread=True, exit_on_error=False, group="runs-delete")
+    def _delete(self, path: Path) -> None:
+        try:
+            launcher.delete(path)
+        except (OSError, launcher.LaunchError) as e:
+            self.app.call_from_thread(self.notify, f"{path.name}: {e}", severity="error", title="Delete")
+            return
+        self.app.call_from_thread(self.notify, f"deleted {path.name}", title="Delete")
+        self.app.call_from_thread(self.refresh_runs)
 
     def action_resume_run(self) -> None:
         info = self.selected()

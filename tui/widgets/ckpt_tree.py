@@ -9,7 +9,7 @@ large working directory stays quick to open.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.style import Style
@@ -21,6 +21,7 @@ from textual.widgets.tree import TreeNode
 
 from engine.formats import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from engine.runs import RunInfo, read_run
+from tui.widgets.filter_bar import matches
 from tui.widgets.run_tail import raw_status, run_fraction
 
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages", ".git", ".venv", "venv"}
@@ -50,8 +51,10 @@ def is_run_dir(path: Path) -> bool:
     return (path / "status.json").is_file()
 
 
-def holds_checkpoints(path: Path, depth: int = SCAN_DEPTH, budget: int = SCAN_BUDGET) -> bool:
-    """True when a checkpoint (or a run directory) lies within `depth` levels below `path`.
+def holds_checkpoints(path: Path, depth: int = SCAN_DEPTH, budget: int = SCAN_BUDGET,
+                      match: Callable[[str], bool] | None = None) -> bool:
+    """True when a checkpoint (or a run directory) lies within `depth` levels below `path`;
+    with `match`, only one whose file name (or run directory name) matches counts.
 
     When the scan runs out of budget before deciding, the directory is shown: hiding a
     directory that does hold checkpoints would be worse than showing an empty one.
@@ -72,7 +75,10 @@ def holds_checkpoints(path: Path, depth: int = SCAN_DEPTH, budget: int = SCAN_BU
                             if entry.is_dir(follow_symlinks=False):
                                 if not (name.startswith(".") or name in SKIP_DIRS):
                                     below.append(Path(entry.path))
-                            elif name.lower().endswith(LISTED_SUFFIXES) or name == "status.json":
+                            elif name.lower().endswith(LISTED_SUFFIXES):
+                                if match is None or match(name):
+                                    return True
+                            elif name == "status.json" and (match is None or match(Path(folder).name)):
                                 return True
                         except OSError:
                             continue
@@ -99,6 +105,7 @@ class CheckpointTree(DirectoryTree):
     def __init__(self, path: str | Path, *, id: str | None = None) -> None:
         super().__init__(path, id=id)
         self.runs: dict[Path, RunInfo] = {}  # resolved run directory -> its status
+        self.filter_text = ""
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         kept: list[Path] = []
@@ -108,15 +115,36 @@ class CheckpointTree(DirectoryTree):
             try:
                 if path.is_dir():
                     if is_run_dir(path):
-                        self.runs[path] = read_run(path)
-                        kept.append(path)
-                    elif holds_checkpoints(path):
-                        kept.append(path)
-                elif is_checkpoint(path) or is_onnx(path):
+                        if self._wanted(path, path.name):
+                            self.runs[path] = read_run(path)
+                            kept.append(path)
+                    elif holds_checkpoints(path, match=None if self._wanted(path, path.name) else self._match()):
+                        kept.append(path)  # a folder shown under a filter shows all it holds
+                elif (is_checkpoint(path) or is_onnx(path)) and self._wanted(path, path.name):
                     kept.append(path)
             except OSError:
                 continue
         return kept
+
+    def _match(self) -> Callable[[str], bool] | None:
+        text = self.filter_text
+        return (lambda name: matches(text, name)) if text else None
+
+    def _wanted(self, path: Path, name: str) -> bool:
+        """Under the filter: the name matches, or a folder above it (below the root) does."""
+        if not self.filter_text:
+            return True
+        root = Path(self.path)
+        above = [p for p in path.parents if p != root and root in p.parents]
+        return any(matches(self.filter_text, p.name) for p in [path, *above])
+
+    def set_filter(self, text: str) -> None:
+        """Show only checkpoints and runs whose name matches `text` (and the folders leading there)."""
+        if text == self.filter_text:
+            return
+        self.filter_text = text
+        self.runs.clear()
+        self.reload()
 
     def run_info(self, path: Path) -> RunInfo | None:
         return self.runs.get(path) or self.runs.get(path.resolve())

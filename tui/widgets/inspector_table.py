@@ -11,6 +11,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
+from tui.widgets.filter_bar import matches
 from tui.widgets.histogram import fmt_gamma
 from tui.widgets.inspector_state import GroupGammas, fmt_override, group_name
 
@@ -47,7 +48,11 @@ class GroupTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._shown: dict[int, tuple[Any, ...]] = {}
-        self.order: list[int] = []
+        self.order: list[int] = []  # group ids of the rows shown, top to bottom
+        self.filter_text = ""
+        self._groups: list[Any] = []
+        self._gammas: dict[int, GroupGammas] = {}
+        self._all: list[int] = []  # every group id, in model order
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -55,12 +60,23 @@ class GroupTable(DataTable):
 
     def populate(self, groups: list[Any], gammas: dict[int, GroupGammas], order: list[int]) -> None:
         """Fill the rows for a newly loaded model (static columns included)."""
+        self._groups, self._gammas, self._all = list(groups), gammas, list(order)
+        self._fill()
+
+    def set_filter(self, text: str) -> None:
+        """Show only the groups with a layer whose name matches `text` (then show_plan again)."""
+        self.filter_text = text
+        self._fill()
+
+    def _fill(self) -> None:
         self.clear()
         self._shown = {}
-        self.order = list(order)
-        by_id = {g.id: g for g in groups}
+        by_id = {g.id: g for g in self._groups}
+        order = [gid for gid in self._all
+                 if matches(self.filter_text, *by_id[gid].layers, *by_id[gid].convs, by_id[gid].root)]
+        self.order = order
         for gid in order:
-            g, s = by_id[gid], gammas[gid]
+            g, s = by_id[gid], self._gammas[gid]
             self.add_row(
                 Text(group_name(g)), Text(str(g.total * getattr(g, "width", 1)), justify="right"), Text("", justify="right"),
                 Text("", justify="right"), Text(fmt_gamma(s.min), justify="right"),
@@ -70,7 +86,10 @@ class GroupTable(DataTable):
 
     def show_plan(self, plan: Any) -> None:
         """Update kept / % removed / flag of the groups whose values changed."""
+        shown = set(self.order)
         for g in plan.groups:
+            if g.id not in shown:
+                continue
             key = str(g.id)
             removed = 100.0 * (g.total - g.kept) / g.total if g.total else 0.0
             state = (g.kept, g.clamped, g.ignored, tuple(sorted((g.override or {}).items())))

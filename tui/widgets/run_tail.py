@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,33 @@ class Poll:
     bad_lines: int = 0
     stage_epochs: dict[str, int] | None = None  # read once per run, from spec.yaml
     rewritten: bool = False  # metrics.jsonl was rewritten by a resume: `records` is all of it
+
+
+def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
+    """A metrics epoch record as a log line like the headless run prints; None for step records.
+
+    Epochs count from 1, as in "epoch 5/5" of the run's own output."""
+    if "accuracy" not in rec and "val_loss" not in rec:
+        return None
+    t = rec.get("t")
+    clock = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, int | float) else "--:--:--"
+    epoch = rec.get("epoch")
+    n = f"{epoch + 1}/{epochs}" if isinstance(epoch, int) and epochs else (f"{epoch + 1}" if isinstance(epoch, int) else "?")
+    parts = [f"{clock} [{rec.get('stage', '?')}] epoch {n}"]
+    for key, fmt in (("loss", "{:.4f}"), ("val_loss", "{:.4f}")):
+        if isinstance(rec.get(key), int | float):
+            parts.append(f"{key} {fmt.format(rec[key])}")
+    if isinstance(rec.get("accuracy"), int | float):
+        parts.append(f"accuracy {100 * rec['accuracy']:.2f}%")
+    if isinstance(rec.get("gamma_lt_1e-2"), int | float):
+        parts.append(f"|gamma|<0.01 {100 * rec['gamma_lt_1e-2']:.1f}%")
+    if isinstance(rec.get("epoch_time"), int | float):
+        parts.append(f"({rec['epoch_time']:.1f}s)")
+    return "  ".join(parts)
+
+
+def merge_by_clock(log_lines: list[str], epoch_lines: list[str]) -> list[str]:
+    """log.txt lines and epoch lines in time order: both start with HH:MM:SS (stable for ties)."""
+    tagged = [(line[:8], 0, i, line) for i, line in enumerate(log_lines)]
+    tagged += [(line[:8], 1, i, line) for i, line in enumerate(epoch_lines)]
+    return [line for *_, line in sorted(tagged)]
