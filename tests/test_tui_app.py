@@ -140,6 +140,8 @@ async def test_question_mark_lists_the_screens_and_global_keys(tmp_path):
                     == binding.description
             everywhere = dict(help_screen.everywhere)
             assert everywhere["q"] == "Quit" and everywhere["?"] == "Help" and everywhere["1"] == "Checkpoints"
+            title = str(help_screen.query_one(".modal-title").content)
+            assert title == f"Keys: {screen_cls.NAME}"  # the screen's name, not its class
             assert everywhere["5"] == "Compare" and "Command palette" in everywhere["^p"]
             await pilot.press("1")  # mode keys are off while a modal is open
             assert app.screen is help_screen

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,7 @@ async def test_panel_shows_peek_and_enter_opens_the_inspector(tmp_path):
         assert "vgg(depth=11, width=0.125)" in text and "4 classes" in text
         assert f"({info['params']})" in text and "81.25%" in text
         assert f"BN layers  {info['bn_layers']}" in text
+        assert "epoch      8" in text  # stored 0-based (7): shown as the run counted it, from 1
         await pilot.press("enter")
         await pilot.pause()
         inspector = app.screen
@@ -284,3 +287,24 @@ async def test_a_file_naming_a_module_class_is_built_only_after_a_yes_that_shows
         await pilot.press("y")
         await wait_for(pilot, lambda: inspector.ready, what="the confirmed load")
         assert inspector.loaded.arch["name"] == name
+
+
+@run_async
+async def test_run_labels_say_progress_and_accuracy_and_follow_the_run(tmp_path):
+    run = runs.create_run_dir(tmp_path / "runs", "live")
+    writer = runs.RunWriter(run)
+    writer.status(state="running", preset="demo", stages=["train", "sparse"], completed=["train"], stage="sparse",
+                  stage_index=1, progress=0.5, best_accuracy=0.375, pid=os.getpid(), heartbeat=time.time())
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await move_to(pilot, screen.tree, "runs")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "live" in labels(screen.tree), what="the run")
+        assert "live  running 75% · acc 37.5%" in labels(screen.tree)["live"]  # run progress, then accuracy
+        await move_to(pilot, screen.tree, "live")
+        await wait_for(pilot, lambda: "run 75% · stage sparse 2/2 50%" in panel_text(screen), what="the panel")
+        writer.status(state="done", progress=1.0, completed=["train", "sparse"], best_accuracy=0.91, ended=time.time())
+        await wait_for(pilot, lambda: "live  done · acc 91.0%" in labels(screen.tree)["live"], 15,
+                       "the label to follow the run without r")
+        await wait_for(pilot, lambda: "91.00%" in panel_text(screen), 10, "the panel to follow it")

@@ -1,7 +1,8 @@
-"""End to end: the real `slimlab` console script in a real terminal (tmux), driven by keys.
+"""End to end: the real `slimlab` console script in a real terminal (tmux) of 80x24, driven by keys.
 
-Open a checkpoint, move the threshold, save the plan, switch to the runs screen, launch a tiny
-preset and watch it finish. Skipped, with the reason, where tmux is not installed.
+Open a checkpoint, move the threshold, save the plan, shrink the terminal below 80x24 and back,
+switch to the runs screen, launch a tiny preset and watch it finish, quit. Skipped, with the
+reason, where tmux is not installed.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ SCRIPT = slimlab_script()
 class Terminal:
     """One tmux session running a command; keys in, screen text out."""
 
-    def __init__(self, command: str, cwd: Path, width: int = 120, height: int = 36) -> None:
+    def __init__(self, command: str, cwd: Path, width: int = 80, height: int = 24) -> None:
         self.name = f"slimlab-e2e-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
@@ -60,6 +61,9 @@ class Terminal:
         for key in keys:
             subprocess.run([TMUX, "send-keys", "-t", self.name, key], check=True)
             time.sleep(0.15)
+
+    def resize(self, width: int, height: int) -> None:
+        subprocess.run([TMUX, "resize-window", "-t", self.name, "-x", str(width), "-y", str(height)], check=True)
 
     def alive(self) -> bool:
         return subprocess.run([TMUX, "has-session", "-t", self.name], capture_output=True).returncode == 0
@@ -101,6 +105,8 @@ def test_inspect_save_launch_and_watch_a_run(tmp_path):
     term = Terminal(f"{SCRIPT} ckpts/model.pt --runs-dir runs --presets-dir presets", tmp_path)
     try:
         term.wait(lambda s: "channels in 9 groups" in s and "[p] percent 50.0%" in s, 120, "the inspector")
+        screen = term.screen()
+        assert "1 Checkpoints" in screen and "q quit" in screen  # the screen bar, at 80 columns
         term.keys("Right", "Right")
         term.wait(lambda s: "[p] percent 52.0%" in s, 20, "the threshold to move")
 
@@ -113,6 +119,11 @@ def test_inspect_save_launch_and_watch_a_run(tmp_path):
             time.sleep(0.2)
         assert plan_path.exists(), term.screen()
         assert runs.read_json(plan_path)["options"]["percent"] == pytest.approx(0.52)
+
+        term.resize(50, 15)
+        term.wait(lambda s: "terminal too small (need 80x24)" in s, 20, "the too-small message")
+        term.resize(80, 24)
+        term.wait(lambda s: "[p] percent 52.0%" in s, 20, "the inspector again")
 
         term.keys("3")
         term.wait(lambda s: "Runs in" in s, 20, "the runs screen")

@@ -227,6 +227,13 @@ async def test_k_min_keep_clamps_and_warns(ckpt):
         table = screen.query_one("#groups", GroupTable)
         assert "clamped" in str(table.get_row(str(clamped[0].id))[7])
         assert "clamped by min_keep" in str(screen.query_one("#summary", Static).content)
+        summary = str(screen.query_one("#summary", Static).content)
+        removed = screen.plan.totals["prunable_before"] - screen.plan.totals["prunable_after"]
+        effective = 100 * removed / screen.plan.totals["prunable_before"]
+        assert f"percent 90.0%  → cuts {effective:.1f}%" in summary  # what is really cut, beside the asked
+        await pilot.press("k")
+        await type_into_modal(pilot, "1000")
+        assert "percent 90.0%  → cuts 0.0%" in str(screen.query_one("#summary", Static).content)
         await pilot.press("k")
         await type_into_modal(pilot, "0.5")
         assert screen.settings.min_keep == 0.5

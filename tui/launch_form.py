@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,9 @@ def is_text_field(data: dict[str, Any], key: str) -> bool:
 
 
 def _stage_classes() -> list[type]:
-    return [config.TrainStage, config.SparseStage, config.PruneStage, config.FinetuneStage,
-            config.DistillStage, config.SweepStage, config.EvaluateStage]
+    """Every stage class of the schema, read from its `Stage` union (new stages included)."""
+    union = typing.get_args(config.Stage)[0]
+    return list(typing.get_args(union))
 
 
 def _model_in(ann: Any) -> Any:
