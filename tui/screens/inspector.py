@@ -362,7 +362,8 @@ class InspectorScreen(WorkbenchScreen):
 
     def render_plan(self) -> None:
         plan = self.plan
-        self.query_one("#summary", Static).update(summary_text(plan, self.settings))
+        # fixed height (app.tcss): no layout pass, which would lay out the whole table again
+        self.query_one("#summary", Static).update(summary_text(plan, self.settings), layout=False)
         self.query_one("#histogram", GammaHistogram).set_cut(plan.options.get("global_threshold"),
                                                             cut_scores(self.inputs, plan))
         self.query_one("#groups", GroupTable).show_plan(plan)
