@@ -87,6 +87,7 @@ class MonitorScreen(WorkbenchScreen):
         self._log_tail: TextTail | None = None
         self._stage_epochs: dict[str, int] | None = None
         self._drawn: dict[str, int] = {}  # plot name -> series version last handed to it
+        self._epochs_logged: set[tuple] = set()  # (stage, epoch, t) of the epoch lines in the log
         self._poll_lock = threading.Lock()
 
     def compose_body(self) -> ComposeResult:
@@ -143,6 +144,7 @@ class MonitorScreen(WorkbenchScreen):
         self.info = None
         self.bad_lines = 0
         self._drawn = {}
+        self._epochs_logged = set()
         self._stage_epochs = None
         self._tail = runs.MetricsTail(path / "metrics.jsonl") if path else None
         self._log_tail = TextTail(path / "log.txt") if path else None
@@ -196,8 +198,13 @@ class MonitorScreen(WorkbenchScreen):
             self._drawn = {}
         if poll.records:
             self.series.feed(poll.records)
-        epochs = [line for rec in poll.records
-                  if (line := epoch_line(rec, epochs_for(self._stage_epochs or {}, rec.get("stage")))) is not None]
+        epochs = []
+        for rec in poll.records:
+            line = epoch_line(rec, epochs_for(self._stage_epochs or {}, rec.get("stage")))
+            seen = (rec.get("stage"), rec.get("epoch"), rec.get("t"))
+            if line is not None and seen not in self._epochs_logged:  # a rewritten file repeats its lines
+                self._epochs_logged.add(seen)
+                epochs.append(line)
         if poll.log_lines or epochs:  # stage lines from log.txt, epoch lines from metrics.jsonl
             log = self.query_one("#monitor-log", RichLog)
             for line in merge_by_clock(poll.log_lines, epochs)[-LOG_LINES:]:
