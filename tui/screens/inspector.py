@@ -494,7 +494,8 @@ class InspectorScreen(WorkbenchScreen):
             settings = self.settings.with_override(pattern, rule)
             plan = self.compute(settings)
             g, cut = group_cut(plan)
-            return OverridePreview(settings, plan, rule, g.threshold, cut, g.kept, g.total)
+            width = getattr(g, "width", 1)  # a unit is `width` channels (grouped convs): count channels
+            return OverridePreview(settings, plan, rule, g.threshold, cut, g.kept * width, g.total * width)
 
         def done(result: tuple[str, Any] | None) -> None:
             if result is None:
@@ -506,7 +507,9 @@ class InspectorScreen(WorkbenchScreen):
                 self.apply(preview.settings, preview.plan)
 
         rule = f"its override ({fmt_override(group.override)})" if group.override else "the global threshold"
-        status = f"Keeps {group.kept} of {group.total} channels under {rule}. A rule for {pattern} alone:"
+        width = getattr(group, "width", 1)
+        status = (f"Keeps {group.kept * width} of {group.total * width} channels under {rule}. "
+                  f"A rule for {pattern} alone:")
         _, cut = group_cut(self.plan)
         self.app.push_screen(
             OverrideModal(group_name(group), values, group.threshold, cut,
