@@ -7,9 +7,9 @@ directory, then reads the same training files at the same image size through
              and shuffled by torch.utils.data.DataLoader
 with the same worker count and batch size, in one process. Rounds alternate the order
 (A B, B A, ...) so machine noise and warm-up hit both; figures are medians of images/s.
-Then the peak memory (PSS) of building the data and reading one epoch (the main process, and it plus
-its workers), each in a fresh subprocess, streaming at 5k and 20k files, next to the
-in-memory cache at both sizes.
+Then the peak RSS of building the data and reading one epoch (the main process and its
+largest worker, as the kernel records them), each in a fresh subprocess, streaming at 5k
+and 20k files, next to the in-memory cache at both sizes.
 
 Usage: python benchmarks/loader_throughput.py [--files 20000] [--workers 2] [--rounds 4]
 Last line: `loader_throughput_ratio: X` (streaming images/s / bare images/s; >= 0.95 is the target).
@@ -18,12 +18,13 @@ Last line: `loader_throughput_ratio: X` (streaming images/s / bare images/s; >= 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def throughput(root: Path, workers: int, rounds: int) -> tuple[float, float, int
 
 
 def peak_memory(root: Path, workers: int, cache: str) -> dict:
-    """Peak PSS in MiB of building the data and reading one epoch, in a fresh process."""
+    """Peak RSS in MiB of building the data and reading one epoch, in a fresh process."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from benchmarks.loader_throughput import epoch_in_this_process as run;"
@@ -132,35 +133,16 @@ def peak_memory(root: Path, workers: int, cache: str) -> dict:
 
 
 def epoch_in_this_process(root: str, workers: int, cache: str) -> None:
-    """Prints {"main_mib", "total_mib"}: peak PSS (proportional set size: pages shared between
-    processes are split between them, so forked workers are not counted twice) of this process
-    and of it plus its workers, sampled by a thread while the data is built and one epoch read."""
-    import psutil
-
+    """Prints {"main_mib", "worker_mib"}: the kernel's peak RSS of this process and of its
+    largest worker (getrusage, so no sampling), over building the data and reading one epoch."""
     torch.set_num_threads(1)
-    me = psutil.Process()
-    peaks = {"main": 0, "total": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            try:
-                main = me.memory_full_info().pss
-                total = main + sum(c.memory_full_info().pss for c in me.children(recursive=True))
-            except psutil.Error:
-                continue
-            peaks["main"] = max(peaks["main"], main)
-            peaks["total"] = max(peaks["total"], total)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
     bundle = data.build(spec(Path(root), workers, cache), batch_size=BATCH, seed=0)
     n = sum(len(y) for _, y in bundle.train)
-    done.set()
-    watcher.join()
-    mib = 2**20
-    print(json.dumps({"images": n, "main_mib": round(peaks["main"] / mib, 1),
-                      "total_mib": round(peaks["total"] / mib, 1)}))
+    del bundle
+    gc.collect()  # the workers stop and are waited for, so their peak counts in RUSAGE_CHILDREN
+    main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"images": n, "main_mib": round(main, 1), "worker_mib": round(worker, 1)}))
 
 
 def main() -> None:
@@ -168,6 +150,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="slimlab-loader-") as tmp:
@@ -178,20 +161,22 @@ def main() -> None:
         subset(big, small, args.files // CLASSES // 4)
         print(f"generated {args.files} files ({IMAGE_SIZE}px output, batch {BATCH}) in {time.perf_counter() - t0:.0f}s")
 
-        print(f"{'workers':>7}  {'images':>6}  {'streaming img/s':>15}  {'bare img/s':>10}  {'ratio':>5}")
         ratio = 0.0
-        for workers in sorted({0, args.workers}):
+        if not args.memory_only:
+            print(f"{'workers':>7}  {'images':>6}  {'streaming img/s':>15}  {'bare img/s':>10}  {'ratio':>5}")
+        for workers in [] if args.memory_only else sorted({0, args.workers}):
             ours, theirs, n = throughput(big, workers, args.rounds)
             ratio = ours / theirs
             print(f"{workers:>7}  {n:>6}  {ours:>15.0f}  {theirs:>10.0f}  {ratio:>5.2f}")
 
-        print(f"\npeak PSS (MiB) while building the data and reading one epoch, {args.workers} workers")
-        print(f"{'cache':>6}  {'files':>6}  {'main':>6}  {'main + workers':>14}")
+        print(f"\npeak RSS (MiB) while building the data and reading one epoch, {args.workers} workers")
+        print(f"{'cache':>6}  {'files':>6}  {'main':>6}  {'largest worker':>14}")
         for cache in ("none", "memory"):
             for root, files in ((small, args.files // 4), (big, args.files)):
                 rss = peak_memory(root, args.workers, cache)
-                print(f"{cache:>6}  {files:>6}  {rss['main_mib']:>6.0f}  {rss['total_mib']:>14.0f}")
-    print(f"loader_throughput_ratio: {ratio:.2f}")
+                print(f"{cache:>6}  {files:>6}  {rss['main_mib']:>6.0f}  {rss['worker_mib']:>14.0f}")
+    if not args.memory_only:
+        print(f"loader_throughput_ratio: {ratio:.2f}")
 
 
 if __name__ == "__main__":

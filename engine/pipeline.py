@@ -305,7 +305,7 @@ class Pipeline:
         """training.threads for the whole run; the value used goes to the log and status.json."""
         used, note = threads.apply(self.spec.training.threads)
         if note:
-            self.writer.log(f"warning: {note}")
+            self._say([f"warning: {note}"])
         self.writer.log(f"threads: {used} torch intra-op thread{'s' if used != 1 else ''}")
         self.writer.status(threads=used)
 
@@ -324,8 +324,8 @@ class Pipeline:
                 self.data_spec(), batch_size=batch_size, seed=self.spec.training.seed,
                 rank=self.dist.rank, world_size=self.dist.world_size, device=self.device,
             )
-            for note in bundle.notes if not self._data else []:
-                self.writer.log(f"data: {note}")
+            if bundle.notes and not self._data:
+                self._say([f"data: {note}" for note in bundle.notes])
             self._data[batch_size] = bundle
         return self._data[batch_size]
 

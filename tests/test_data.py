@@ -192,6 +192,15 @@ def test_holdout_is_stratified_deterministic_and_disjoint():
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(30))
 
 
+def test_channel_stats_do_not_depend_on_chunking(monkeypatch):
+    from engine.data import stats
+
+    images = torch.randint(0, 256, (50, 3, 5, 5), dtype=torch.uint8)
+    whole = stats.channel_mean_std(images)
+    monkeypatch.setattr(stats, "_ELEMENTS", 100)  # squares 1 image at a time
+    assert stats.mean_std_of([images[:7], images[7:30], images[30:]]) == whole
+
+
 def test_channel_mean_std_matches_numpy():
     images = torch.randint(0, 256, (50, 3, 5, 5), dtype=torch.uint8)
     mean, std = channel_mean_std(images, chunk=7)

@@ -6,9 +6,16 @@ from collections.abc import Iterable
 
 import torch
 
+_ELEMENTS = 1 << 22  # values squared at a time (an int32 temporary of 16 MiB)
+
 
 class ChannelStats:
-    """Running per-channel sums over uint8 chunks (float64, so no float copy of a split)."""
+    """Running per-channel sums over uint8 chunks, in exact integers.
+
+    Integer sums do not depend on how the images are split into chunks, so the same
+    images give the same mean/std on every path; the only temporary is a bounded
+    int32 square, whatever the chunk or image size.
+    """
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
@@ -16,20 +23,23 @@ class ChannelStats:
         self.count = 0
 
     def add(self, chunk: torch.Tensor) -> None:
-        part = chunk.to(torch.float64).div_(255.0)
-        sums, sq = part.sum(dim=(0, 2, 3)), part.square().sum(dim=(0, 2, 3))
+        n, c, h, w = chunk.shape
         if self.total is None or self.total_sq is None:
-            self.total, self.total_sq = sums, sq
-        else:
-            self.total += sums
-            self.total_sq += sq
-        self.count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+            self.total = torch.zeros(c, dtype=torch.int64)
+            self.total_sq = torch.zeros(c, dtype=torch.int64)
+        step = max(1, _ELEMENTS // max(1, c * h * w))
+        for start in range(0, n, step):
+            part = chunk[start : start + step]
+            self.total += part.sum(dim=(0, 2, 3), dtype=torch.int64)
+            self.total_sq += part.to(torch.int32).square_().sum(dim=(0, 2, 3), dtype=torch.int64)
+        self.count += n * h * w
 
     def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.total is None or self.total_sq is None or self.count == 0:
             raise ValueError("cannot compute mean/std of an empty split")
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean.square()).clamp_min(0.0)
+        mean = self.total.to(torch.float64) / (255.0 * self.count)
+        mean_sq = self.total_sq.to(torch.float64) / (255.0**2 * self.count)
+        var = (mean_sq - mean.square()).clamp_min(0.0)
         # A constant channel would divide by zero when normalising.
         std = var.sqrt().clamp_min(1e-3)
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
@@ -45,7 +55,7 @@ def mean_std_of(chunks: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tupl
 def channel_mean_std(
     images: torch.Tensor, chunk: int = 4096
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std per channel on the [0, 1] scale, summed chunk by chunk."""
+    """Mean and std per channel on the [0, 1] scale, summed chunk by chunk (no float copy)."""
     if images.shape[0] == 0:
         raise ValueError("cannot compute mean/std of an empty split")
     return mean_std_of(images[start : start + chunk] for start in range(0, images.shape[0], chunk))
