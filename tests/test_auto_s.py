@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine.config import TrainingSpec
-from engine.slim.auto_s import GAIN0, AutoSController, LrBudget, next_gain, planned_s
+from engine.slim.auto_s import GAIN0, GAIN_MAX, GAIN_MIN, AutoSController, LrBudget, gain_cap, next_gain, planned_s
 from engine.slim.spec import AutoS
 
 
@@ -27,29 +27,39 @@ def test_holds_while_accuracy_recovers():
     assert next_gain(0.5, acc=0.85, acc_pt=0.80, best=0.95, threshold=0.3, previous=0.4, acc_before=0.86).action == "lower"
 
 
-def test_raises_while_pruned_at_target_lags_and_the_threshold_stalls():
-    d = next_gain(1.0, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.5, previous=0.6, gap=0.01)
-    assert d.action == "raise" and d.gain == pytest.approx(2.0)
-    assert "trails" in d.reason
-    small = next_gain(1.0, acc=0.95, acc_pt=0.93, best=0.95, threshold=0.5, previous=0.6, gap=0.01)
-    assert small.action == "raise" and 1.0 < small.gain < 2.0
+def test_raises_by_the_shortfall_of_the_thresholds_fall_while_pruned_at_target_lags():
+    # planned: the threshold falls by half (gain 0.5); it fell by a quarter -> gain x2
+    d = next_gain(0.5, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.45, previous=0.6, gap=0.01)
+    assert d.action == "raise" and d.gain == pytest.approx(1.0) and "trails" in d.reason
+    # fell by 40% of a planned 50%: a smaller raise
+    d = next_gain(0.5, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.36, previous=0.6, gap=0.01)
+    assert d.action == "raise" and d.gain == pytest.approx(0.5 * 0.5 / 0.4)
+    # the cap (the kept channels would lose too much) holds the gain
+    capped = next_gain(0.5, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.55, previous=0.6, cap=0.5)
+    assert capped.action == "hold" and capped.gain == 0.5 and "cap" in capped.reason
 
 
 def test_holds_when_the_plan_progresses_or_the_job_is_done():
-    progressing = next_gain(1.0, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.2, previous=0.6)
-    assert progressing.action == "hold" and progressing.gain == 1.0
-    done = next_gain(1.0, acc=0.95, acc_pt=0.945, best=0.96, threshold=0.5, previous=0.5, gap=0.01, tolerance=0.02)
+    progressing = next_gain(0.5, acc=0.95, acc_pt=0.40, best=0.95, threshold=0.2, previous=0.6)
+    assert progressing.action == "hold" and progressing.gain == 0.5 and "as planned" in progressing.reason
+    done = next_gain(0.5, acc=0.95, acc_pt=0.945, best=0.96, threshold=0.5, previous=0.5, gap=0.01, tolerance=0.02)
     assert done.action == "hold" and "within" in done.reason
 
 
 def test_the_gain_stays_bounded():
-    gain = 1.0
+    gain = 0.5
     for _ in range(50):
         gain = next_gain(gain, acc=0.95, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
-    assert gain == 4.0
+    assert gain == GAIN_MAX
     for _ in range(50):
         gain = next_gain(gain, acc=0.1, acc_pt=0.1, best=0.95, threshold=0.5, previous=0.5).gain
-    assert gain == pytest.approx(1 / 64)
+    assert gain == pytest.approx(GAIN_MIN)
+
+
+def test_gain_cap_keeps_the_push_below_half_the_kept_median():
+    assert gain_cap(1.0, 1.2) == pytest.approx(0.6)  # gammas all near the threshold: a gentle push
+    assert gain_cap(0.1, 0.5) == GAIN_MAX  # kept channels far above it
+    assert gain_cap(0.0, 0.5) == GAIN_MAX
 
 
 def test_plan_scales_with_threshold_and_inverse_lr():
@@ -82,8 +92,8 @@ class FakeMonitor:
         return self.start
 
 
-def fig(acc, acc_pt, thr):
-    return {"acc_unpruned_subset": acc, "acc_pruned_at_target": acc_pt, "target_threshold": thr}
+def fig(acc, acc_pt, thr, kept=10.0):
+    return {"acc_unpruned_subset": acc, "acc_pruned_at_target": acc_pt, "target_threshold": thr, "kept_median": kept}
 
 
 def test_controller_moves_s_the_right_way_and_resumes():
@@ -98,9 +108,9 @@ def test_controller_moves_s_the_right_way_and_resumes():
     assert s0 == pytest.approx(GAIN0 * 0.8 * 0.1 / (0.05 * 10))
 
     seen = [s0]
-    signals = [fig(0.95, 0.30, 0.70),   # threshold barely moved, pruned copy far behind: raise
-               fig(0.95, 0.60, 0.20),   # the plan works (threshold fell to < half): hold the gain, s follows it down
-               fig(0.85, 0.80, 0.15),   # accuracy 10 points below best: lower
+    signals = [fig(0.95, 0.30, 0.70),   # threshold fell 12.5% of a planned 50%, pruned copy far behind: raise
+               fig(0.95, 0.60, 0.20),   # fell faster than planned: hold the gain, s follows the threshold down
+               fig(0.85, 0.80, 0.15),   # accuracy 10 points below best and not recovering: lower
                fig(0.95, 0.945, 0.10)]  # within the gap: hold
     actions = []
     for epoch, m in enumerate(signals):
@@ -109,8 +119,7 @@ def test_controller_moves_s_the_right_way_and_resumes():
         actions.append(ctl.decisions[-1].action)
         seen.append(penalty.s)
     assert actions == ["raise", "hold", "lower", "hold"]
-    assert seen[1] > seen[0]  # raised (capped at factor x the previous s)
-    assert seen[1] <= 2 * seen[0] + 1e-12
+    assert seen[0] < seen[1] <= 2 * seen[0] + 1e-12  # raised, capped at factor x the previous s
     assert seen[2] < seen[1]  # threshold fell: s follows it down at the same gain
     assert seen[3] < seen[2]
     # a resumed controller continues from the saved state, not from a fresh start
@@ -118,6 +127,19 @@ def test_controller_moves_s_the_right_way_and_resumes():
     again = AutoSController(SimpleNamespace(s=0.0), monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9)
     again.load_state_dict(state)
     assert again.penalty.s == penalty.s and again.gain == ctl.gain and again.best == 0.95
+
+
+def test_start_is_gentle_when_gammas_sit_near_the_threshold():
+    cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
+    penalty = SimpleNamespace(s=0.0)
+    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
+                              dist=None, epoch=0, epochs=3)
+    ctl = AutoSController(penalty, FakeMonitor(fig(0.9, 0.2, 1.0, kept=1.2), []), AutoS(), LrBudget(cfg, 10), 0.9)
+    ctl.on_fit_start(trainer)
+    assert ctl.gain == pytest.approx(0.5) and penalty.s == pytest.approx(planned_s(0.5, 1.0, 0.5, 0.9))
+    ctl = AutoSController(penalty, FakeMonitor(fig(0.9, 0.2, 1.0, kept=0.6), []), AutoS(), LrBudget(cfg, 10), 0.9)
+    ctl.on_fit_start(trainer)
+    assert ctl.gain == pytest.approx(0.3)
 
 
 def test_start_can_be_given():

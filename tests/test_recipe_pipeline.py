@@ -119,7 +119,7 @@ def test_s_auto_logs_s_per_epoch_and_max_drop_prunes(tmp_path, tiny_preset):
 def test_select_last_and_early_stop(tmp_path, tiny_preset):
     stages = [{"type": "train", "training": {"epochs": 5, "lr": 1e-6}, "early_stop": {"patience": 1}},
               {"type": "sparse", "s": 1e-4, "select": "last", "training": {"epochs": 2}}]
-    path, out = run(tmp_path, tiny_preset(stages=stages), "select")
+    path, out = run(tmp_path, tiny_preset(stages=stages, data__test_fraction=0.25), "select")
     train = metrics(path, "train")
     accs = [r["accuracy"] for r in train]
     # stopped once accuracy had not risen for one epoch (lr 1e-6 hardly moves it)
@@ -129,6 +129,16 @@ def test_select_last_and_early_stop(tmp_path, tiny_preset):
     summary = json.loads((path / "summary.json").read_text())
     assert summary["train"]["epochs"] == len(train)
     assert summary["train"]["selected_epoch"] == 1 + accs.index(max(accs))
+    # the held-out test split is reported beside the val accuracy that selected the epoch
+    spec = load_preset(path / "spec.yaml")
+    bundle = data.build(spec.data, batch_size=spec.training.batch_size, seed=spec.training.seed)
+    model = checkpoint.load(path / "weights" / "train.pt").model
+    from engine.train import evaluate
+
+    assert summary["train"]["test_accuracy"] == evaluate(model, bundle.test, torch.device("cpu"))["accuracy"]
+    assert summary["comparison"]["sparse"]["test_accuracy"] is not None
+    header = next(line for line in out.splitlines() if line.startswith("stage "))
+    assert "test accuracy" in header and "Δ test" in header
     # select: last outputs the last epoch even without a target
     meta = torch.load(path / "weights" / "sparse.pt", weights_only=True)["meta"]
     assert meta["epoch"] == 1 and summary["sparse"]["selected_epoch"] == 2

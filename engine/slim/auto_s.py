@@ -6,25 +6,27 @@ lr * s / (1 - momentum) per step. The channels the target cuts score at most the
 
     s = gain * thr * (1 - momentum) / (sum of lr over the next epoch)
 
-lets the penalty alone move a channel at the threshold by `gain` (0.5 to start: half) of its size
-within the epoch. Every gamma is pushed by the same amount, so channels far above the threshold
-(and those the loss defends) keep most of their size, while the threshold, and with it s, falls
-epoch by epoch: a push that shrinks with what is left to cut instead of one that crushes every
-channel once gammas are small. (Pushing the threshold to zero in one epoch does crush ResNets,
-whose gammas all sit near 1.) s rises at most `factor` times per epoch: the lr sum shrinks near
-the end of a cosine schedule.
+lets the penalty alone move a channel at the threshold by `gain` of its size within the epoch
+(0.5 to start: half). Every gamma is pushed by the same amount, so channels far above the
+threshold (and those the loss defends) keep most of their size, while the threshold, and with it
+s, falls epoch by epoch: a push that shrinks with what is left to cut. The push per epoch is
+capped at half the median score of the channels the target keeps (the gain at 1): a model whose
+gammas all sit near the threshold (a freshly trained ResNet) would otherwise lose every channel
+at once. s rises at most `factor` times per epoch (the lr sum shrinks near the end of a cosine
+schedule), and not at all into the last epoch, which is left for the network to settle.
 
 The feedback adjusts the gain after each epoch, from two accuracies on the same val subset
-(engine/slim/monitor.py): the model's own `acc` and its copy pruned at the target `acc_pt`.
+(engine/slim/monitor.py), the model's own `acc` and its copy pruned at the target `acc_pt`, and
+from how far the threshold actually fell:
 - `acc` more than `tolerance` below the best unpruned accuracy seen (the starting model's
-  included) and not recovering (up by less than `tolerance` since the last epoch): lower the gain;
-- else `acc_pt` trails `acc` by more than `gap` while the threshold fell by less than half of the
-  planned move (the loss defends the channels harder than the plan assumes): raise the gain;
+  included) and not recovering (up by less than `tolerance` since the last epoch): lower the gain
+  (divide by up to `factor`: the full factor for a drop of 10 points or more);
+- else `acc_pt` trails `acc` by more than `gap` and the threshold fell less than planned (the loss
+  defends those channels harder than the plan assumes): raise the gain by planned / actual fall
+  (at most `factor`);
 - else hold: the plan is working, or sparse training has done its job.
-Steps are `factor` for a shortfall of 10 points or more and smaller for smaller ones
-(factor ** (shortfall / 0.1), at least factor ** 0.25), so the gain settles instead of
-oscillating. With Adam(W) the step size does not scale with the gradient: the plan is then only a
-start and the feedback does the rest.
+With Adam(W) the step size does not scale with the gradient: the plan is then only a start and the
+feedback does the rest.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 GAIN0 = 0.5
-GAIN_MIN, GAIN_MAX = 1 / 64, 4.0
+GAIN_MIN, GAIN_MAX = 1 / 64, 1.0  # 1: the push alone could carry the threshold channel to zero in an epoch
+KEPT_SHARE = 0.5  # the push per epoch stays below this share of the kept channels' median score
 S_MIN, S_MAX = 1e-7, 1.0
-FULL_STEP_AT = 0.10  # accuracy shortfall (fraction) that earns the full factor
+FULL_STEP_AT = 0.10  # accuracy drop (fraction) that earns the full factor
 MIN_STEP_POWER = 0.25
 
 
@@ -50,32 +53,47 @@ def _step(factor: float, shortfall: float) -> float:
     return factor ** min(1.0, max(MIN_STEP_POWER, shortfall / FULL_STEP_AT))
 
 
+def _moved(fell: float) -> str:
+    return f"fell {fell:.0%}" if fell >= 0 else f"rose {-fell:.0%}"
+
+
+def gain_cap(threshold: float, kept_median: float) -> float:
+    """The largest gain whose push (gain * threshold) stays below KEPT_SHARE of the kept median."""
+    if threshold <= 0:
+        return GAIN_MAX
+    return float(min(GAIN_MAX, max(GAIN_MIN, KEPT_SHARE * kept_median / threshold)))
+
+
 def next_gain(gain: float, acc: float, acc_pt: float, best: float, *, threshold: float, previous: float,
-              acc_before: float | None = None, gap: float = 0.01, tolerance: float = 0.02,
-              factor: float = 2.0) -> Decision:
+              acc_before: float | None = None, cap: float = GAIN_MAX, gap: float = 0.01,
+              tolerance: float = 0.02, factor: float = 2.0) -> Decision:
     """The gain for the next epoch from this epoch's accuracies (fractions) and target thresholds.
 
     `best` is the best unpruned accuracy so far (`acc` included), `acc_before` the unpruned
-    accuracy one epoch earlier; `previous` is the target threshold one epoch earlier,
-    `threshold` the one now.
+    accuracy one epoch earlier; `previous` is the target threshold one epoch earlier, `threshold`
+    the one now; `cap` bounds the gain (gain_cap).
     """
     drop = best - acc
     lag = acc - acc_pt
     recovering = acc_before is not None and acc - acc_before >= tolerance
     if drop > tolerance and recovering:
-        return Decision(gain, "hold", f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%} "
-                                      f"but recovering (up {(acc - acc_before) * 100:.1f} points)")
+        return Decision(min(gain, cap), "hold", f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best "
+                                                f"{best:.2%} but recovering (up {(acc - acc_before) * 100:.1f} points)")
     if drop > tolerance:
-        return Decision(max(GAIN_MIN, gain / _step(factor, drop)), "lower",
+        return Decision(max(GAIN_MIN, min(gain, cap) / _step(factor, drop)), "lower",
                         f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%}")
-    if lag > gap and threshold > previous * (1 - gain / 2):
-        return Decision(min(GAIN_MAX, gain * _step(factor, lag)), "raise",
-                        f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points and the "
-                        f"target threshold only fell from {previous:.3g} to {threshold:.3g}")
+    fell = 1.0 - threshold / previous if previous > 0 else 1.0
+    if lag > gap and fell < gain:
+        new = min(cap, gain * min(factor, gain / max(fell, 1e-3)))
+        return Decision(max(GAIN_MIN, new), "raise" if new > gain else "hold",
+                        f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points and the target "
+                        f"threshold {_moved(fell)} (planned: fall {gain:.0%}) to {threshold:.3g}"
+                        + ("" if new > gain else "; the gain is at its cap"))
     if lag > gap:
-        return Decision(gain, "hold", f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} points; "
-                                      f"the target threshold fell from {previous:.3g} to {threshold:.3g}")
-    return Decision(gain, "hold", f"pruned at target {acc_pt:.2%} is within {gap * 100:.1f} points of {acc:.2%}")
+        return Decision(min(gain, cap), "hold", f"pruned at target {acc_pt:.2%} trails {acc:.2%} by {lag * 100:.1f} "
+                                                f"points; the target threshold fell {fell:.0%} as planned to {threshold:.3g}")
+    return Decision(min(gain, cap), "hold",
+                    f"pruned at target {acc_pt:.2%} is within {gap * 100:.1f} points of {acc:.2%}")
 
 
 def planned_s(gain: float, threshold: float, lr_sum: float, momentum: float) -> float:
@@ -127,12 +145,13 @@ class AutoSController:
                                      trainer.dist, calibrate=trainer.data.train)
         self.best = self.acc = start["acc_unpruned_subset"]
         self.threshold = start["target_threshold"]
+        self.gain = min(GAIN0, gain_cap(self.threshold, start["kept_median"]))
         if self.settings.start:
             self.penalty.s = self.settings.start
             how = "as set"
             # the gain that plan would have given, so later epochs follow on from it
             per = planned_s(1.0, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
-            self.gain = min(GAIN_MAX, max(GAIN_MIN, self.penalty.s / per)) if per > S_MIN else GAIN0
+            self.gain = min(GAIN_MAX, max(GAIN_MIN, self.penalty.s / per)) if per > S_MIN else self.gain
         else:
             self.penalty.s = planned_s(self.gain, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
             how = f"from the target threshold {self.threshold:.3g}"
@@ -145,12 +164,14 @@ class AutoSController:
         self.best = max(self.best, acc)
         st = self.settings
         d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
-                      acc_before=self.acc, gap=st.gap, tolerance=st.tolerance, factor=st.factor)
+                      acc_before=self.acc, cap=gain_cap(thr, m["kept_median"]), gap=st.gap,
+                      tolerance=st.tolerance, factor=st.factor)
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
             s = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
-            s = min(s, self.penalty.s * st.factor)
+            # the last epoch is for settling: s may fall but not rise into it
+            s = min(s, self.penalty.s * (1.0 if epoch + 2 == trainer.epochs else st.factor))
             self.log(f"s: auto after epoch {epoch + 1}: {d.action} (gain {self.gain:.3g}; {d.reason}); "
                      f"s {self.penalty.s:.3g} -> {s:.3g}")
             self.penalty.s = s

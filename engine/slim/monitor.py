@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,6 +76,7 @@ class PrunedAtTarget:
         self.samples = int(samples)
         self.inputs: PlanInputs | None = None
         self.last: dict[str, float] = {}
+        self.kept_median = 0.0
 
     def on_fit_start(self, trainer: Any) -> None:
         model = copy.deepcopy(trainer.model).cpu()
@@ -87,7 +89,12 @@ class PrunedAtTarget:
         if self.inputs is None:
             raise RuntimeError("PrunedAtTarget.plan before on_fit_start")
         inputs = dataclasses.replace(self.inputs, gammas=gamma_stats(model).gammas)
-        return resolve_plan(inputs, **self.rule)
+        plan = resolve_plan(inputs, **self.rule)
+        scores = inputs.arrays(self.rule.get("score") or "max").sorted_prunable
+        thr = plan.options.get("global_threshold")
+        kept = scores[scores >= thr] if thr is not None else scores
+        self.kept_median = float(np.median(kept)) if kept.size else 0.0
+        return plan
 
     def measure(self, model: nn.Module, loader: Iterable, device: torch.device,
                 amp: torch.dtype | None = None, dist_info: Any = None, calibrate: Iterable | None = None) -> dict[str, float]:
@@ -109,6 +116,7 @@ class PrunedAtTarget:
             "target_flops_kept": t["flops_after"] / max(1, t["flops_before"]),
             "target_params_kept": t["params_after"] / max(1, t["params_before"]),
             "target_threshold": float(plan.options.get("global_threshold") or 0.0),
+            "kept_median": self.kept_median,  # median score of the channels the target keeps
         }
         return self.last
 
