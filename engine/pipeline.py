@@ -565,11 +565,11 @@ class Pipeline:
 
     def _calibrate(self, model: nn.Module) -> nn.Module:
         """BatchNorm statistics of a cut model re-estimated on training images (engine/slim/bn_calibrate.py)."""
-        from engine.slim.bn_calibrate import CALIBRATION_SAMPLES, first_batches, recalibrate
+        from engine.slim.bn_calibrate import calibration_samples, first_batches, recalibrate
 
         model.to(self.device)
         train = self.data(self.spec.training.batch_size).train
-        recalibrate(model, first_batches(train, CALIBRATION_SAMPLES), self.device, dist_info=self.dist)
+        recalibrate(model, first_batches(train, calibration_samples(train)), self.device, dist_info=self.dist)
         return model
 
     def _pruned_accuracy(self, model: nn.Module) -> dict[str, float]:

@@ -227,7 +227,7 @@ def _data_evaluator(args: argparse.Namespace, model: Any) -> Any:
 
     from engine import data
     from engine.config import DataSpec
-    from engine.slim.bn_calibrate import CALIBRATION_SAMPLES, first_batches, recalibrate
+    from engine.slim.bn_calibrate import calibration_samples, first_batches, recalibrate
     from engine.train import evaluate
 
     try:
@@ -238,7 +238,7 @@ def _data_evaluator(args: argparse.Namespace, model: Any) -> Any:
     device = torch.device("cpu")
 
     def run(m: Any) -> dict[str, float]:
-        recalibrate(m, first_batches(bundle.train, CALIBRATION_SAMPLES), device)
+        recalibrate(m, first_batches(bundle.train, calibration_samples(bundle.train)), device)
         return evaluate(m, bundle.val, device)
 
     return run

@@ -234,6 +234,7 @@ class Trainer:
         self.reporter = reporter or NullReporter()
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.epochs = cfg.epochs
+        self.epoch_metrics: dict[str, Any] = {}
         self.epoch = 0
         self.step = 0
 
@@ -346,6 +347,7 @@ class Trainer:
                            "threads": self.threads}
                 self._call("before_eval", self, epoch)
                 metrics.update(evaluate(model, val_loader, device, self.amp_dtype))
+                self.epoch_metrics = metrics  # what on_epoch_end callbacks may read (val accuracy)
                 for extra in self._call("on_epoch_end", self, epoch):
                     metrics.update(extra or {})
                 metrics.update(memory_figures(device))

@@ -57,6 +57,16 @@ def recalibrate(model: nn.Module, batches: Iterable, device: torch.device, amp: 
     return seen
 
 
+def calibration_samples(loader: Any, samples: int = CALIBRATION_SAMPLES) -> int:
+    """`samples`, but at most a quarter of the split (at least a batch): cheap on small data."""
+    batch = getattr(loader, "batch_size", None) or 1
+    try:
+        size = len(loader) * batch
+    except TypeError:
+        return samples
+    return int(min(samples, max(batch, size // 4)))
+
+
 def first_batches(loader: Iterable, samples: int) -> Iterable:
     """The first batches of `loader` holding about `samples` images."""
     seen = 0
@@ -68,11 +78,13 @@ def first_batches(loader: Iterable, samples: int) -> Iterable:
 
 
 class RecalibrateBN:
-    """Trainer callback: BatchNorm statistics re-estimated on `samples` training images before each val pass."""
+    """Trainer callback: BatchNorm statistics re-estimated on training images before each val pass
+    (`samples`, at most a quarter of the training split)."""
 
     def __init__(self, samples: int = 2000) -> None:
         self.samples = int(samples)
 
     def before_eval(self, trainer: Any, epoch: int) -> None:
-        recalibrate(trainer.model, first_batches(trainer.data.train, self.samples), trainer.device,
+        train = trainer.data.train
+        recalibrate(trainer.model, first_batches(train, calibration_samples(train, self.samples)), trainer.device,
                     trainer.amp_dtype, trainer.dist)

@@ -42,6 +42,12 @@ def evenly_spaced_batches(loader: Iterable, samples: int) -> Iterator[Any]:
             yield item
 
 
+def covers_split(loader: Iterable, samples: int) -> bool:
+    """True when `evenly_spaced_batches(loader, samples)` yields every batch of the loader."""
+    batch = getattr(loader, "batch_size", None) or 1
+    return math.ceil(samples / batch) >= len(loader)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def count_correct(model: nn.Module, batches: Iterable, device: torch.device,
                   amp: torch.dtype | None = None) -> tuple[int, int]:
@@ -97,22 +103,34 @@ class PrunedAtTarget:
         return plan
 
     def measure(self, model: nn.Module, loader: Iterable, device: torch.device,
-                amp: torch.dtype | None = None, dist_info: Any = None, calibrate: Iterable | None = None) -> dict[str, float]:
-        """Accuracy of `model` and of its copy pruned at the target, on the fixed val subset."""
+                amp: torch.dtype | None = None, dist_info: Any = None, calibrate: Iterable | None = None,
+                accuracy: float | None = None) -> dict[str, float]:
+        """Accuracy of `model` and of its copy pruned at the target, on the fixed val subset.
+
+        `accuracy`, the model's accuracy on the whole val split (the trainer's), stands in for the
+        model's own evaluation when the subset is the whole split on one process.
+        """
         from engine.slim.apply import apply_plan
-        from engine.slim.bn_calibrate import first_batches, recalibrate
+        from engine.slim.bn_calibrate import calibration_samples, first_batches, recalibrate
 
         plan = self.plan(model)
         pruned = apply_plan(copy.deepcopy(model).eval(), plan)
         if calibrate is not None:
-            recalibrate(pruned, first_batches(calibrate, self.samples), device, amp, dist_info)
-        counts = [*count_correct(model, evenly_spaced_batches(loader, self.samples), device, amp),
-                  *count_correct(pruned, evenly_spaced_batches(loader, self.samples), device, amp)]
-        counts = _sum_over_ranks(counts, dist_info, device)
+            recalibrate(pruned, first_batches(calibrate, calibration_samples(calibrate, self.samples)),
+                        device, amp, dist_info)
+        pruned_counts = count_correct(pruned, evenly_spaced_batches(loader, self.samples), device, amp)
+        if accuracy is not None and covers_split(loader, self.samples) and not getattr(dist_info, "enabled", False):
+            own = accuracy
+            acc_pt = pruned_counts[0] / max(1, pruned_counts[1])
+        else:
+            counts = _sum_over_ranks(
+                [*count_correct(model, evenly_spaced_batches(loader, self.samples), device, amp), *pruned_counts],
+                dist_info, device)
+            own, acc_pt = counts[0] / max(1, counts[1]), counts[2] / max(1, counts[3])
         t = plan.totals
         self.last = {
-            "acc_unpruned_subset": counts[0] / max(1, counts[1]),
-            "acc_pruned_at_target": counts[2] / max(1, counts[3]),
+            "acc_unpruned_subset": own,
+            "acc_pruned_at_target": acc_pt,
             "target_flops_kept": t["flops_after"] / max(1, t["flops_before"]),
             "target_params_kept": t["params_after"] / max(1, t["params_before"]),
             "target_threshold": float(plan.options.get("global_threshold") or 0.0),
@@ -122,7 +140,8 @@ class PrunedAtTarget:
 
     def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
         self.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype, trainer.dist,
-                     calibrate=trainer.data.train if self.calibrate else None)
+                     calibrate=trainer.data.train if self.calibrate else None,
+                     accuracy=getattr(trainer, "epoch_metrics", {}).get("accuracy"))
         return {k: self.last[k] for k in ("acc_pruned_at_target", "target_threshold")}
 
 
