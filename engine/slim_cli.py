@@ -208,7 +208,7 @@ def prune(args: argparse.Namespace) -> int:
         target_params=args.target_params, max_drop=args.max_drop, min_keep=min_keep, round_to=args.round_to,
         score=args.score, ignore=list(args.ignore),
     )
-    evaluate = _data_evaluator(args, loaded.model) if args.max_drop is not None else None
+    evaluate = _data_evaluator(args, loaded) if args.max_drop is not None else None
     plan, _ = plan_for_rule(loaded.model, None, rule, evaluate=evaluate, progress=progress)
     from engine.slim.report import prune_lines
 
@@ -221,7 +221,7 @@ def prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_evaluator(args: argparse.Namespace, model: Any) -> Any:
+def _data_evaluator(args: argparse.Namespace, loaded: Any) -> Any:
     """Val accuracy of pruned copies on --data, BatchNorm statistics re-estimated on its train split."""
     import torch
 
@@ -230,11 +230,15 @@ def _data_evaluator(args: argparse.Namespace, model: Any) -> Any:
     from engine.slim.bn_calibrate import calibration_samples, first_batches, recalibrate
     from engine.train import evaluate
 
+    classes = (loaded.arch or {}).get("num_classes")
+    extra = {"num_classes": classes} if args.data == "shapes" and isinstance(classes, int) else {}
     try:
-        spec = DataSpec(dataset=args.data, path=args.data_path, augment=False)
+        spec = DataSpec(dataset=args.data, path=args.data_path, augment=False, **extra)
     except ValueError as e:
         raise PresetError(f"--data {args.data}: {e}") from None
     bundle = data.build(spec, batch_size=256)
+    if isinstance(classes, int) and bundle.num_classes != classes:
+        raise PresetError(f"--data {args.data} has {bundle.num_classes} classes but the model predicts {classes}")
     device = torch.device("cpu")
 
     def run(m: Any) -> dict[str, float]:

@@ -8,7 +8,16 @@ from types import SimpleNamespace
 import pytest
 
 from engine.config import TrainingSpec
-from engine.slim.auto_s import GAIN0, GAIN_MAX, GAIN_MIN, AutoSController, LrBudget, gain_cap, next_gain, planned_s
+from engine.slim.auto_s import (
+    GAIN0,
+    GAIN_MAX,
+    GAIN_MIN,
+    AutoSController,
+    LrBudget,
+    gain_cap,
+    next_gain,
+    planned_s,
+)
 from engine.slim.spec import AutoS
 
 

@@ -79,7 +79,7 @@ def export_stage(pipe: Any, stage: Any, cur: Any, input_shape: tuple[int, int, i
     source = unpruned(pipe, cur) if stage.original else None
     if source is not None:
         todo.append((source[0], checkpoint.load(source[1], trust=pipe.trust), pipe.writer.path / ORIGINAL))
-    todo.append((list(pipe.outputs)[-1] if pipe.outputs else "model", cur, pipe.writer.path / f"{stage.name}.onnx"))
+    todo.append((pipe._last_name() or "model", cur, pipe.writer.path / f"{stage.name}.onnx"))
     artifacts = []
     for i, (from_stage, model, out) in enumerate(todo):
         step = _progress(pipe, stage, i / len(todo), 1 / len(todo))
@@ -234,7 +234,7 @@ def compress_stage(pipe: Any, stage: Any, cur: Any, resume: dict | None) -> dict
 
     val = run_images(pipe).bundle.val
     cpu = torch.device("cpu")
-    source = list(pipe.outputs)[-1] if pipe.outputs else "model"
+    source = pipe._last_name() or "model"
     say = _progress(pipe, stage)
     model = copy.deepcopy(cur.model).cpu().float()
     say(0.0, "magnitude pruning")
