@@ -1,7 +1,8 @@
 """Inspector (2): one checkpoint's |gamma| and the engine's prune plan, recomputed per key press.
 
 The model is loaded and traced once in a thread worker (`engine.checkpoint.load`,
-`engine.slim.precompute`); after that every key press calls `plan_from_inputs` (numpy only)
+`engine.slim.precompute`); after that every key press calls `plan_from_inputs` (numpy only; a
+FLOPs/params target bisects over it, engine/slim/target.py)
 and re-renders. `self.plan` is the PrunePlan on screen, and it is the object that `s` saves
 and `x` applies, so what is shown is exactly what gets cut.
 """
@@ -42,6 +43,7 @@ from tui.widgets.inspector_state import (
     group_name,
     override_pattern,
     parse_float,
+    parse_fraction_kept,
     parse_min_keep,
     parse_override,
     parse_percent,
@@ -94,6 +96,8 @@ class InspectorScreen(WorkbenchScreen):
                 id="inspector.step_up_10"),
         Binding("t", "threshold", "Threshold", id="inspector.threshold"),
         Binding("p", "percent", "Percent", id="inspector.percent"),
+        Binding("f", "target('target_flops')", "FLOPs target", show=False, id="inspector.target_flops"),
+        Binding("F", "target('target_params')", "Params target", show=False, id="inspector.target_params"),
         Binding("k", "min_keep", "Min keep", show=False, id="inspector.min_keep"),
         Binding("r", "round_to", "Round to", show=False, id="inspector.round_to"),
         Binding("enter", "override", "Layer override", id="inspector.override"),
@@ -295,16 +299,16 @@ class InspectorScreen(WorkbenchScreen):
         if message.generation != self.generation:
             return
         from engine.errors import SlimlabError
-        from engine.slim.plan import plan_from_inputs
+        from engine.slim.target import resolve_plan
 
         self._load_started = None
         loaded, inputs = message.loaded, message.inputs
         settings = settings_from_spec(loaded.meta)
         try:
-            plan = plan_from_inputs(inputs, **settings.options())
+            plan = resolve_plan(inputs, **settings.options())
         except SlimlabError:
             settings = PlanSettings()  # the spec's rule does not fit this model: start from the default
-            plan = plan_from_inputs(inputs, **settings.options())
+            plan = resolve_plan(inputs, **settings.options())
         self.loaded, self.inputs, self.settings, self.plan = loaded, inputs, settings, plan
         self.gammas = group_gammas(inputs)
         self.query_one("#inspector-title", Static).update(self._title_text())
@@ -342,9 +346,9 @@ class InspectorScreen(WorkbenchScreen):
 
     def compute(self, settings: PlanSettings) -> Any:
         """The engine's plan for `settings`; raises the engine's error when it refuses them."""
-        from engine.slim.plan import plan_from_inputs
+        from engine.slim.target import resolve_plan
 
-        return plan_from_inputs(self.inputs, **settings.options())
+        return resolve_plan(self.inputs, **settings.options())
 
     def apply(self, settings: PlanSettings, plan: Any | None = None) -> bool:
         try:
@@ -383,7 +387,8 @@ class InspectorScreen(WorkbenchScreen):
         if not self._need_model():
             return
         s = self.settings
-        current = s.percent if s.percent is not None else cut_fraction(self.inputs.arrays().sorted_prunable, s.threshold)
+        thr = s.threshold if s.threshold is not None else self.plan.options.get("global_threshold")
+        current = s.percent if s.percent is not None else cut_fraction(self.inputs.arrays().sorted_prunable, thr)
         self.apply(s.with_percent(stepped_percent(current, steps)))
 
     def _ask(self, title: str, help: str, value: str, make: Any) -> None:
@@ -413,6 +418,18 @@ class InspectorScreen(WorkbenchScreen):
         pct = self.settings.percent if self.settings.percent is not None else self.current_ratio()
         self._ask("Percent", "Fraction of prunable channels to cut, globally: 0.5 or 50%.", f"{pct:.4g}",
                   lambda text: self.settings.with_percent(parse_percent(text)))
+
+    def action_target(self, kind: str) -> None:
+        """Keep at most a fraction of the FLOPs or parameters: the threshold jumps to the lowest that does."""
+        if not self._need_model():
+            return
+        what = "FLOPs" if kind == "target_flops" else "parameters"
+        key = "flops" if kind == "target_flops" else "params"
+        t = self.plan.totals
+        now = t[f"{key}_after"] / max(1, t[f"{key}_before"])
+        self._ask(f"{what} target", f"Fraction of the model's {what} to keep, e.g. 0.5 or 50%: the threshold "
+                  f"moves to the lowest |gamma| whose plan keeps at most that (the plan's own estimate).",
+                  f"{now:.3g}", lambda text: self.settings.with_target(kind, parse_fraction_kept(text, kind)))
 
     def action_min_keep(self) -> None:
         if not self._need_model():

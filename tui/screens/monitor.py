@@ -263,7 +263,10 @@ class MonitorScreen(WorkbenchScreen):
         elif name == "accuracy":
             best = max(s.accuracy.ys) if s.accuracy.ys else None
             title = f"val accuracy % (best {best:.2f})" if best is not None else "val accuracy %"
-            plot.show_lines([Line(s.accuracy.label, s.accuracy.xs, s.accuracy.ys)], marks=s.stage_marks, title=title)
+            lines = [Line(s.accuracy.label, s.accuracy.xs, s.accuracy.ys)]
+            if s.pruned.xs:  # sparse stages: the model cut at its target, beside the model itself
+                lines.append(Line(s.pruned.label, s.pruned.xs, s.pruned.ys))
+            plot.show_lines(lines, marks=s.stage_marks, title=title)
         elif name == "lr":
             plot.show_lines([Line(s.lr.label, s.lr.xs, s.lr.ys)], marks=s.stage_marks)
         elif name == "memory":

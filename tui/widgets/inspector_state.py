@@ -22,28 +22,47 @@ MAX_PERCENT = 0.99
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """The options handed to `plan_from_inputs`: exactly one of percent or threshold is set."""
+    """The options handed to `engine.slim.target.resolve_plan`: exactly one of percent, threshold,
+    target_flops or target_params (fraction kept) is set."""
 
     percent: float | None = 0.5
     threshold: float | None = None
     min_keep: int | float = 1
     round_to: int = 1
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)
+    target_flops: float | None = None
+    target_params: float | None = None
 
     def options(self) -> dict[str, Any]:
         return {
             "percent": self.percent,
             "threshold": self.threshold,
+            "target_flops": self.target_flops,
+            "target_params": self.target_params,
             "min_keep": self.min_keep,
             "round_to": self.round_to,
             "overrides": {k: dict(v) for k, v in self.overrides.items()},
         }
 
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """('target_flops' | 'target_params', fraction kept) when a cost target sets the cut."""
+        if self.target_flops is not None:
+            return "target_flops", self.target_flops
+        if self.target_params is not None:
+            return "target_params", self.target_params
+        return None
+
     def with_percent(self, percent: float) -> PlanSettings:
-        return replace(self, percent=percent, threshold=None)
+        return replace(self, percent=percent, threshold=None, target_flops=None, target_params=None)
 
     def with_threshold(self, threshold: float) -> PlanSettings:
-        return replace(self, percent=None, threshold=threshold)
+        return replace(self, percent=None, threshold=threshold, target_flops=None, target_params=None)
+
+    def with_target(self, kind: str, fraction: float) -> PlanSettings:
+        """Keep at most `fraction` of the FLOPs ('target_flops') or parameters ('target_params')."""
+        cleared = replace(self, percent=None, threshold=None, target_flops=None, target_params=None)
+        return replace(cleared, **{kind: fraction})
 
     def with_override(self, pattern: str, rule: dict[str, float] | None) -> PlanSettings:
         overrides = {k: dict(v) for k, v in self.overrides.items()}
@@ -71,6 +90,9 @@ def settings_from_spec(meta: dict[str, Any]) -> PlanSettings:
             if isinstance(v, dict)
         }
         base = PlanSettings(min_keep=min_keep, round_to=int(stage.get("round_to", 1)), overrides=overrides)
+        for kind in ("target_flops", "target_params"):
+            if isinstance(stage.get(kind), (int, float)):
+                return base.with_target(kind, float(stage[kind]))
         if threshold is not None:
             return base.with_threshold(float(threshold))
         if isinstance(percent, (int, float)):
@@ -99,6 +121,14 @@ def parse_percent(text: str) -> float:
     if s.endswith("%"):
         return parse_float(s[:-1], "percent") / 100.0
     return parse_float(s, "percent")
+
+
+def parse_fraction_kept(text: str, what: str) -> float:
+    """'0.5' or '50%' -> 0.5 (the fraction of FLOPs or parameters kept). Range checks are the engine's."""
+    s = text.strip()
+    if s.endswith("%"):
+        return parse_float(s[:-1], what) / 100.0
+    return parse_float(s, what)
 
 
 def parse_min_keep(text: str) -> int | float:
@@ -211,6 +241,7 @@ def summary_text(plan: Any, settings: PlanSettings) -> Text:
     t = plan.totals
     thr = plan.options.get("global_threshold")
     by_percent = settings.percent is not None
+    target = settings.target
     percent = settings.percent if by_percent else plan.options.get("percent")
     prunable = t["prunable_before"]
     removed = prunable - t["prunable_after"]
@@ -229,7 +260,14 @@ def summary_text(plan: Any, settings: PlanSettings) -> Text:
         text.append("→ cuts ", "yellow")
         text.append(f"{100 * share:.1f}%", "bold yellow")
         text.append("  ")
-    knob("t", "threshold", "-" if thr is None else fmt_gamma(thr), not by_percent)
+    knob("t", "threshold", "-" if thr is None else fmt_gamma(thr), not by_percent and target is None)
+    if target is not None:
+        kind, fraction = target
+        what = "FLOPs" if kind == "target_flops" else "params"
+        reached = (plan.options.get("target") or {}).get("reached")
+        knob("f" if kind == "target_flops" else "F", f"{what} kept ≤", f"{100 * fraction:.1f}%")
+        if reached is not None:
+            text.append(f"→ {100 * reached:.1f}%  ", "dim")
     knob("k", "min_keep", fmt_min_keep(settings.min_keep))
     knob("r", "round_to", str(settings.round_to))
     if settings.overrides:

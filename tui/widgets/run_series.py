@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MEMORY_KEYS = ("mem_allocated", "mem_reserved", "mem_peak", "rss")
-GAMMA_KEYS = ("gamma_lt_1e-2", "gamma_lt_1e-3")
+# Relative to each layer's initial gamma (the same meaning for every model) when the run logs
+# them; the absolute fractions for runs (and detection stages) that log only those.
+GAMMA_KEYS = ("gamma_rel_lt_1e-2", "gamma_rel_lt_1e-3", "gamma_lt_1e-2", "gamma_lt_1e-3")
+GAMMA_LABELS = {
+    "gamma_rel_lt_1e-2": "|gamma| < 1% of initial %",
+    "gamma_rel_lt_1e-3": "|gamma| < 0.1% of initial %",
+    "gamma_lt_1e-2": "|gamma| < 1e-2 %",
+    "gamma_lt_1e-3": "|gamma| < 1e-3 %",
+}
 
 
 @dataclass
@@ -35,6 +43,7 @@ class RunSeries:
     loss: Series = field(default_factory=lambda: Series("train loss"))
     val_loss: Series = field(default_factory=lambda: Series("val loss"))
     accuracy: Series = field(default_factory=lambda: Series("val accuracy %"))
+    pruned: Series = field(default_factory=lambda: Series("pruned at target %"))  # acc_pruned_at_target
     lr: Series = field(default_factory=lambda: Series("lr"))
     memory: dict[str, Series] = field(default_factory=dict)
     gamma: dict[str, Series] = field(default_factory=dict)
@@ -77,8 +86,13 @@ class RunSeries:
                 changed.add("loss")
             if isinstance(rec.get("accuracy"), int | float) and self.accuracy.add(x, 100.0 * rec["accuracy"]):
                 changed.add("accuracy")
-            for key in GAMMA_KEYS:
-                if key in rec and self.gamma.setdefault(key, Series(f"|gamma| < {key[9:]} %")).add(
+            if isinstance(rec.get("acc_pruned_at_target"), int | float) and self.pruned.add(
+                x, 100.0 * rec["acc_pruned_at_target"]
+            ):
+                changed.add("accuracy")
+            relative = "gamma_rel_lt_1e-2" in rec
+            for key in GAMMA_KEYS[:2] if relative else GAMMA_KEYS[2:]:
+                if key in rec and self.gamma.setdefault(key, Series(GAMMA_LABELS[key])).add(
                     self.epochs_done, 100.0 * rec[key] if isinstance(rec[key], int | float) else None
                 ):
                     changed.add("gamma")
