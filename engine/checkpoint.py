@@ -67,9 +67,29 @@ def check_arch_dict(arch: Any, source: str) -> None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    with atomic_file(path, "wb", durable=True) as f:
-        torch.save(obj, f)
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file.
+
+    A failed write raises the OSError behind it (e.g. ENOSPC), not torch's "unexpected pos"."""
+    try:
+        with atomic_file(path, "wb", durable=True) as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause = _os_error_in(e)
+        if cause is None:
+            raise
+        if cause.filename is None:
+            cause.filename = str(path)
+        raise cause from None
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def save(

@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except SlimlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.FAILED
+    except OSError as e:  # before a run started: a runs folder that cannot be written, ...
+        from engine.atomic import describe_os_error
+
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return ExitCode.USAGE
     print(f"error: unknown command {cmd!r}; try slimlab --help", file=sys.stderr)
     return ExitCode.USAGE
 
@@ -99,9 +104,11 @@ def batch(argv: list[str]) -> int:
 
     allow = allowed_archs(args.allow_arch)
     if args.resume is not None:
-        if args.preset or args.overrides:
-            raise PresetError("--resume continues a run as it was; give no preset or --set with it")
-        return execute(args.resume, resume=True, plain=args.plain, trust=args.trust, allow_archs=allow)
+        if args.preset:
+            raise PresetError("--resume continues a run with the spec.yaml in its directory; give no preset with it "
+                              "(--set changes a setting that is safe to change, e.g. --set training.lr=0.01)")
+        return execute(args.resume, resume=True, plain=args.plain, trust=args.trust, allow_archs=allow,
+                       overrides=args.overrides)
     if not args.preset:
         raise PresetError("no preset given: slimlab --batch PRESET (see slimlab --batch --help)")
     spec = config.load_preset(args.preset, args.overrides)
@@ -111,6 +118,10 @@ def batch(argv: list[str]) -> int:
         from engine.detect.ultra import load as need_ultralytics
 
         need_ultralytics()
+    from engine import preflight
+
+    # the whole preset, before a run directory exists: a mistake never costs a stage
+    preflight.check(spec, run_trust(None, spec, trust=args.trust, allow_archs=[], fresh=True), source=str(args.preset))
     runs_dir = args.runs_dir or spec.output.runs_dir
     name = args.name or spec.output.name or spec.name
     from engine import distributed
@@ -118,7 +129,7 @@ def batch(argv: list[str]) -> int:
     info = distributed.from_env()
     path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
     prepare_run_dir(path, spec, info.is_main)
-    return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec)
+    return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec, checked=True)
 
 
 def allowed_archs(values: list[str]) -> list[str]:
@@ -166,7 +177,7 @@ def run_existing(argv: list[str]) -> int:
                    allow_archs=allowed_archs(args.allow_arch))
 
 
-def run_trust(path: Path, spec: Any, *, trust: bool, allow_archs: list[str], fresh: bool) -> Any:
+def run_trust(path: Path | None, spec: Any, *, trust: bool, allow_archs: list[str], fresh: bool) -> Any:
     """What this run may build and unpickle (engine/trust.py).
 
     A fresh run's spec is the preset the user just gave; a run directory's spec.yaml counts as
@@ -175,7 +186,7 @@ def run_trust(path: Path, spec: Any, *, trust: bool, allow_archs: list[str], fre
     from engine.errors import NeedsTrust
 
     base = (trust_rule.Trust.everything() if trust else trust_rule.Trust()).allowing(*allow_archs)
-    if fresh or trust_rule.spec_signed(path):
+    if fresh or (path is not None and trust_rule.spec_signed(path)):
         return trust_rule.from_spec(spec, base)
     missing = [a for a in trust_rule.spec_archs(spec) if not base.permits_arch(a)]
     if missing:
@@ -190,7 +201,7 @@ def run_trust(path: Path, spec: Any, *, trust: bool, allow_archs: list[str], fre
 
 
 def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False,
-            allow_archs: list[str] = (), spec: Any = None) -> int:
+            allow_archs: list[str] = (), spec: Any = None, checked: bool = False, overrides: list[str] = ()) -> int:
     """Run the spec in `path` (or `spec`, a fresh run's validated preset); maps outcomes to exit codes."""
     from engine import config, distributed, runs
     from engine.pipeline import Pipeline
@@ -217,7 +228,9 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
     try:
         if lock is not None:
             lock.acquire()  # for the whole run: a second writer is refused with this pid
-        pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed)
+        if overrides:
+            spec, allowed = apply_resume_settings(path, spec, list(overrides), allowed, info.is_main)
+        pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed, checked=checked)
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")
         pipeline.run(resume=resume)
@@ -235,9 +248,17 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         return ExitCode.INTERRUPTED
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
+        print(f"run directory: {path} (after fixing it, resume with: {hint} --set KEY=VALUE)", file=sys.stderr)
         return ExitCode.USAGE
     except SlimlabError as e:
         print(f"error: {e}", file=sys.stderr)
+        fix = "".join(f" --set {item}" for item in getattr(e, "settings", []))
+        print(f"run directory: {path} (resume with: {hint}{fix})", file=sys.stderr)
+        return ExitCode.FAILED
+    except OSError as e:  # a write that failed: the disk, not the run
+        from engine.atomic import describe_os_error
+
+        print(f"error: {describe_os_error(e, path)}", file=sys.stderr)
         print(f"run directory: {path} (resume with: {hint})", file=sys.stderr)
         return ExitCode.FAILED
     finally:
@@ -248,6 +269,54 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
             lock.release()
         for sig, old in previous_handlers.items():
             signal.signal(sig, old)
+
+
+def apply_resume_settings(path: Path, spec: Any, overrides: list[str], allowed: Any, is_main: bool) -> tuple[Any, Any]:
+    """`--resume RUN --set KEY=VALUE`: settings that are safe to change (engine/resume.py), written to
+    spec.yaml (signed again when it was the user's) and said in the log. Returns the new spec and trust."""
+    import yaml
+
+    from engine import config, runs
+    from engine import resume as on_disk
+    from engine import trust as trust_rule
+    from engine.atomic import atomic_file
+    from engine.pipeline import expand_rounds
+
+    spec_path = path / "spec.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    expanded = expand_rounds(spec)
+    saved = on_disk.saved_state(path, expanded)
+    changes, named = [], []
+    for item in overrides:
+        parts, value = config.parse_override(item)
+        why = on_disk.check_resume_setting(parts, spec, expanded, saved)
+        if why:
+            raise PresetError(f"--set {item}: {why}")
+        old = _lookup(data, parts)
+        config.apply_override(data, parts, value, item)
+        changes.append(f"{'.'.join(parts)}={value!r} (was {old!r})")
+        named += [v for v in (value if isinstance(value, list) else [value]) if trust_rule.is_module_class(v)]
+    new = config.spec_from_dict(data, source=f"{spec_path} with --set", base_dir=path)
+    signed = trust_rule.spec_signed(path)
+    if is_main:
+        with atomic_file(spec_path, "w") as f:
+            f.write(new.to_yaml())
+        if signed:  # the user's spec, changed by the user
+            trust_rule.sign_spec(path)
+        runs.RunWriter(path).log("resume with --set " + "; ".join(changes))
+    return new, allowed.allowing(*named)
+
+
+def _lookup(data: Any, parts: list[str]) -> Any:
+    node = data
+    for part in parts:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
 
 
 def resume_command(path: Path, info: Any, *, trust: bool = False, allow_archs: list[str] = ()) -> str:

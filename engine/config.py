@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.errors import PresetError
 from engine.messages import plain_message
 from engine.models import catalog
-from engine.slim.spec import S_HINT, AutoS, PruneRule, TargetSpec
+from engine.slim.spec import S_HINT, AutoS, PruneRule, TargetSpec, min_keep_value
+from engine.stage_graph import check_stage_graph
 
 
 class Strict(BaseModel):
@@ -231,6 +232,12 @@ class SweepStage(StageBase):
     score: Literal["max", "mean", "l2"] = "max"
     ignore: list[str] = Field(default_factory=list)
     val_images: int | None = Field(None, ge=1)  # task detect: mAP on the first N validation images
+
+    @field_validator("min_keep")
+    @classmethod
+    def _min_keep(cls, v: float) -> float:
+        min_keep_value(v)
+        return v
 
     @field_validator("ratios")
     @classmethod
@@ -460,7 +467,10 @@ def format_errors(err: ValidationError, source: str) -> str:
             valid = f"; valid keys: {', '.join(known)}" if known else ""
             lines.append(f"  {key}: unknown key{hint}{valid}")
         elif e["type"] == "union_tag_invalid":
-            lines.append(f"  {key}: unknown stage type; use one of {', '.join(STAGE_TYPES)}")
+            tag = str((e.get("ctx") or {}).get("tag", ""))
+            close = difflib.get_close_matches(tag, STAGE_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"  {key}: unknown stage type {tag!r}{hint}; use one of {', '.join(STAGE_TYPES)}")
         elif e["type"] == "union_tag_not_found":
             lines.append(f"  {key}: a stage needs a 'type': one of {', '.join(STAGE_TYPES)}")
         else:
@@ -508,12 +518,19 @@ def load_preset(path: str | Path, overrides: list[str] = (), base_dir: Path | No
     from engine import presets
 
     path = presets.locate(path)  # a file, or the name of a built-in preset (demo)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in presets.SUFFIXES)
+        listed = f"; the presets in it: {', '.join(inside)}" if inside else ""
+        raise PresetError(f"{path}: is a directory, not a preset file{listed}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise PresetError(f"{path}: not valid YAML: {e}") from None
-    if data is None:
-        data = {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise PresetError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if data is None or data == {}:
+        raise PresetError(f"{path}: the preset is empty; a preset names at least its stages "
+                          "(see the built-in ones: slimlab --batch demo, or engine/presets/demo.yaml)")
     if not isinstance(data, dict):
         raise PresetError(f"{path}: a preset is a mapping of keys (model, data, training, stages ...)")
     data.setdefault("name", path.stem)
@@ -533,6 +550,7 @@ def spec_from_dict(
         raise PresetError(format_errors(e, source)) from None
     check_names(spec, source)
     check_files(spec, source, base_dir)
+    check_stage_graph(spec, source)
     return spec
 
 

@@ -51,7 +51,13 @@ class DeployError(SlimlabError):
 
 
 class RunError(SlimlabError):
-    """A run that failed while training (non-finite loss, ...)."""
+    """A run that failed while training (non-finite loss, ...).
+
+    `settings`: `--set KEY=VALUE` items that address the cause, for the resume command shown."""
+
+    def __init__(self, message: str, settings: list[str] | None = None):
+        super().__init__(message)
+        self.settings = list(settings or [])
 
 
 class RunBusy(SlimlabError):

@@ -33,7 +33,14 @@ from engine.config import (
     SparseStage,
     SweepStage,
 )
-from engine.errors import Cancelled, CheckpointError, DistillError, PresetError
+from engine.errors import (
+    Cancelled,
+    CheckpointError,
+    DistillError,
+    PresetError,
+    RunError,
+    SlimlabError,
+)
 from engine.runs import RunLock, RunWriter, write_json
 from engine.train import StopFlag, Trainer, evaluate, resolve_device
 
@@ -83,6 +90,7 @@ class Pipeline:
         stop: StopFlag | None = None,
         dist_info: distributed.DistInfo | None = None,
         trust: trust_rule.Trust | None = None,
+        checked: bool = False,
     ):
         """`trust` says which `module:Class` archs may be built and whether pickles load: the
         architectures of a preset the user ran (`trust_rule.from_spec`), never those of a
@@ -107,6 +115,7 @@ class Pipeline:
         self._resuming: str | None = None  # the stage a resume continues (its stale metrics are dropped)
         self._stopped_stage: str | None = None  # the stage in progress when the resumed run stopped
         self.nothing_to_do = False  # set by a resume of a run whose stages are all done
+        self._checked = checked  # the whole preset was checked already (engine/preflight.py)
 
     # ---------------------------------------------------------- the whole run
 
@@ -141,6 +150,10 @@ class Pipeline:
         w.log(f"run {w.path.name}: {len(self.stages)} stages on {self.device}" + (" (resumed)" if resume else ""))
         self._apply_threads()
         try:
+            if not self._checked:  # before the first stage: a mistake never costs the stages before it
+                from engine import preflight
+
+                preflight.check(self.spec, self.trust, source=str(w.path / "spec.yaml"))
             for i, stage in enumerate(self.stages):
                 if stage.name in done:
                     if resume:
@@ -168,8 +181,12 @@ class Pipeline:
             w.status(state="cancelled", ended=time.time(), error=str(e))
             raise
         except BaseException as e:
-            w.log(f"failed: {type(e).__name__}: {e}")
-            w.status(state="failed", ended=time.time(), error=f"{type(e).__name__}: {e}")
+            reason = failure_reason(e, w.path)
+            try:
+                w.log(f"failed: {reason}")
+            except OSError:  # a full disk: the status below still says why
+                pass
+            w.status(state="failed", ended=time.time(), error=reason)
             raise
         finally:
             w.stop_heartbeat()
@@ -433,7 +450,11 @@ class Pipeline:
             loss_fn=loss_fn, callbacks=callbacks, device=self.device, dist_info=self.dist,
             stop=self.stop, reporter=self.reporter, selection=selection,
         )
-        result = trainer.fit(resume=resume)
+        try:
+            result = trainer.fit(resume=resume)
+        except RunError as e:  # the suggested --set must reach this stage's own setting
+            e.settings = [self._stage_setting(stage, item) for item in e.settings]
+            raise
         distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
         best_path = self.writer.weights / "best.pt"
         if result.best:
@@ -459,6 +480,16 @@ class Pipeline:
         for note in parts.notes:
             self.writer.log(f"{stage.name}: {note}")
         return parts
+
+    def _stage_setting(self, stage: Any, item: str) -> str:
+        """`training.lr=x` as this stage's `stages.N.training.lr=x` when the stage sets its own."""
+        key, _, value = item.partition("=")
+        if not key.startswith("training."):
+            return item
+        base = stage.name.split("-r")[0] if stage.name not in [s.name for s in self.spec.stages] else stage.name
+        index = next((i for i, s in enumerate(self.spec.stages) if s.name == base), None)
+        own = index is not None and getattr(self.spec.stages[index].training, key.split(".", 1)[1], None) is not None
+        return f"stages.{index}.{key}={value}" if own else item
 
     def _drop_redone_metrics(self, name: str, resume: dict | None) -> None:
         """metrics.jsonl keeps each step once: the lines after the resume point are redone."""
@@ -669,8 +700,19 @@ class Pipeline:
         return compress_stage(self, stage, self._start(stage), resume)
 
 
+def failure_reason(e: BaseException, run: Path) -> str:
+    """One readable line for status.json: a failed write says which disk and why."""
+    if isinstance(e, OSError) and not isinstance(e, SlimlabError):
+        from engine.atomic import describe_os_error
+
+        return describe_os_error(e, run)
+    return f"{type(e).__name__}: {e}"
+
+
 def _min_keep(v: float) -> int | float:
-    return int(v) if v >= 1 else v
+    from engine.slim.spec import min_keep_value
+
+    return min_keep_value(v)
 
 
 def _num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:

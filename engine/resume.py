@@ -69,3 +69,79 @@ def last_position(raw: Any) -> dict[str, Any] | None:
     """last.pt's position (stage, epoch, batch, step), if it has a usable one."""
     pos = raw.get("position") if isinstance(raw, dict) else None
     return pos if isinstance(pos, dict) and isinstance(pos.get("stage"), str) else None
+
+
+# ---------------------------------------------------------------- --resume RUN --set KEY=VALUE
+
+# Training settings the saved state does not depend on: a resume may change them at any time.
+SAFE_TRAINING = ("epochs", "lr", "clip_norm", "warmup_epochs", "schedule", "step_milestones", "step_gamma",
+                 "momentum", "weight_decay", "amp", "log_every", "device", "threads")
+# Keys of a stage in progress (its last.pt exists) that change nothing saved in last.pt.
+SAFE_IN_PROGRESS = ("teacher", "kd", "s", "decay", "exclude", "select", "early_stop")
+FIXED_STAGE_KEYS = ("type", "name", "start", "model")
+
+
+@dataclass
+class Saved:
+    """What a run has saved so far, which decides what --set may still change."""
+
+    completed: set[str]
+    in_progress: str | None  # the stage weights/last.pt belongs to
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.completed or self.in_progress)
+
+
+def saved_state(run: Path, stages: list[Any]) -> Saved:
+    found = read_status(run)
+    completed = set(found.completed)
+    for stage in stages:  # status.json may lag behind the outputs (a kill between them)
+        if (run / "weights" / f"{stage.name}.pt").exists() or summary_entry(run, stage.name) is not None:
+            completed.add(stage.name)
+    in_progress = None
+    last = run / "weights" / "last.pt"
+    if last.exists():
+        from engine import checkpoint
+        from engine.errors import CheckpointError
+
+        try:
+            pos = last_position(checkpoint.read_raw(last))
+        except CheckpointError:
+            pos = None
+        in_progress = pos["stage"] if pos else None
+    return Saved(completed, in_progress)
+
+
+def check_resume_setting(parts: list[str], spec: Any, expanded: list[Any], saved: Saved) -> str | None:
+    """None when `--set parts=...` is safe on a resume of this run, else why not (and what to do)."""
+    key = ".".join(parts)
+    top = parts[0]
+    if top == "training":
+        if len(parts) == 2 and parts[1] in SAFE_TRAINING:
+            return None
+        if not saved.anything:
+            return None
+        return (f"{key} cannot change on a resume: the saved state depends on it (safe: "
+                f"{', '.join('training.' + k for k in SAFE_TRAINING)}); start a new run to change it")
+    if top in ("model", "data"):
+        if not saved.anything:
+            return None
+        return f"{key} cannot change on a resume: completed stages or weights/last.pt were made with it; start a new run"
+    if top == "stages" and len(parts) >= 3 and parts[1].isdigit() and int(parts[1]) < len(spec.stages):
+        stage = spec.stages[int(parts[1])]
+        instances = [s.name for s in expanded if s.name == stage.name or s.name.startswith(f"{stage.name}-r")]
+        if parts[2] in FIXED_STAGE_KEYS:
+            return f"{key}: a stage's {', '.join(FIXED_STAGE_KEYS)} cannot change on a resume"
+        if instances and all(n in saved.completed for n in instances):
+            return f"{key}: stage {stage.name} is done and a resume never runs it again; start a new run to change it"
+        started = saved.in_progress in instances or any(n in saved.completed for n in instances)
+        if not started:
+            return None
+        if parts[2] == "training" and len(parts) == 4 and parts[3] in SAFE_TRAINING:
+            return None
+        if parts[2] in SAFE_IN_PROGRESS:
+            return None
+        return (f"{key}: stage {stage.name} is in progress and weights/last.pt depends on it (safe now: "
+                f"{', '.join(SAFE_IN_PROGRESS)}, training.<{'|'.join(SAFE_TRAINING)}>)")
+    return f"{key} cannot change on a resume (it names the run or its stage list); start a new run to change it"

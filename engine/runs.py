@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.atomic import atomic_file
+from engine.atomic import NO_SPACE, atomic_file, write_in_place
 from engine.errors import RunBusy
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -24,11 +24,17 @@ HEARTBEAT_S = 2.0
 STALE_S = 30.0  # a "running" status whose heartbeat is older than this is a dead process
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write: readers never see half a file."""
-    with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
+def write_json(path: Path, obj: Any, *, last_resort: bool = False) -> None:
+    """Atomic JSON write: readers never see half a file. `last_resort`: on a full disk, overwrite
+    in place rather than lose the write (status.json must not stay "running")."""
+    try:
+        with atomic_file(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+    except OSError as e:
+        if not last_resort or e.errno not in NO_SPACE:
+            raise
+        write_in_place(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -76,7 +82,8 @@ class RunWriter:
             self._status.update(changes)
             self._status["pid"] = os.getpid()
             self._status["heartbeat"] = time.time()
-            write_json(self.path / "status.json", self._status)
+            final = self._status.get("state") in ("failed", "cancelled", "done")
+            write_json(self.path / "status.json", self._status, last_resort=final)
 
     def metrics(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -38,7 +38,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def prune_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimlab prune", description="Prune a checkpoint by a global percent or a |gamma| threshold; "
-                                "writes the pruned checkpoint and plan.json beside it and prints before -> after.")
+                                "writes the pruned checkpoint and its plan beside it (X.pt, X.plan.json) and prints before -> after.")
     _common(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--percent", type=float, help="fraction of channels removed, by the global |gamma| percentile: [0, 1)")
@@ -50,7 +50,7 @@ def prune_parser() -> argparse.ArgumentParser:
                           "(needs --data)")
     p.add_argument("--data", metavar="DATASET", help="with --max-drop: the dataset to measure on (shapes, cifar10, ...)")
     p.add_argument("--data-path", type=Path, help="with --data: its files")
-    p.add_argument("--min-keep", type=float, default=1, help="channels kept per layer at least: a count (>= 1) or a fraction (< 1)")
+    p.add_argument("--min-keep", type=float, default=1, help="channels kept per layer at least: a whole number is a count (0 allowed), below 1 a fraction")
     p.add_argument("--round-to", type=int, default=1, help="round kept counts up to a multiple (8 for fast kernels)")
     p.add_argument("--score", choices=["max", "mean", "l2"], default="max", help="group score from its BN layers' |gamma|")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="layer name pattern never pruned")
@@ -190,8 +190,14 @@ def prune(args: argparse.Namespace) -> int:
 
     if args.percent is not None and not 0 <= args.percent < 1:
         raise PresetError(f"--percent {args.percent} is outside [0, 1): it is the fraction of channels removed, e.g. 0.5")
-    if args.round_to < 1 or args.min_keep < 0:
-        raise PresetError("--round-to must be >= 1 and --min-keep >= 0")
+    from engine.slim.spec import min_keep_value
+
+    if args.round_to < 1:
+        raise PresetError("--round-to must be >= 1")
+    try:
+        min_keep = min_keep_value(args.min_keep)  # the same reading as a preset's min_keep
+    except ValueError as e:
+        raise PresetError(f"--min-keep {args.min_keep:g}: {e}") from None
     for flag, v in (("--target-flops", args.target_flops), ("--target-params", args.target_params)):
         if v is not None and not 0 < v <= 1:
             raise PresetError(f"{flag} {v} is outside (0, 1]: it is the fraction kept, e.g. 0.5")
@@ -202,7 +208,6 @@ def prune(args: argparse.Namespace) -> int:
 
     loaded = load(args)
     progress = TraceProgress()
-    min_keep = int(args.min_keep) if args.min_keep >= 1 else args.min_keep
     rule = PruneRule(
         percent=args.percent, threshold=args.threshold, target_flops=args.target_flops,
         target_params=args.target_params, max_drop=args.max_drop, min_keep=min_keep, round_to=args.round_to,

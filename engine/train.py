@@ -237,6 +237,7 @@ class Trainer:
         self.epoch_metrics: dict[str, Any] = {}
         self.epoch = 0
         self.step = 0
+        self.resume_point: tuple[int, int] | None = None  # (epoch, batch) of the last.pt this stage saved
 
     def _call(self, hook: str, *args: Any) -> list[Any]:
         return [getattr(cb, hook)(*args) for cb in self.callbacks if hasattr(cb, hook)]
@@ -276,6 +277,7 @@ class Trainer:
             loss_sum, loss_n = pos.get("loss_sum", 0.0), pos.get("loss_n", 0)
             result.best = resume.get("best", {})
             result.peak = resume.get("peak", {})
+            self.resume_point = (pos["epoch"], pos["batch"])
 
         def save_last(epoch: int, batch: int) -> None:
             position = {"stage": self.stage, "epoch": epoch, "batch": batch, "step": self.step,
@@ -287,6 +289,7 @@ class Trainer:
             if self.dist.is_main:
                 meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": result.last}
                 checkpoint.save(self.writer.weights / "last.pt", model, self.arch, plan=self.plan, meta=meta, resume=state)
+            self.resume_point = (epoch, batch)
 
         try:
             for epoch in range(start_epoch, cfg.epochs):
@@ -379,7 +382,15 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> None:
         if not torch.isfinite(loss).all():
             hint = " with fp16 autocast try bf16 or a lower lr;" if self.amp_dtype == torch.float16 else ""
+            if self.resume_point is not None:  # saved by this stage, in this process or the one resumed
+                e, b = self.resume_point
+                where = f"after epoch {e}" if b == 0 else f"at epoch {e} batch {b}"
+                saved = f"weights/last.pt holds the state {where}: a resume continues from there"
+            else:
+                saved = "no resume point of this stage was saved yet, so a resume starts the stage over"
+            lower = f"{self.cfg.lr / 10:g}"
             raise RunError(
-                f"stage {self.stage}: loss is {loss.item()} at epoch {epoch} batch {batch};{hint} lower training.lr "
-                "or set training.clip_norm. weights/last.pt holds the last good epoch."
+                f"stage {self.stage}: loss is {loss.item()} at epoch {epoch} batch {batch};{hint} lower the learning "
+                f"rate (e.g. training.lr={lower}) or clip gradients (training.clip_norm=1.0). {saved}.",
+                settings=[f"training.lr={lower}"],
             )

@@ -48,7 +48,7 @@ def test_prune_writes_checkpoint_and_plan_that_reload(tmp_path, capsys):
     assert main(["prune", str(path), "--percent", "0.5", "--round-to", "4", "--out", str(out)]) == ExitCode.OK
     text = capsys.readouterr().out
     assert "params" in text and "->" in text and "FLOPs" in text
-    plan = json.loads((out.parent / "plan.json").read_text())
+    plan = json.loads((out.parent / "pruned.plan.json").read_text())
     pruned = checkpoint.load(out)
     assert pruned.plan == plan
     assert sum(p.numel() for p in pruned.model.parameters()) == plan["totals"]["params_after"]

@@ -148,7 +148,7 @@ def test_resuming_a_copied_run_directory_needs_the_arch_named(tmp_path, tiny_pre
     err = capsys.readouterr().err
     assert "not written by this user" in err and "--allow-arch torch.hub:load" in err
     assert read_run(run).state == "cancelled"  # refused before anything was written
-    assert main(["--batch", "--resume", str(run), "--trust"]) == ExitCode.FAILED
+    assert main(["--batch", "--resume", str(run), "--trust"]) == ExitCode.USAGE  # caught before any stage
     assert "not a torch.nn.Module subclass" in capsys.readouterr().err
     assert untouched(attacks)
 

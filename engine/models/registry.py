@@ -70,6 +70,12 @@ def build_from(
 def build_builtin(
     arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
+    factory = builtin_factory(arch, kwargs)
+    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def builtin_factory(arch: str, kwargs: dict[str, Any]) -> Any:
+    """The built-in's constructor, once `kwargs` are known to be among its options."""
     entry = catalog.BUILTINS[arch]
     factory = getattr(importlib.import_module(f"engine.models.{entry.module}"), entry.factory)
     options = [
@@ -81,7 +87,20 @@ def build_builtin(
             f"{arch} does not take {', '.join(repr(k) for k in unknown)}; "
             f"its options are: {', '.join(options)}."
         )
-    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return factory
+
+
+def check_kwargs(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any], *, trust: Trust | None = None,
+    source: str | None = None,
+) -> None:
+    """What `build_from` checks before it calls anything: the trust rule and the constructor's
+    signature against `kwargs` (a typo is caught before any stage runs; nothing is built)."""
+    check_trusted(arch, kwargs, trust, source)
+    if arch in catalog.BUILTINS:
+        builtin_factory(arch, kwargs)
+    elif catalog.is_external(arch):
+        external_call(arch, num_classes, in_channels, class_kwargs(kwargs, trust, source))
 
 
 def build_torchvision(
@@ -158,6 +177,18 @@ def takes(signature: inspect.Signature | None, name: str) -> bool:
 def build_external(
     arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
+    cls, call_kwargs = external_call(arch, num_classes, in_channels, kwargs)
+    try:
+        model = cls(**call_kwargs)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"{arch}: building the model failed: {type(e).__name__}: {e}") from e
+    return annotate(model, in_channels, EXTERNAL_INPUT_SIDE)
+
+
+def external_call(arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The class and the arguments it will be called with, checked against its signature."""
     cls = resolve_external(arch)
     signature = external_signature(arch, cls)
     call_kwargs = {"num_classes": num_classes} if takes(signature, "num_classes") and "num_classes" not in kwargs else {}
@@ -173,13 +204,7 @@ def build_external(
                 f"{arch}: cannot be called with {', '.join(call_kwargs) or 'no arguments'} ({e}); it accepts: "
                 f"{accepted}. Give the others with --arch-kwargs (or model.kwargs in a preset)."
             ) from e
-    try:
-        model = cls(**call_kwargs)
-    except ModelError:
-        raise
-    except Exception as e:
-        raise ModelError(f"{arch}: building the model failed: {type(e).__name__}: {e}") from e
-    return annotate(model, in_channels, EXTERNAL_INPUT_SIDE)
+    return cls, call_kwargs
 
 
 def external_signature(arch: str, cls: type) -> inspect.Signature | None:

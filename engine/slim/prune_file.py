@@ -14,6 +14,11 @@ from engine.slim.plan import PrunePlan
 from engine.slim.trace import Progress
 
 
+def plan_path(out: Path) -> Path:
+    """The plan written beside a pruned checkpoint: pruned.pt -> pruned.plan.json."""
+    return out.with_suffix(".plan.json")
+
+
 def default_out(ckpt: Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}-pruned.pt")
 
@@ -22,7 +27,8 @@ def prune_checkpoint(
     loaded: checkpoint.Loaded, plan: PrunePlan, out: Path, *, source: Path | None = None, plan_out: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Cut `plan` from the loaded model, write the pruned checkpoint and its plan.json.
+    """Cut `plan` from the loaded model, write the pruned checkpoint and its plan (X.plan.json for
+    X.pt, so two prunes into one folder keep both plans).
 
     The plan saved with the checkpoint is relative to the unpruned architecture (composed with
     any earlier plan), so the file reloads with `weights_only=True` and no pickled code.
@@ -36,6 +42,6 @@ def prune_checkpoint(
     stored = compose(PrunePlan.from_dict(loaded.plan), plan) if loaded.plan else plan
     meta = {**loaded.meta, "pruned_from": str(source) if source else None, "stage": "prune"}
     checkpoint.save(out, model, loaded.arch, plan=stored.to_dict(), meta=meta)
-    plan_out = plan_out or out.with_name("plan.json")
+    plan_out = plan_out or plan_path(out)
     write_json(plan_out, stored.to_dict())
     return {"checkpoint": str(out), "plan": str(plan_out), **plan.totals}

@@ -41,6 +41,21 @@ class LayerOverride(_Strict):
         return self
 
 
+MIN_KEEP_HINT = "min_keep is a channel count (a whole number >= 0) or a fraction of the layer in (0, 1)"
+
+
+def min_keep_value(v: float) -> int | float:
+    """The one reading of min_keep everywhere (preset, CLI, plan): a whole number is a count
+    (0 allowed: a group may then be cut to its rounding floor, never emptied), below 1 a fraction."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        raise ValueError(MIN_KEEP_HINT)
+    if float(v).is_integer():
+        return int(v)
+    if v < 1:
+        return float(v)
+    raise ValueError(f"{MIN_KEEP_HINT}, not {v}")
+
+
 class PlanRule(_Strict):
     """How a plan is cut: one of percent / threshold / target_flops / target_params, and its shaping keys."""
 
@@ -53,6 +68,12 @@ class PlanRule(_Strict):
     score: Literal["max", "mean", "l2"] = "max"
     ignore: list[str] = Field(default_factory=list)
     overrides: dict[str, LayerOverride] = Field(default_factory=dict)
+
+    @field_validator("min_keep")
+    @classmethod
+    def _min_keep(cls, v: float) -> float:
+        min_keep_value(v)
+        return v
 
     @field_validator("percent")
     @classmethod
@@ -82,7 +103,7 @@ class PlanRule(_Strict):
             "threshold": self.threshold,
             "target_flops": self.target_flops,
             "target_params": self.target_params,
-            "min_keep": int(self.min_keep) if self.min_keep >= 1 else self.min_keep,
+            "min_keep": min_keep_value(self.min_keep),
             "round_to": self.round_to,
             "score": self.score,
             "ignore": list(self.ignore),
