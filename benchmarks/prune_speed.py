@@ -6,8 +6,9 @@
    residual net of 800 conv-BN layers x 256 channels in 40 residual stages (205k BN channels
    in 440 coupled groups holding 113k group channels).
 3. the test zoo (tests/zoo.py), each model in a fresh process: trace + plan at 50% + cut with its
-   dummy-batch check; % of channels removed, seconds, the process's peak RSS (torch included) and
-   how much slimming added to it.
+   dummy-batch check; % of channels removed, seconds, the pruned model's largest difference from the
+   original with the cut channels zeroed (relative) and from its reload, the process's peak RSS
+   (torch included) and how much slimming added to it. LeNet (no BatchNorm) shows a refusal.
 
 Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N] [--skip-zoo]
 """
@@ -15,11 +16,13 @@ Usage: python benchmarks/prune_speed.py [--threads N] [--repeats N] [--skip-zoo]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +31,10 @@ import torch
 from torch import nn
 
 import engine.models as models
+from engine import checkpoint
+from engine.errors import SlimlabError
 from engine.slim import apply_plan, gamma_stats, plan_from_inputs, precompute
+from engine.trust import Trust
 
 
 def lognormal_gammas(model: nn.Module, seed: int = 0) -> None:
@@ -134,27 +140,45 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "tests"
 
 
 def zoo_one(name: str) -> None:
-    """Child process: prune one zoo model at 50%, print its figures as JSON."""
+    """Child process: prune one zoo model at 50%, print its figures as JSON. The timed part is what
+    `slimlab prune` does (trace, plan, cut with its dummy-batch check); then, untimed, the pruned model
+    against the original with the cut channels zeroed, and against its reload from a checkpoint."""
     sys.path.insert(0, str(ZOO_DIR))
     import zoo
 
     torch.manual_seed(0)
-    model = zoo.randomize(zoo.ZOO[name]())
+    model = zoo.randomize(getattr(zoo, name)())
+    original = copy.deepcopy(model)
     shape = zoo.input_size(name)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch and the model, before slimming
+    row: dict = {"model": name}
     t0 = time.perf_counter()
-    inputs = precompute(model, shape)
-    plan = plan_from_inputs(inputs, percent=0.5)
-    apply_plan(model, plan)
-    seconds = time.perf_counter() - t0
-    t = plan.totals
-    print(json.dumps({
-        "model": name, "removed": 1 - t["channels_after"] / t["channels_before"],
-        "params": 1 - t["params_after"] / t["params_before"], "seconds": seconds,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb,
-        "groups": len(inputs.groups), "prunable": int(sum(g.prunable for g in inputs.groups)),
-    }))
+    try:
+        inputs = precompute(model, shape)
+        plan = plan_from_inputs(inputs, percent=0.5)
+        apply_plan(model, plan)
+    except SlimlabError as e:  # refused: how long it took to say so, and what it said
+        row.update(seconds=time.perf_counter() - t0, refused=str(e))
+    else:
+        row["seconds"] = time.perf_counter() - t0
+    row["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["rss_growth_mb"] = row["rss_mb"] - base_mb
+    if "refused" not in row:
+        t = plan.totals
+        x = torch.randn(3, *shape)
+        arch = checkpoint.arch_dict(f"zoo:{name}", 4 if name.startswith("Yolo") else 10)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "pruned.pt"
+            checkpoint.save(path, model, arch, plan=plan.to_dict())
+            reloaded = checkpoint.load(path, trust=Trust().allowing(arch["name"])).model
+        with torch.no_grad():
+            out = model.eval()(x)
+            masked = zoo.max_rel_diff(zoo.masked_copy(original, inputs.groups, plan).eval()(x), out)
+            reload = zoo.max_rel_diff(out, reloaded.eval()(x))
+        row.update(removed=1 - t["channels_after"] / t["channels_before"],
+                   params=1 - t["params_after"] / t["params_before"], masked=masked, reload=reload,
+                   groups=len(inputs.groups), prunable=int(sum(g.prunable for g in inputs.groups)))
+    print(json.dumps(row))
 
 
 def zoo_table(threads: int) -> list[dict]:
@@ -162,14 +186,21 @@ def zoo_table(threads: int) -> list[dict]:
     import zoo
 
     rows = []
-    for name in sorted(zoo.ZOO):
+    for name in [*sorted(zoo.ZOO), "LeNet"]:  # LeNet: no BatchNorm, refused with the reason
         out = subprocess.run([sys.executable, __file__, "--zoo-one", name, "--threads", str(threads)],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"  {'model':<18} {'groups':>7} {'removed':>8} {'params':>8} {'time':>8} {'peak RSS':>9} {'growth':>7}")
+    print(f"  {'model':<17} {'groups':>7} {'removed':>8} {'params':>7} {'time':>7} {'masked':>8} "
+          f"{'reload':>7} {'peak RSS':>9} {'growth':>7}")
     for r in rows:
-        print(f"  {r['model']:<18} {r['prunable']:>3}/{r['groups']:<3} {r['removed']:>8.1%} {r['params']:>8.1%} "
-              f"{r['seconds']:>7.2f}s {r['rss_mb']:>6.0f} MB {r['rss_growth_mb']:>4.0f} MB")
+        head = f"  {r['model']:<17} "
+        tail = f"{r['seconds']:>6.2f}s"
+        mem = f"{r['rss_mb']:>6.0f} MB {r['rss_growth_mb']:>4.0f} MB"
+        if "refused" in r:
+            print(f"{head}{'refused':>33} {tail} {'':>17} {mem}  ({r['refused'][:60]}...)")
+            continue
+        print(f"{head}{r['prunable']:>3}/{r['groups']:<3} {r['removed']:>8.1%} {r['params']:>7.1%} {tail} "
+              f"{r['masked']:>8.1e} {r['reload']:>7.1e} {mem}")
     return rows
 
 
@@ -193,10 +224,13 @@ def main() -> None:
     if rows is None:
         print("test zoo at 50%, one fresh process per model (trace, plan, cut, dummy-batch check)")
         rows = zoo_table(args.threads)
+        pruned = [r for r in rows if "refused" not in r]
         slowest = max(rows, key=lambda r: r["seconds"])
         heaviest = max(rows, key=lambda r: r["rss_mb"])
         print(f"zoo_slowest_s: {slowest['seconds']:.2f} ({slowest['model']})")
         print(f"zoo_peak_rss_mb: {heaviest['rss_mb']:.0f} ({heaviest['model']})")
+        print(f"zoo_worst_masked_diff: {max(r['masked'] for r in pruned):.1e}")
+        print(f"zoo_worst_reload_diff: {max(r['reload'] for r in pruned):.1e}")
     print(f"prune_pipeline_s: {pipeline_s:.3f}")
     print(f"plan_recompute_ms: {plan_ms:.2f}")
 

@@ -8,7 +8,6 @@ import copy
 import io
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,13 +17,13 @@ from engine.errors import PruneError
 from engine.measure import count_flops, count_params
 from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
-from engine.slim.plan import PrunePlan, plan_from_inputs
+from engine.slim.plan import plan_from_inputs
 from engine.slim.progress import TraceProgress
 from engine.trust import Trust
 
 import zoo
 
-MASKED_RTOL = 1e-5  # pruned vs masked original, relative to the largest output
+MASKED_RTOL = 1e-5  # pruned vs masked original, relative to the largest output (zoo.max_rel_diff)
 RELOAD_TOL = 1e-6
 SECONDS = 60.0  # a bound far above what any zoo model takes: a hang would blow it
 
@@ -33,45 +32,6 @@ SECONDS = 60.0  # a bound far above what any zoo model takes: a hang would blow 
 def bounded(monkeypatch):
     monkeypatch.setenv("SLIMLAB_TRACE_SECONDS", str(SECONDS))
     monkeypatch.setenv("SLIMLAB_TRACE_MEMORY_MB", "2048")
-
-
-def masked_copy(model: nn.Module, groups, plan: PrunePlan) -> nn.Module:
-    """The original with every cut channel zeroed where a conv or linear layer reads it."""
-    model = copy.deepcopy(model)
-    kept = {g.root: g for g in plan.groups}
-    with torch.no_grad():
-        for g in groups:
-            pg = kept[g.root]
-            gone = np.setdiff1d(np.arange(g.total), pg.kept_idxs)
-            for m in g.members:
-                if m.side != "in" or not gone.size:
-                    continue
-                layer = model.get_submodule(m.name)
-                for c in m.idxs[np.isin(m.root_idxs, gone)]:
-                    if isinstance(layer, nn.Linear):
-                        layer.weight[:, c] = 0
-                    elif layer.transposed:
-                        layer.weight[c] = 0
-                    else:
-                        cpg = layer.in_channels // layer.groups
-                        opg = layer.out_channels // layer.groups
-                        grp = c // cpg
-                        layer.weight[grp * opg:(grp + 1) * opg, c % cpg] = 0
-    return model
-
-
-def flat(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in flat(o)]
-
-
-def max_rel_diff(a, b) -> float:
-    worst = 0.0
-    for x, y in zip(flat(a), flat(b), strict=True):
-        assert x.shape == y.shape
-        worst = max(worst, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))
-    return worst
 
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
@@ -96,15 +56,15 @@ def test_zoo_model_prunes_at_half_equivalently_and_reloads(name, tmp_path):
     x = torch.randn(3, *shape)
     with torch.no_grad():
         out = pruned.eval()(x)
-        ref = masked_copy(model, inputs.groups, plan).eval()(x)
-    assert max_rel_diff(ref, out) <= MASKED_RTOL
+        ref = zoo.masked_copy(model, inputs.groups, plan).eval()(x)
+    assert zoo.max_rel_diff(ref, out) <= MASKED_RTOL
 
     arch = checkpoint.arch_dict(f"zoo:{name}", 4 if name.startswith("Yolo") else 10)
     path = tmp_path / "pruned.pt"
     checkpoint.save(path, pruned, arch, plan=plan.to_dict())
     reloaded = checkpoint.load(path, trust=Trust().allowing(arch["name"])).model  # build, apply plan, load
     with torch.no_grad():
-        assert max_rel_diff(out, reloaded(x)) <= RELOAD_TOL
+        assert zoo.max_rel_diff(out, reloaded(x)) <= RELOAD_TOL
 
 
 def test_the_yolo_heads_are_left_whole_because_they_are_outputs():

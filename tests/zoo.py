@@ -7,6 +7,8 @@ finds out itself.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -724,6 +726,342 @@ class YoloV8(nn.Module):
         return self.detect([o3, o4])
 
 
+# ---------------------------------------------------------------------------- the rest of a CIFAR zoo
+
+
+class VGG(nn.Module):
+    """Plain conv-BN-ReLU stacks from a config list with max pooling, flattened into the classifier."""
+
+    def __init__(self, num_classes: int = 10, cfg: tuple = (16, "M", 32, "M", 64, 64, "M", 64, "M")) -> None:
+        super().__init__()
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * 2 * 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.features(x)
+        return self.classifier(out.view(out.size(0), -1))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c1: int, c2: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c1, c2, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c2)
+        self.conv2 = nn.Conv2d(c2, c2, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c1 != c2:
+            self.shortcut = nn.Sequential(nn.Conv2d(c1, c2, 1, stride, bias=False), nn.BatchNorm2d(c2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, num_classes: int = 10, block: type = BasicBlock, blocks: tuple = (2, 2, 2)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, c = [], 16
+        for i, n in enumerate(blocks):
+            for j in range(n):
+                layers.append(block(c, 16 * 2**i, 2 if i and not j else 1))
+                c = 16 * 2**i
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.avg_pool2d(out, out.size(3)).view(out.size(0), -1))
+
+
+class Inception(nn.Module):
+    """GoogLeNet: 1x1 | 1x1->3x3 | 1x1->3x3->3x3 | maxpool->1x1, concatenated."""
+
+    def __init__(self, c: int, n1: int, r3: int, n3: int, r5: int, n5: int, pool: int) -> None:
+        super().__init__()
+
+        def cbr(a: int, b: int, k: int) -> list[nn.Module]:
+            return [nn.Conv2d(a, b, k, padding=k // 2), nn.BatchNorm2d(b), nn.ReLU(True)]
+
+        self.b1 = nn.Sequential(*cbr(c, n1, 1))
+        self.b2 = nn.Sequential(*cbr(c, r3, 1), *cbr(r3, n3, 3))
+        self.b3 = nn.Sequential(*cbr(c, r5, 1), *cbr(r5, n5, 3), *cbr(n5, n5, 3))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *cbr(c, pool, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.pre = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True))
+        self.a3 = Inception(32, 16, 16, 24, 8, 8, 8)
+        self.b3 = Inception(56, 24, 16, 32, 8, 16, 16)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.a4 = Inception(88, 32, 16, 32, 8, 16, 16)
+        self.linear = nn.Linear(96, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.a4(self.pool(self.b3(self.a3(self.pre(x)))))
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        return self.linear(out.view(out.size(0), -1))
+
+
+class MobileNet(nn.Module):
+    """MobileNet v1: depthwise 3x3 then pointwise 1x1, each with BN and ReLU."""
+
+    cfg = (32, (64, 2), 64, (128, 2), 128)
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, c = [], 16
+        for v in self.cfg:
+            out, stride = v if isinstance(v, tuple) else (v, 1)
+            layers += [nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                       nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            c = out
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.avg_pool2d(out, out.size(2)).flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2: expand 1x1, depthwise 3x3, linear project; a projected shortcut when widths differ."""
+
+    def __init__(self, c1: int, c2: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        mid = expansion * c1
+        self.conv1 = nn.Conv2d(c1, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, c2, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c2)
+        self.shortcut = nn.Sequential()
+        if stride == 1 and c1 != c2:
+            self.shortcut = nn.Sequential(nn.Conv2d(c1, c2, 1, bias=False), nn.BatchNorm2d(c2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu6(self.bn1(self.conv1(x)))
+        out = F.relu6(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return out + self.shortcut(x) if self.stride == 1 else out
+
+
+class MobileNetV2(nn.Module):
+    cfg = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))  # expansion, out, blocks, first stride
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, c = [], 16
+        for e, out, n, s in self.cfg:
+            for stride in [s] + [1] * (n - 1):
+                layers.append(InvertedResidual(c, out, e, stride))
+                c = out
+        self.layers = nn.Sequential(*layers)
+        self.conv2 = nn.Conv2d(c, 128, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(128)
+        self.linear = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu6(self.bn1(self.conv1(x))))
+        out = F.relu6(self.bn2(self.conv2(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).view(out.size(0), -1))
+
+
+class PreActSEBlock(nn.Module):
+    """SENet on a pre-activation block: the SE scales the residual branch before the add."""
+
+    def __init__(self, c1: int, c2: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv1 = nn.Conv2d(c1, c2, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.conv2 = nn.Conv2d(c2, c2, 3, 1, 1, bias=False)
+        self.fc1 = nn.Conv2d(c2, c2 // 4, 1)
+        self.fc2 = nn.Conv2d(c2 // 4, c2, 1)
+        if stride != 1 or c1 != c2:
+            self.shortcut = nn.Sequential(nn.Conv2d(c1, c2, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        w = F.avg_pool2d(out, out.size(2))
+        w = torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
+        return out * w + shortcut
+
+
+class SENet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layers = nn.Sequential(PreActSEBlock(16, 16, 1), PreActSEBlock(16, 32, 2), PreActSEBlock(32, 32, 1))
+        self.linear = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.avg_pool2d(out, 16).view(out.size(0), -1))
+
+
+class RegNetX(nn.Module):
+    """RegNetX: the RegNetY block without squeeze-excitation (1x1, grouped 3x3, 1x1, residual)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(bn_conv(3, 16, 3), nn.ReLU())
+        self.body = nn.Sequential(XBlock(16, 24, 8, 1), XBlock(24, 48, 8, 2), XBlock(48, 48, 8, 1))
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1))
+
+
+class XBlock(nn.Module):
+    def __init__(self, c1: int, c2: int, group_width: int, stride: int) -> None:
+        super().__init__()
+        self.a = bn_conv(c1, c2)
+        self.b = bn_conv(c2, c2, 3, stride, g=c2 // group_width)
+        self.c = bn_conv(c2, c2)
+        self.shortcut = bn_conv(c1, c2, 1, stride) if stride != 1 or c1 != c2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.c(F.relu(self.b(F.relu(self.a(x))))) + self.shortcut(x))
+
+
+class Root(nn.Module):
+    """DLA aggregation: the children's outputs concatenated, a 1x1 conv-BN-ReLU."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(torch.cat(xs, 1))))
+
+
+class Tree(nn.Module):
+    """SimpleDLA's tree: level 1 is two residual blocks and a root over both; deeper levels nest."""
+
+    def __init__(self, c1: int, c2: int, level: int = 1, stride: int = 1) -> None:
+        super().__init__()
+        self.root = Root(2 * c2, c2)
+        if level == 1:
+            self.left, self.right = BasicBlock(c1, c2, stride), BasicBlock(c2, c2, 1)
+        else:
+            self.left, self.right = Tree(c1, c2, level - 1, stride), Tree(c2, c2, level - 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out1 = self.left(x)
+        return self.root([out1, self.right(out1)])
+
+
+class DLA(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.base = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(True))
+        self.layer1 = Tree(16, 32, 1, 1)
+        self.layer2 = Tree(32, 48, 2, 2)
+        self.linear = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer2(self.layer1(self.base(x)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class SepConv(nn.Module):
+    """PNASNet's separable conv: one grouped conv with as many groups as input channels, then BN."""
+
+    def __init__(self, c1: int, c2: int, k: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c1, c2, k, stride, (k - 1) // 2, bias=False, groups=c1)
+        self.bn1 = nn.BatchNorm2d(c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn1(self.conv1(x))
+
+
+class CellA(nn.Module):
+    """PNASNet-A: sep conv 7x7 + max pool (with a 1x1 conv-BN when striding), summed."""
+
+    def __init__(self, c1: int, c2: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        self.sep_conv1 = SepConv(c1, c2, 7, stride)
+        if stride == 2:
+            self.conv1 = nn.Conv2d(c1, c2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = self.sep_conv1(x)
+        y2 = F.max_pool2d(x, 3, self.stride, 1)
+        if self.stride == 2:
+            y2 = self.bn1(self.conv1(y2))
+        return F.relu(y1 + y2)
+
+
+class CellB(nn.Module):
+    """PNASNet-B: (sep 7x7 + sep 3x3) and (max pool + sep 5x5), concatenated, reduced by a 1x1 conv-BN."""
+
+    def __init__(self, c1: int, c2: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        self.sep_conv1 = SepConv(c1, c2, 7, stride)
+        self.sep_conv2 = SepConv(c1, c2, 3, stride)
+        self.sep_conv3 = SepConv(c1, c2, 5, stride)
+        if stride == 2:
+            self.conv1 = nn.Conv2d(c1, c2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c2)
+        self.conv2 = nn.Conv2d(2 * c2, c2, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = F.relu(self.sep_conv1(x) + self.sep_conv2(x))
+        y3 = F.max_pool2d(x, 3, self.stride, 1)
+        if self.stride == 2:
+            y3 = self.bn1(self.conv1(y3))
+        y2 = F.relu(y3 + self.sep_conv3(x))
+        return F.relu(self.bn2(self.conv2(torch.cat([y1, y2], 1))))
+
+
+class PNASNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.cells = nn.Sequential(CellA(16, 16), CellB(16, 16), CellA(16, 32, 2), CellB(32, 32),
+                                   CellB(32, 64, 2))
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.cells(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.avg_pool2d(out, 8).view(out.size(0), -1))
+
+
 # ---------------------------------------------------------------------------- no BatchNorm
 
 
@@ -755,6 +1093,15 @@ ZOO = {
     "FocusNet": FocusNet,
     "YoloV5": YoloV5,
     "YoloV8": YoloV8,
+    "VGG": VGG,
+    "ResNet": ResNet,
+    "GoogLeNet": GoogLeNet,
+    "MobileNet": MobileNet,
+    "MobileNetV2": MobileNetV2,
+    "SENet": SENet,
+    "RegNetX": RegNetX,
+    "DLA": DLA,
+    "PNASNet": PNASNet,
 }
 def input_size(name: str) -> tuple[int, int, int]:
     return (3, 64, 64) if name.startswith("Yolo") else (3, 32, 32)
@@ -772,3 +1119,47 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, m.num_features).astype(np.float32)))
     return model.eval()
 
+
+# ---------------------------------------------------------------------------- how a prune is checked
+
+
+def masked_copy(model: nn.Module, groups: list, plan) -> nn.Module:
+    """The original with every cut channel zeroed where a conv or linear layer reads it."""
+    model = copy.deepcopy(model)
+    kept = {g.root: g for g in plan.groups}
+    with torch.no_grad():
+        for g in groups:
+            pg = kept[g.root]
+            gone = np.setdiff1d(np.arange(g.total), pg.kept_idxs)
+            for m in g.members:
+                if m.side != "in" or not gone.size:
+                    continue
+                layer = model.get_submodule(m.name)
+                for c in m.idxs[np.isin(m.root_idxs, gone)]:
+                    if isinstance(layer, nn.Linear):
+                        layer.weight[:, c] = 0
+                    elif layer.transposed:
+                        layer.weight[c] = 0
+                    else:
+                        cpg = layer.in_channels // layer.groups
+                        opg = layer.out_channels // layer.groups
+                        grp = c // cpg
+                        layer.weight[grp * opg:(grp + 1) * opg, c % cpg] = 0
+    return model
+
+
+def flat(out) -> list[torch.Tensor]:
+    """Every tensor of a model's output (detection heads return nested tuples and lists)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)]
+
+
+def max_rel_diff(a, b) -> float:
+    """The largest difference between two outputs, relative to the largest value of the first (>= 1)."""
+    worst = 0.0
+    for x, y in zip(flat(a), flat(b), strict=True):
+        if x.shape != y.shape:
+            raise ValueError(f"output shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+        worst = max(worst, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))
+    return worst
