@@ -318,3 +318,31 @@ def test_min_keep_holds_for_every_layer_of_a_group_not_only_the_group():
     pruned = apply_plan(copy.deepcopy(model), plan)
     assert pruned.b.out_channels == 1 and pruned.a.out_channels == 4
     assert plan.totals["params_after"] == count_params(pruned)
+
+
+def test_the_clamp_warning_counts_the_channels_round_to_kept(chain):
+    _, inputs, _ = chain
+    plan = plan_from_inputs(inputs, threshold=1.0, round_to=4)  # min_keep keeps 1, round_to makes it 4
+    assert [group_of(plan, bn).kept for bn in BNS] == [4, 4, 4]
+    clamp = [w for w in plan.warnings if "below min_keep" in w]
+    assert len(clamp) == 3 and all("kept the best 4 of " in w for w in clamp)
+    assert any("c2.1" in w and "kept the best 4 of 16 channels" in w for w in clamp)
+
+
+def test_prune_and_the_inspector_say_when_the_plan_cuts_far_less_than_asked(tmp_path, capsys):
+    from engine import checkpoint
+    from engine.cli import main
+    from engine.trust import Trust
+    from tui.widgets.inspector_state import PlanSettings, summary_text
+
+    arch = checkpoint.arch_dict("test_slim_plan:MostlyFixed", 3, input_size=(3, 6, 6))
+    model = checkpoint.build_model(arch, trust=Trust().allowing(arch["name"]))
+    path = tmp_path / "fixed.pt"
+    checkpoint.save(path, model, arch)
+    assert main(["prune", str(path), "--percent", "0.5", "--allow-arch", arch["name"]]) == 0
+    err = capsys.readouterr().err
+    assert "asked to cut 50% of the prunable channels, this plan cuts" in err
+    assert "48 channels in 2 layer(s): mean over dimension 1 combines them, in MostlyFixed" in err
+    plan = make_plan(model, percent=0.5)
+    shown = summary_text(plan, PlanSettings(percent=0.5)).plain
+    assert "asked to cut 50%" in shown and "48 channels in 2 layer(s)" in shown

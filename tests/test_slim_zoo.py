@@ -178,3 +178,29 @@ def test_progress_is_reported_while_tracing():
     quiet = io.StringIO()
     TraceProgress(quiet)(3, 10, "`b0` (Conv)")  # quick traces print nothing
     assert quiet.getvalue() == ""
+
+
+class NeedsHalf(nn.Module):
+    """Fails on a float32 input for a reason that is not its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.check = nn.Identity()
+        self.fc = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.dtype != torch.float16:
+            raise TypeError("this model runs in half precision only")
+        return self.fc(x.flatten(1))
+
+
+def test_a_forward_that_fails_says_where_and_why_and_hints_input_size_only_for_sizes():
+    with pytest.raises(PruneError) as err:
+        precompute(NeedsHalf().eval(), (3, 16, 16))
+    text = str(err.value)
+    assert "dummy input of shape (1, 3, 16, 16) failed" in text and "half precision only" in text
+    assert "--input-size" not in text  # the real cause, not a size hint
+    with pytest.raises(PruneError, match=r"failed in `classifier` \(Linear\).*--input-size CxHxW \(now 3x64x64\)"):
+        precompute(zoo.randomize(zoo.VGG()), (3, 64, 64))  # the classifier is sized for 32x32
