@@ -204,3 +204,17 @@ def test_a_forward_that_fails_says_where_and_why_and_hints_input_size_only_for_s
     assert "--input-size" not in text  # the real cause, not a size hint
     with pytest.raises(PruneError, match=r"failed in `classifier` \(Linear\).*--input-size CxHxW \(now 3x64x64\)"):
         precompute(zoo.randomize(zoo.VGG()), (3, 64, 64))  # the classifier is sized for 32x32
+
+
+def test_prune_refuses_to_write_a_model_that_fails_its_dummy_batch(tmp_path, capsys):
+    from engine.cli import ExitCode, main
+
+    arch = checkpoint.arch_dict("test_slim_zoo:HardcodedHalves", 3, input_size=(3, 8, 8))
+    model = zoo.randomize(checkpoint.build_model(arch, trust=Trust().allowing(arch["name"])))
+    path, out = tmp_path / "halves.pt", tmp_path / "pruned.pt"
+    checkpoint.save(path, model, arch)
+    code = main(["prune", str(path), "--percent", "0.5", "--allow-arch", arch["name"], "--out", str(out)])
+    assert code == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "refusing this prune: cutting group" in err and "root stem.0" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "plan.json").exists()
