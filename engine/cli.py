@@ -42,6 +42,9 @@ def batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: the preset's name); -2, -3 ... are added when taken")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a failed or cancelled run from its last good state")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+    p.add_argument("--world-size-change", action="store_true",
+                   help="with --resume: continue a run with another number of processes (torchrun's "
+                        "--nproc_per_node) than it was started with; its results then differ")
     add_trust_arguments(p)
     return p
 
@@ -108,7 +111,9 @@ def batch(argv: list[str]) -> int:
             raise PresetError("--resume continues a run with the spec.yaml in its directory; give no preset with it "
                               "(--set changes a setting that is safe to change, e.g. --set training.lr=0.01)")
         return execute(args.resume, resume=True, plain=args.plain, trust=args.trust, allow_archs=allow,
-                       overrides=args.overrides)
+                       overrides=args.overrides, world_size_change=args.world_size_change)
+    if args.world_size_change:
+        raise PresetError("--world-size-change goes with --resume RUN_DIR (a new run takes any world size)")
     if not args.preset:
         raise PresetError("no preset given: slimlab --batch PRESET (see slimlab --batch --help)")
     spec = config.load_preset(args.preset, args.overrides)
@@ -201,7 +206,8 @@ def run_trust(path: Path | None, spec: Any, *, trust: bool, allow_archs: list[st
 
 
 def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False,
-            allow_archs: list[str] = (), spec: Any = None, checked: bool = False, overrides: list[str] = ()) -> int:
+            allow_archs: list[str] = (), spec: Any = None, checked: bool = False, overrides: list[str] = (),
+            world_size_change: bool = False) -> int:
     """Run the spec in `path` (or `spec`, a fresh run's validated preset); maps outcomes to exit codes."""
     from engine import config, distributed, runs
     from engine.pipeline import Pipeline
@@ -218,7 +224,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
     info = distributed.from_env()
     hint = resume_command(path, info, trust=trust, allow_archs=list(allow_archs))
     stop = StopFlag()
-    previous_handlers = install_signal_handlers(stop)
+    previous_handlers = install_signal_handlers(stop, repeat_stops_now=not info.enabled)
     reporter = make_reporter(True if plain else None) if info.is_main else None
     if reporter is None:
         from engine.train import NullReporter
@@ -228,6 +234,8 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
     try:
         if lock is not None:
             lock.acquire()  # for the whole run: a second writer is refused with this pid
+        if resume and not check_world_size(path, info, hint, world_size_change):
+            return ExitCode.USAGE
         if overrides:
             spec, allowed = apply_resume_settings(path, spec, list(overrides), allowed, info.is_main)
         pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed, checked=checked)
@@ -269,6 +277,26 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
             lock.release()
         for sig, old in previous_handlers.items():
             signal.signal(sig, old)
+
+
+def check_world_size(path: Path, info: Any, hint: str, accept: bool) -> bool:
+    """A resume continues with the world size the run was started with, unless the user accepts the
+    change (--world-size-change), which the log records. False: refused, with what to run instead."""
+    from engine import resume as on_disk
+    from engine import runs
+
+    found = on_disk.read_status(path)
+    refusal = on_disk.world_size_refusal(path, found, info.world_size, hint)
+    if refusal is None:
+        return True
+    if not accept:
+        if info.is_main:
+            print(f"error: {refusal}", file=sys.stderr)
+        return False
+    if info.is_main:
+        runs.RunWriter(path).log(f"resume: world size {on_disk.started_world_size(found)} -> {info.world_size} "
+                                 "(--world-size-change): results differ from an uninterrupted run")
+    return True
 
 
 def apply_resume_settings(path: Path, spec: Any, overrides: list[str], allowed: Any, is_main: bool) -> tuple[Any, Any]:
@@ -341,13 +369,16 @@ def reporter_msg(reporter: Any, text: str) -> None:
         reporter.message(text)
 
 
-def install_signal_handlers(stop: Any) -> dict[int, Any]:
+def install_signal_handlers(stop: Any, repeat_stops_now: bool = True) -> dict[int, Any]:
     """First SIGINT/SIGTERM: stop at the next step boundary. A second SIGINT: stop now.
 
+    Under torchrun (`repeat_stops_now` False) every stop waits for the step boundary, which all
+    ranks reach together: torchrun passes a Ctrl-C on to its workers, so each gets a second
+    SIGINT at once, and a rank leaving in the middle of a collective would fail the others.
     Returns the handlers it replaced (execute puts them back when the run ends)."""
 
     def handler(signum: int, frame: Any) -> None:
-        if stop.requested and signum == signal.SIGINT:
+        if stop.requested and signum == signal.SIGINT and repeat_stops_now:
             raise KeyboardInterrupt
         stop.request(signal.Signals(signum).name)
 

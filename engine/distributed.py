@@ -69,3 +69,27 @@ def any_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
+
+
+# What gloo and NCCL say when another process of the run went away (killed, out of memory, ...).
+PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "communicator was aborted",
+              "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo", "gloo/transport")
+
+
+def lost_peer(e: BaseException, info: DistInfo) -> str | None:
+    """One readable line when `e` says that another rank of this run stopped, else None.
+
+    The collective that failed raises on every surviving rank with the backend's text (a source
+    path, a pair.cc line, advice to check the remote worker's logs): the first sentence of it is
+    kept as the cause, after what happened and what to do."""
+    if not info.enabled or not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or any(sign in text for sign in PEER_SIGNS)):
+        return None
+    cause = text.split("\n", 1)[0]
+    if cause.startswith("[") and "] " in cause:  # "[.../gloo/transport/tcp/pair.cc:537] Read error ..."
+        cause = cause.split("] ", 1)[1]
+    cause = cause.split(". ", 1)[0].strip()[:160]
+    return (f"another process of this torchrun run stopped (killed, out of memory, or its machine went away), so "
+            f"rank {info.rank} of {info.world_size} cannot go on ({cause})")

@@ -142,7 +142,7 @@ class Pipeline:
                 self.nothing_to_do = True
                 return  # `ended` and the rest stay as the run left them
             done = found.completed
-        w.status(state="running", preset=self.spec.name,
+        w.status(state="running", preset=self.spec.name, world_size=self.dist.world_size,
                  stages=[s.name for s in self.stages], completed=done, error=None, ended=None)
         if not resume:
             w.status(started=time.time())
@@ -181,12 +181,17 @@ class Pipeline:
             w.status(state="cancelled", ended=time.time(), error=str(e))
             raise
         except BaseException as e:
-            reason = failure_reason(e, w.path)
+            lost = distributed.lost_peer(e, self.dist)
+            reason = lost or failure_reason(e, w.path)
             try:
                 w.log(f"failed: {reason}")
             except OSError:  # a full disk: the status below still says why
                 pass
             w.status(state="failed", ended=time.time(), error=reason)
+            if lost:  # no backend traceback on any rank: one line, in status.json too
+                if not self.dist.is_main:
+                    self._record_for_lost_main(reason)
+                raise RunError(reason) from None
             raise
         finally:
             w.stop_heartbeat()
@@ -238,6 +243,21 @@ class Pipeline:
                   "complete when the run stopped; marked complete now, not redone")
         self._commit(stage, figures, done)
         return True
+
+    def _record_for_lost_main(self, reason: str) -> None:
+        """A rank that outlived rank 0 writes the failed status rank 0 could not: only when run.lock
+        is free, which means rank 0 is gone (the kernel released its lock)."""
+        lock = RunLock(self.writer.path)
+        try:
+            lock.acquire()
+        except (SlimlabError, OSError):
+            return  # rank 0 is alive and writes its own status
+        try:
+            RunWriter(self.writer.path).status(state="failed", ended=time.time(), error=reason)
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
     def _read_state(self) -> on_disk.Found:
         """status.json's bookkeeping; when it is missing or corrupt, say so and rebuild it from

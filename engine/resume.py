@@ -71,6 +71,31 @@ def last_position(raw: Any) -> dict[str, Any] | None:
     return pos if isinstance(pos, dict) and isinstance(pos.get("stage"), str) else None
 
 
+def started_world_size(found: Found) -> int:
+    """How many processes (torchrun's world size) the run was started with; 1 for older runs."""
+    size = found.status.get("world_size", 1)
+    return size if isinstance(size, int) and size >= 1 else 1
+
+
+def world_size_refusal(run: Path, found: Found, world: int, command: str) -> str | None:
+    """Why a resume with `world` processes must not continue this run, or None.
+
+    The batches each process sees, the BatchNorm statistics and the resume position inside an
+    epoch all depend on the world size: continuing with another one silently changes results."""
+    started = started_world_size(found)
+    if started == world or found.status.get("state") == "done" or not (found.completed or found.status.get("stage")):
+        return None
+    how = (f"torchrun --nproc_per_node {started} -m engine --batch --resume {run}" if started > 1
+           else f"slimlab --batch --resume {run} (one process, not under torchrun)")
+    return (f"{run} was started with {_processes(started)} and this resume has {_processes(world)}: its batches, "
+            f"BatchNorm statistics and resume position depend on that, so the results would change. Resume with: "
+            f"{how}; or accept the change: {command} --world-size-change")
+
+
+def _processes(n: int) -> str:
+    return f"{n} processes (torchrun --nproc_per_node {n})" if n > 1 else "1 process"
+
+
 # ---------------------------------------------------------------- --resume RUN --set KEY=VALUE
 
 # Training settings the saved state does not depend on: a resume may change them at any time.

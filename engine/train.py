@@ -135,6 +135,21 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainingSpec, steps_per_epoc
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg))
 
 
+def apply_settings(opt: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainingSpec) -> None:
+    """The spec's lr, momentum and weight decay over those of a loaded optimizer state.
+
+    `load_state_dict` brings back the hyperparameters saved in last.pt, so a resume's
+    `--set training.lr=...` would otherwise be silently ignored. With unchanged settings the
+    values are the saved ones: the lr is the scheduler's own formula at the saved step."""
+    for group, factor in zip(opt.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group and cfg.optimizer == "sgd":
+            group["momentum"], group["nesterov"] = cfg.momentum, cfg.momentum > 0
+    scheduler.base_lrs = [cfg.lr] * len(opt.param_groups)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "numpy": np.random.get_state()[1].tolist()}
     if torch.cuda.is_available():
@@ -270,7 +285,9 @@ class Trainer:
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            scaler.load_state_dict(resume["scaler"])
+            if resume["scaler"]:  # empty when saved by a disabled scaler (amp changed on the resume)
+                scaler.load_state_dict(resume["scaler"])
+            apply_settings(optimizer, scheduler, cfg)
             set_rng_state(resume["rng"])
             pos = resume["position"]
             start_epoch, skip_batches, self.step = pos["epoch"], pos["batch"], pos["step"]

@@ -184,3 +184,29 @@ def test_disk_full_and_read_only_runs_folders_are_said_plainly(tmp_path, tiny_pr
 
     ro = in_private_mount(disk, "ro,size=64k", f"{slimlab} {disk}/runs; echo EXIT=$?")
     assert "EXIT=2" in ro.stdout and "read-only file system" in ro.stderr and "Traceback" not in ro.stderr
+
+
+def test_resume_set_lr_reaches_a_stage_continued_from_last_pt(tmp_path, tiny_preset, capsys):
+    from engine.cli import prepare_run_dir
+    from engine.config import load_preset
+    from engine.errors import Cancelled
+    from engine.pipeline import Pipeline
+
+    from helpers import StopAfter
+
+    spec = load_preset(tiny_preset(model=KD_STUDENT, training={
+        "epochs": 2, "batch_size": 32, "lr": 0.05, "log_every": 1, "device": "cpu", "schedule": "constant",
+        "warmup_epochs": 0, "momentum": 0.9}))
+    run = runs.create_run_dir(tmp_path / "runs", "tiny")
+    prepare_run_dir(run, spec)
+    with pytest.raises(Cancelled):
+        Pipeline(spec, run, stop=StopAfter(3)).run()
+    stopped = checkpoint.read_raw(run / "weights" / "last.pt")["position"]["step"]
+    assert main(["--batch", "--resume", str(run), "--set", "training.lr=0.01", "--set", "training.momentum=0"]) == 0
+    log = (run / "log.txt").read_text()
+    assert "stage train continues from weights/last.pt" in log and "training.lr=0.01 (was 0.05)" in log
+    lrs = [(r["step"], r["lr"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if "step" in r and "accuracy" not in r]
+    assert [lr for step, lr in lrs if step <= stopped] == [0.05] * stopped
+    assert {lr for step, lr in lrs if step > stopped} == {0.01}  # the saved optimizer state's lr is not kept
+    assert checkpoint.load(run / "weights" / "best.pt").meta["spec"]["training"]["lr"] == 0.01

@@ -61,6 +61,11 @@ def resume(path: Path, allow_archs: tuple[str, ...] = ()) -> Launched:
         raise LaunchError(f"{path.name} has no spec.yaml to resume from")
     if _running_child(path) is not None:
         raise LaunchError(f"{path.name} is still shutting down; try again in a moment")
+    from engine import resume as on_disk
+
+    refusal = on_disk.world_size_refusal(path, on_disk.read_status(path), 1, f"slimlab --batch --resume {path}")
+    if refusal is not None:  # the workbench runs one process; a torchrun run resumes under torchrun
+        raise LaunchError(refusal)
     check_spec_trust(path, allow_archs)
     return Launched(path, _spawn(path, resume=True, allow_archs=allow_archs))
 
