@@ -20,10 +20,10 @@ from engine.runs import create_run_dir
 from engine.slim.monitor import PrunedAtTarget
 
 RECIPE = [
-    {"type": "train"},
+    {"type": "train", "target": {"percent": 0.3}},
     {"type": "sparse", "s": 1e-3, "training": {"epochs": 2}},
     {"type": "sweep", "ratios": [0.0, 0.3, 0.6]},
-    {"type": "prune", "target_flops": 0.5, "round_to": 2},
+    {"type": "prune", "target_flops": 0.5, "round_to": 2, "ignore": ["no_such_layer"]},
     {"type": "finetune", "training": {"epochs": 1}},
     {"type": "scratch"},
 ]
@@ -51,6 +51,9 @@ def test_recipe_logs_pruned_at_target_and_ends_with_scratch_control(tmp_path, ti
     path, out = run(tmp_path, tiny_preset(stages=RECIPE, training__epochs=1), "recipe")
     sparse = metrics(path, "sparse")
     assert len(sparse) == 2
+    # a train stage given a target logs the same figure (no s: it has no penalty)
+    train = metrics(path, "train")
+    assert len(train) == 1 and 0.0 <= train[0]["acc_pruned_at_target"] <= 1.0 and "s" not in train[0]
     for r in sparse:
         assert 0.0 <= r["acc_pruned_at_target"] <= 1.0 and r["s"] == 1e-3
         assert "gamma_rel_lt_1e-2" in r and r["target_threshold"] > 0
@@ -92,6 +95,8 @@ def test_recipe_logs_pruned_at_target_and_ends_with_scratch_control(tmp_path, ti
     assert sum("[sparse] epoch" in line and "pruned-at-target" in line for line in out.splitlines()) == 2
     assert "[sweep] ratio  accuracy" in out and "[sweep]  0.60" in out
     assert "[prune] target_flops 0.5 -> |gamma| threshold" in out and "[prune] group" in out
+    assert "[prune] warning: ignore ['no_such_layer'] matched no prunable group" in out
+    assert sum("[train] epoch" in line and "pruned-at-target" in line for line in out.splitlines()) == 1
     table = out[out.index("stage "):]
     assert "Δ vs baseline" in table and "% removed (params/FLOPs)" in table
     scratch_row = next(line for line in table.splitlines() if line.startswith("scratch"))

@@ -14,12 +14,17 @@ from test_tui_inspector import (
     ready_inspector,
     type_into_modal,
 )
+from test_tui_runs import HostApp, make_run, metric_lines, wait_for, write_metrics
+from textual.widgets import TabbedContent
 
 from engine.slim.target import kept_fraction, threshold_for_target
 from tui.app import make_app
+from tui.screens.monitor import MonitorScreen
 from tui.widgets.histogram import GammaHistogram
 from tui.widgets.inspector_modals import ValueModal
+from tui.widgets.plots import MetricPlot
 from tui.widgets.run_series import RunSeries
+from tui.widgets.run_tail import epoch_line
 
 from helpers import run_async
 
@@ -75,3 +80,38 @@ def test_monitor_series_carry_pruned_at_target_and_relative_gamma():
     # relative figures where the run logs them, the absolute ones otherwise
     assert s.gamma["gamma_rel_lt_1e-2"].ys == [10.0, 30.0] and s.gamma["gamma_lt_1e-2"].ys == [0.0]
     assert "initial" in s.gamma["gamma_rel_lt_1e-2"].label
+
+
+def sparse_lines() -> list[dict]:
+    lines = metric_lines()
+    for rec in lines:
+        if rec["stage"] == "sparse" and "accuracy" in rec:
+            rec.update({"acc_pruned_at_target": rec["accuracy"] - 0.2, "s": 2.5e-3, "gamma_rel_lt_1e-2": 0.3})
+    return lines
+
+
+@run_async
+async def test_monitor_plots_pruned_at_target_beside_accuracy_and_logs_it(tmp_path: Path):
+    path = make_run(tmp_path, "sparse-run", "done", stages=("train", "sparse"), epochs=2)
+    write_metrics(path, sparse_lines())
+    app = HostApp(lambda: MonitorScreen(path), tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.series.pruned.ys) == 2, what="the sparse epoch lines")
+        tabs = screen.query_one("#monitor-plots", TabbedContent)
+        for _ in range(5):
+            if tabs.active == "tab-accuracy":
+                break
+            await pilot.press("right_square_bracket")
+            await pilot.pause()
+        plot = screen.query_one("#plot-accuracy", MetricPlot)
+        labels = [line.label for line in plot._lines]
+        assert labels == ["val accuracy %", "pruned at target %"]
+        assert plot._lines[1].ys == pytest.approx([35.0, 50.0])
+
+
+def test_monitor_log_line_carries_pruned_at_target_and_s():
+    rec = next(r for r in sparse_lines() if r["stage"] == "sparse" and "accuracy" in r)
+    line = epoch_line(rec, 2)
+    assert "accuracy 55.00%" in line and "pruned-at-target 35.00%" in line and "s 0.0025" in line
+    assert "|gamma|<1% init 30.0%" in line and "|gamma|<0.01" not in line

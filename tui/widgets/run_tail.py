@@ -164,7 +164,13 @@ def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
             parts.append(f"{key} {fmt.format(rec[key])}")
     if isinstance(rec.get("accuracy"), int | float):
         parts.append(f"accuracy {100 * rec['accuracy']:.2f}%")
-    if isinstance(rec.get("gamma_lt_1e-2"), int | float):
+    if isinstance(rec.get("acc_pruned_at_target"), int | float):
+        parts.append(f"pruned-at-target {100 * rec['acc_pruned_at_target']:.2f}%")
+    if isinstance(rec.get("s"), int | float):
+        parts.append(f"s {rec['s']:.2g}")
+    if isinstance(rec.get("gamma_rel_lt_1e-2"), int | float):  # relative to the initial gamma
+        parts.append(f"|gamma|<1% init {100 * rec['gamma_rel_lt_1e-2']:.1f}%")
+    elif isinstance(rec.get("gamma_lt_1e-2"), int | float):
         parts.append(f"|gamma|<0.01 {100 * rec['gamma_lt_1e-2']:.1f}%")
     if isinstance(rec.get("epoch_time"), int | float):
         parts.append(f"({rec['epoch_time']:.1f}s)")
