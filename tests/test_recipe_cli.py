@@ -55,3 +55,15 @@ def test_inspect_reports_gamma_relative_to_initial(tmp_path, capsys):
     layers = out["layers"]
     assert all(r["initial_gamma"] == 0.5 for r in layers)
     assert [r["rel_lt_1e-2"] for r in layers] == [1.0 if i % 2 else 0.0 for i in range(len(layers))]
+
+
+def test_prune_to_max_drop_on_shapes_data(tmp_path, capsys):
+    path = trained_like(tmp_path)
+    out = tmp_path / "d.pt"
+    # an untrained model scores near chance at every ratio, so a drop of 100 points allows the last ratio tried
+    assert main(["prune", str(path), "--max-drop", "100", "--data", "shapes", "--out", str(out)]) == ExitCode.OK
+    text = capsys.readouterr().out
+    assert "max_drop 100: largest ratio within the drop is 0.95" in text and "group" in text
+    pruned = checkpoint.load(out)
+    assert pruned.plan["options"]["target"]["max_drop"] == 100.0
+    assert pruned.plan["totals"]["channels_after"] < pruned.plan["totals"]["channels_before"]
