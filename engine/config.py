@@ -64,6 +64,16 @@ class DataSpec(Strict):
     seed: int = 0
     fallback: str | None = None  # dataset used instead when `path` does not exist (e.g. shapes)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        # One message instead of one per branch of the int | "auto" union.
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        raise ValueError(
+            f"must be auto or a number of worker processes, 0 or more (0: decode in the training process); got {v!r}"
+        )
+
     @field_validator("augment", mode="before")
     @classmethod
     def _augment(cls, v: bool | list) -> list:

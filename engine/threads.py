@@ -19,6 +19,11 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cores_here(cores: int) -> str:
+    """'2 CPU cores here' or '1 CPU core here', for the notes about lowered counts."""
+    return f"{cores} CPU core{'s' if cores != 1 else ''} here"
+
+
 def apply(threads: int | None) -> tuple[int, str | None]:
     """Set torch's intra-op threads to `threads` (at most the usable cores).
 
@@ -30,7 +35,7 @@ def apply(threads: int | None) -> tuple[int, str | None]:
     if threads is not None:
         cores = usable_cores()
         if threads > cores:
-            note = f"training.threads={threads} is more than the {cores} CPU cores here; using {cores}"
+            note = f"training.threads={threads} is more than the {cores_here(cores)}; using {cores}"
             threads = cores
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,9 @@ def test_workers_beyond_the_cores_are_clamped_with_a_note(folder, monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     bundle = data.build(spec(folder, cache="none", workers=64), batch_size=4)
     assert "data.workers=64 is more than the 2 CPU cores here; using 2" in bundle.notes
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    assert resources.resolve_workers(3) == (1, "data.workers=3 is more than the 1 CPU core here; using 1")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     assert bundle.train.workers == 2
     assert resources.resolve_workers("auto", world_size=1) == (2, None)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -165,6 +169,43 @@ def test_a_corrupt_file_met_while_streaming_names_it(folder, monkeypatch):
     assert "Traceback" not in str(err.value)
 
 
+def test_worker_processes_stay_between_passes_except_for_the_test_split(folder, tmp_path, monkeypatch):
+    """Train and val keep their workers from one epoch to the next (no restart cost per epoch);
+    the test split, read once at the end, lets them go; new augmentation ops restart them."""
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("records decoding processes through a patched module in forked workers")
+    log = tmp_path / "pids.txt"
+    real = decode.image
+
+    def recorded(path, size, box=None):
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(path, size, box)
+
+    monkeypatch.setattr(decode, "image", recorded)
+    bundle = data.build(spec(folder, cache="none", workers=1), batch_size=5)
+
+    def decoders(loader, e: int) -> set[int]:
+        log.write_text("")
+        epoch(loader, e)
+        return {int(p) for p in log.read_text().split()}
+
+    for loader in (bundle.train, bundle.val):
+        first, second = decoders(loader, 0), decoders(loader, 1)
+        assert len(first) == 1 and os.getpid() not in first
+        assert first == second
+    assert decoders(bundle.test, 0).isdisjoint(decoders(bundle.test, 1))
+    before = decoders(bundle.train, 2)
+    bundle.train.augment = ["horizontal_flip"]
+    assert decoders(bundle.train, 2).isdisjoint(before)
+
+
+def test_streamed_batches_are_pinned_only_for_cuda(folder):
+    for device, pinned in ((None, False), (torch.device("cpu"), False), ("cuda:1", True)):
+        bundle = data.build(spec(folder, cache="none"), batch_size=4, device=device)
+        assert [s.pin_memory for s in (bundle.train, bundle.val, bundle.test)] == [pinned] * 3, device
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
 def test_streaming_pins_batches_for_cuda(folder):
     bundle = data.build(spec(folder, cache="none", workers=1), batch_size=4, device=torch.device("cuda"))
@@ -182,3 +223,20 @@ def test_cache_auto_streams_large_files_for_random_resized_crop(tmp_path):
     assert isinstance(small.train, TensorLoader)
     x, _ = next(iter(bundle.train))
     assert x.shape == (4, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"workers": -1}, "data.workers: must be auto or a number of worker processes, 0 or more .*; got -1$"),
+        ({"workers": "many"}, "data.workers: must be auto or .*; got 'many'$"),
+        ({"cache": "disk"}, "data.cache: must be one of auto, memory or none; got 'disk'$"),
+    ],
+)
+def test_bad_workers_or_cache_is_one_preset_error_naming_the_key(value, message):
+    from engine.config import spec_from_dict
+    from engine.errors import PresetError
+
+    with pytest.raises(PresetError, match=message) as err:
+        spec_from_dict({"data": value})
+    assert str(err.value).count("\n") == 1  # one line per key, not one per branch of int | "auto"

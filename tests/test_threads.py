@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from engine import threads
 from engine.cli import prepare_run_dir
 from engine.config import load_preset
 from engine.pipeline import Pipeline
+from engine.progress import PlainReporter
 from engine.runs import create_run_dir
 
 
@@ -22,17 +24,22 @@ def restore_threads():
 
 
 def test_threads_are_applied_and_recorded(tmp_path, tiny_preset, monkeypatch):
-    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    """A request above the cores is lowered to them, and the warning reaches the headless output."""
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
     torch.set_num_threads(2)
-    spec = load_preset(tiny_preset(), ["training.threads=1", "training.epochs=1"])
+    spec = load_preset(tiny_preset(), ["training.threads=3", "training.epochs=1"])
     path = create_run_dir(tmp_path / "runs", "threads")
     prepare_run_dir(path, spec)
-    Pipeline(spec, path).run()
+    out = io.StringIO()
+    Pipeline(spec, path, reporter=PlainReporter(out)).run()
     assert torch.get_num_threads() == 1
     epochs = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if '"accuracy"' in x]
     assert epochs and all(r["threads"] == 1 for r in epochs)
     assert json.loads((path / "status.json").read_text())["threads"] == 1
-    assert "threads: 1 torch intra-op thread\n" in (path / "log.txt").read_text()
+    warning = "warning: training.threads=3 is more than the 1 CPU core here; using 1"
+    log = (path / "log.txt").read_text()
+    assert warning in out.getvalue() and warning in log
+    assert "threads: 1 torch intra-op thread\n" in log
 
 
 def test_threads_beyond_the_cores_are_clamped_with_a_note(monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from engine import threads
 from engine.errors import DataError
-from engine.threads import usable_cores
 
 AUTO_WORKERS_MAX = 8  # beyond this, decoding small images rarely keeps up any better
 MEMORY_SHARE = 0.25  # data.cache: auto keeps decoded images in memory up to this share
@@ -25,12 +25,12 @@ def resolve_workers(requested: int | str, world_size: int = 1) -> tuple[int, str
     auto: the cores of this process's share of the machine, at most AUTO_WORKERS_MAX.
     More workers than cores only adds switching, so a larger number is lowered.
     """
-    cores = usable_cores()
+    cores = threads.usable_cores()
     if requested == "auto":
         return min(AUTO_WORKERS_MAX, max(1, cores // local_ranks(world_size))), None
     workers = int(requested)
     if workers > cores:
-        return cores, f"data.workers={workers} is more than the {cores} CPU cores here; using {cores}"
+        return cores, f"data.workers={workers} is more than the {threads.cores_here(cores)}; using {cores}"
     return workers, None
 
 
