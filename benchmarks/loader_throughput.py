@@ -1,18 +1,23 @@
-"""The streaming image-folder loader against a bare PyTorch DataLoader + PIL, side by side.
+"""The streaming image-folder loader against a bare PyTorch DataLoader + PIL and against the
+in-memory path, side by side.
 
 Generates a folder of 20k JPEG and PNG files (10 classes, 72..128 px sides) in a temporary
 directory, then reads the same training files at the same image size through
   streaming  engine.data with data.cache: none (decode in worker processes, compact file table)
   bare       a map-style Dataset doing PIL open -> RGB -> ImageOps.fit -> normalise, batched
              and shuffled by torch.utils.data.DataLoader
-with the same worker count and batch size, in one process. Rounds alternate the order
-(A B, B A, ...) so machine noise and warm-up hit both; figures are medians of images/s.
+  in-memory  engine.data with data.cache: memory (every file decoded once into one uint8
+             tensor when the data is built, then batches cut from it)
+with the same worker count and batch size, in one process, at 0 workers and at --workers.
+Rounds alternate the order (A B C, C B A, ...) so machine noise and warm-up hit all three;
+figures are medians of images/s over whole epochs, plus the time to build each loader.
 Then the peak RSS of building the data and reading one epoch (the main process and its
-largest worker, as the kernel records them), each in a fresh subprocess, streaming at 5k
-and 20k files, next to the in-memory cache at both sizes.
+largest worker, as the kernel records them), each in a fresh subprocess, at 5k and 20k
+files, streamed and in memory: the growth column shows whether memory follows the data.
 
 Usage: python benchmarks/loader_throughput.py [--files 20000] [--workers 2] [--rounds 4]
-Last line: `loader_throughput_ratio: X` (streaming images/s / bare images/s; >= 0.95 is the target).
+Last line: `loader_throughput_ratio: X` (streaming images/s / bare images/s at --workers;
+>= 0.95 is the target).
 """
 
 from __future__ import annotations
@@ -96,26 +101,35 @@ def one_pass(loader) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def throughput(root: Path, workers: int, rounds: int) -> tuple[float, float, int]:
-    bundle = data.build(spec(root, workers), batch_size=BATCH, seed=0)
+def throughput(root: Path, workers: int, rounds: int) -> dict:
+    """Median images/s of the three loaders over whole epochs, and the time to build ours."""
+    t0 = time.perf_counter()
+    bundle = data.build(spec(root, workers, "none"), batch_size=BATCH, seed=0)
+    stream_build = time.perf_counter() - t0
     stream = bundle.train
+    t0 = time.perf_counter()
+    memory = data.build(spec(root, workers, "memory"), batch_size=BATCH, seed=0).train
+    memory_build = time.perf_counter() - t0
     paths = [stream.files[i] for i in range(len(stream.files))]
     bare_ds = Bare(paths, stream.labels, bundle.mean, bundle.std)
     bare = DataLoader(bare_ds, batch_size=BATCH, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
                       **({"prefetch_factor": 2} if workers else {}))
-    # Warm-up: start the worker processes and the page cache for both.
-    for loader in (stream, bare):
+    loaders = {"streaming": stream, "bare": bare, "memory": memory}
+    # Warm-up: start the worker processes and the page cache for all.
+    for loader in loaders.values():
         for i, _ in enumerate(loader):
             if i == 3:
                 break
-    ours, theirs = [], []
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    order = list(loaders)
     for r in range(rounds):
         stream.set_epoch(r)
-        pair = [(ours, stream), (theirs, bare)]
-        for out, loader in pair if r % 2 == 0 else pair[::-1]:
-            out.append(one_pass(loader))
-    return statistics.median(ours), statistics.median(theirs), len(paths)
+        memory.set_epoch(r)
+        for name in order if r % 2 == 0 else order[::-1]:
+            rates[name].append(one_pass(loaders[name]))
+    out = {name: statistics.median(v) for name, v in rates.items()}
+    return {**out, "images": len(paths), "stream_build_s": stream_build, "memory_build_s": memory_build}
 
 
 def peak_memory(root: Path, workers: int, cache: str) -> dict:
@@ -163,18 +177,31 @@ def main() -> None:
 
         ratio = 0.0
         if not args.memory_only:
-            print(f"{'workers':>7}  {'images':>6}  {'streaming img/s':>15}  {'bare img/s':>10}  {'ratio':>5}")
+            print(f"\nimages/s over one training epoch, median of {args.rounds} rounds; build: seconds to "
+                  "build the loader (in-memory: decode every file once)")
+            print(f"{'workers':>7}  {'images':>6}  {'streaming':>9}  {'bare':>6}  {'ratio':>5}  "
+                  f"{'in-memory':>9}  {'stream/mem':>10}  {'stream build':>12}  {'memory build':>12}")
+        speed = {}
         for workers in [] if args.memory_only else sorted({0, args.workers}):
-            ours, theirs, n = throughput(big, workers, args.rounds)
-            ratio = ours / theirs
-            print(f"{workers:>7}  {n:>6}  {ours:>15.0f}  {theirs:>10.0f}  {ratio:>5.2f}")
+            t = throughput(big, workers, args.rounds)
+            ratio = t["streaming"] / t["bare"]
+            speed[workers] = t["streaming"]
+            print(f"{workers:>7}  {t['images']:>6}  {t['streaming']:>9.0f}  {t['bare']:>6.0f}  {ratio:>5.2f}  "
+                  f"{t['memory']:>9.0f}  {t['streaming'] / t['memory']:>10.2f}  "
+                  f"{t['stream_build_s']:>11.1f}s  {t['memory_build_s']:>11.1f}s")
+        if len(speed) == 2:
+            print(f"streaming, {args.workers} workers vs 0: {speed[args.workers] / speed[0]:.2f}x images/s")
 
-        print(f"\npeak RSS (MiB) while building the data and reading one epoch, {args.workers} workers")
-        print(f"{'cache':>6}  {'files':>6}  {'main':>6}  {'largest worker':>14}")
+        print(f"\npeak RSS (MiB) while building the data and reading one epoch, {args.workers} workers; "
+              f"growth: {args.files} files / {args.files // 4} files")
+        small_n, big_n = args.files // 4, args.files
+        print(f"{'cache':>6}  {'main ' + str(small_n):>11}  {'main ' + str(big_n):>11}  {'growth':>6}  "
+              f"{'worker ' + str(small_n):>12}  {'worker ' + str(big_n):>12}")
         for cache in ("none", "memory"):
-            for root, files in ((small, args.files // 4), (big, args.files)):
-                rss = peak_memory(root, args.workers, cache)
-                print(f"{cache:>6}  {files:>6}  {rss['main_mib']:>6.0f}  {rss['worker_mib']:>14.0f}")
+            a, b = (peak_memory(root, args.workers, cache) for root in (small, big))
+            worker = [f"{r['worker_mib']:.0f}" if r["worker_mib"] else "-" for r in (a, b)]
+            print(f"{cache:>6}  {a['main_mib']:>11.0f}  {b['main_mib']:>11.0f}  "
+                  f"{b['main_mib'] / a['main_mib']:>5.2f}x  {worker[0]:>12}  {worker[1]:>12}")
     if not args.memory_only:
         print(f"loader_throughput_ratio: {ratio:.2f}")
 
