@@ -308,3 +308,30 @@ async def test_run_labels_say_progress_and_accuracy_and_follow_the_run(tmp_path)
         await wait_for(pilot, lambda: "live  done · acc 91.0%" in labels(screen.tree)["live"], 15,
                        "the label to follow the run without r")
         await wait_for(pilot, lambda: "91.00%" in panel_text(screen), 10, "the panel to follow it")
+
+
+@run_async
+async def test_files_a_run_writes_appear_without_r(tmp_path):
+    # A new user starts a run from an empty folder: the runs folder, the run and its first
+    # checkpoint show up in the tree on their own, and what was open stays open.
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.pause(0.5)
+        assert labels(screen.tree) == {}
+        run = runs.create_run_dir(tmp_path / "runs", "demo")
+        writer = runs.RunWriter(run)
+        writer.status(state="running", preset="demo", stages=["train"], stage="train", progress=0.2,
+                      pid=os.getpid(), heartbeat=time.time())
+        await move_to(pilot, screen.tree, "runs")
+        await pilot.press("enter")
+        await move_to(pilot, screen.tree, "demo")
+        await pilot.press("enter")
+        assert "weights" not in labels(screen.tree)
+        make_checkpoint(run / "weights" / "train.pt")
+        await wait_for(pilot, lambda: "weights" in labels(screen.tree), 15, "the new weights folder")
+        assert screen.tree.cursor_node.data.path == run  # the cursor stays where it was
+        (run / "weights" / "train.pt").unlink()
+        (run / "weights").rmdir()
+        await wait_for(pilot, lambda: "weights" not in labels(screen.tree), 15, "the removed folder to go")
+        assert "demo" in labels(screen.tree)

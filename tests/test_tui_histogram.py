@@ -8,18 +8,22 @@ import pytest
 from rich.text import Text
 from textual.app import App, ComposeResult
 
+from tui.app import make_app
 from tui.widgets.axis import fmt_tick, nice_ticks, percent_ticks
 from tui.widgets.histogram import (
+    BLOCKS,
     CUT_COLOUR,
     KEPT_COLOUR,
+    GammaHistogram,
     draw,
     make_bins,
     x_labels,
     y_labels,
 )
+from tui.widgets.inspector_modals import OverrideModal
 from tui.widgets.plots import Line, MetricPlot
 
-from helpers import run_async, sparse_gammas
+from helpers import make_sparse_checkpoint, run_async, sparse_gammas, wait_for
 
 # Plot widths of the inspector's histogram at 80 and 120 columns (less the y labels).
 WIDTHS = (77, 117)
@@ -146,3 +150,96 @@ def cell_colours(frame: Text) -> list[list[str | None]]:
                 cells[i] = name
         rows.append(cells)
     return rows
+
+
+# ---------------------------------------------------------------- in the inspector, as drawn
+
+
+def drawn_frame(hist) -> tuple[list[str], list[list[str | None]], int]:
+    """The histogram's rendered lines, their cell colours and the gutter (y labels + axis)."""
+    frame = hist.render()
+    lines = frame.plain.split("\n")
+    gutter = next(i for i, ch in enumerate(lines[1]) if ch in "│┤") + 1
+    return lines, cell_colours(frame), gutter
+
+
+def drawn_eighths(lines: list[str], gutter: int, width: int) -> list[int]:
+    """Bar height of every plot column in eighths of a row, read off the frame."""
+    heights = [0] * width
+    for line in lines[1:-1]:
+        for col, ch in enumerate(line[gutter:gutter + width]):
+            heights[col] += 8 if ch == "█" else BLOCKS.index(ch) if ch in BLOCKS else 0
+    return heights
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@run_async
+async def test_inspector_histogram_is_right_across_the_natural_cut(tmp_path, size):
+    # The sparse checkpoint's 64-73% cuts fall at |gamma| 0.006-0.024, where the histogram used
+    # to fill the left part to the top and move 0 to the middle of the x axis.
+    app = make_app(make_sparse_checkpoint(tmp_path / "sparse.pt"))
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.ready, what="the checkpoint")
+        hist = screen.query_one("#histogram", GammaHistogram)
+        for log_x in (True, False):
+            if hist.showing_log_x != log_x:
+                await pilot.press("v")
+            steps = round((0.60 - screen.settings.percent) * 100)
+            await pilot.press(*(["right"] * steps if steps > 0 else ["left"] * -steps))
+            axes = set()
+            for step in range(16):  # 60% .. 75%
+                percent = 0.60 + step / 100
+                await wait_for(pilot, lambda p=percent: screen.settings.percent == pytest.approx(p), 10, f"{percent:.2f}")
+                await pilot.pause()
+                lines, colours, gutter = drawn_frame(hist)
+                bins, width = hist._bins, len(lines[1]) - gutter
+                assert bins is not None and bins.columns[-1] == width
+                axes.add(lines[-1])
+                if not log_x:
+                    assert lines[-1][gutter] == "0", f"0 left the left edge at {percent:.2f}"
+                # every column is as tall as its bar's count says, so only the fullest bars reach the top
+                rows = len(lines) - 2
+                _, top = y_labels(float(bins.total.max()), rows, log_counts=False)
+                bar_of = np.repeat(np.arange(bins.total.size), np.diff(bins.columns))
+                expected = [int(round(bins.total[b] / top * rows * 8)) if bins.total[b] else 0 for b in bar_of]
+                drawn = drawn_eighths(lines, gutter, width)
+                for col in range(width):
+                    if drawn[col]:  # a gap column between wide bars stays blank
+                        assert abs(drawn[col] - max(expected[col], 1)) <= 1, f"column {col} at {percent:.2f}"
+                red = {col - gutter for row in colours[1:-1] for col, c in enumerate(row) if c == CUT_COLOUR}
+                assert red and max(red) < bins.threshold_col, f"red right of the threshold at {percent:.2f}"
+                assert int(bins.cut.sum()) == hist.cut_values.size
+                await pilot.press("right")
+            assert len(axes) == 1, "the x axis moved with the threshold"
+
+
+@run_async
+async def test_override_dialog_histogram_keeps_its_x_range(tmp_path):
+    app = make_app(make_sparse_checkpoint(tmp_path / "sparse.pt"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.ready, what="the checkpoint")
+        axes: list[str] = []
+        for presses in (["shift+right", *["right"] * 2], ["right"] * 10):  # 62%, then 72%
+            await pilot.press(*presses)
+            await pilot.pause(0.2)
+            await pilot.press("down", "down", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, OverrideModal), 10, "the dialog")
+            dialog = app.screen
+            layer = dialog.query_one("#layer-hist", GammaHistogram)
+            await pilot.pause(0.2)
+            lines, _, gutter = drawn_frame(layer)
+            assert len(lines) >= 6, "the dialog's histogram collapsed"
+            axes.append(lines[-1])
+            await pilot.press(*"keep 0.5")
+            await pilot.pause(0.2)
+            lines, colours, gutter = drawn_frame(layer)
+            axes.append(lines[-1])
+            red = sum(c == CUT_COLOUR for row in colours[1:-1] for c in row)
+            assert red and layer.cut_values.size == layer.values.size - layer.values.size // 2
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is screen, 10, "the inspector")
+            await pilot.press("up", "up")
+        assert screen.settings.percent == pytest.approx(0.72)
+        assert len(set(axes)) == 1, f"the dialog's x axis moved: {axes}"

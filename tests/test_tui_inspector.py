@@ -226,6 +226,9 @@ async def test_k_min_keep_clamps_and_warns(ckpt):
         assert clamped and all(g.kept == 6 for g in clamped)
         table = screen.query_one("#groups", GroupTable)
         assert "clamped" in str(table.get_row(str(clamped[0].id))[7])
+        await pilot.pause()
+        shown = table.render_line(1 + table.order.index(clamped[0].id)).text  # below the header row
+        assert "clamped" in shown, f"the flag is cut on screen: {shown!r}"
         assert "clamped by min_keep" in str(screen.query_one("#summary", Static).content)
         summary = str(screen.query_one("#summary", Static).content)
         removed = screen.plan.totals["prunable_before"] - screen.plan.totals["prunable_after"]

@@ -467,3 +467,19 @@ async def test_in_the_workbench_enter_switches_to_the_monitor_mode(tmp_path):
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare")
         await pilot.press("4")
         await wait_for(pilot, lambda: app.screen is monitor, what="the same monitor")
+
+
+@run_async
+async def test_cells_that_grow_are_shown_whole(tmp_path):
+    # A run appears as "queued" and turns "running" a moment later: the column widens with it.
+    path = make_run(tmp_path, "demo", "queued", progress=0.0)
+    app = HostApp(RunsScreen, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: table_rows(screen).get("demo", {}).get("status") == "queued", 10, "the run")
+        writer = runs.RunWriter(path)
+        writer.status(state="running", progress=0.3, pid=os.getpid(), heartbeat=time.time())
+        await wait_for(pilot, lambda: table_rows(screen)["demo"]["status"] == "running", 10, "the new state")
+        await pilot.pause(0.2)
+        table = screen.query_one("#runs-table", DataTable)
+        assert " running " in table.render_line(1).text, table.render_line(1).text

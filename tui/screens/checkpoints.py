@@ -51,6 +51,7 @@ class CheckpointsScreen(WorkbenchScreen):
     @dataclass
     class RunsReread(Message):
         runs: dict[Path, Any]
+        stale: list[Path]  # expanded directories whose listing changed
 
     def __init__(self, root: Path | None = None) -> None:
         super().__init__()
@@ -71,6 +72,7 @@ class CheckpointsScreen(WorkbenchScreen):
         yield FilterBar(id="tree-filter")
 
     def on_mount(self) -> None:
+        # run labels follow their runs, and files a run writes appear in the tree as they land
         self.set_interval(RUN_REFRESH_S, self._refresh_runs)
 
     @property
@@ -205,16 +207,23 @@ class CheckpointsScreen(WorkbenchScreen):
     # ------------------------------------------------------------ live run states
 
     def _refresh_runs(self) -> None:
-        if self.tree.runs and self.app.screen is self:
-            self._reread_runs(list(self.tree.runs))
+        if self.app.screen is self:
+            self._reread_runs(list(self.tree.runs), self.tree.open_dirs())
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="runs")
-    def _reread_runs(self, paths: list[Path]) -> None:
-        self.post_message(self.RunsReread({p: read_run(p) for p in paths}))
+    def _reread_runs(self, paths: list[Path], open_dirs: list[tuple[Path, frozenset[str]]]) -> None:
+        stale = self.tree.stale_dirs(open_dirs)
+        self.post_message(self.RunsReread({p: read_run(p) for p in paths}, stale))
 
     def on_checkpoints_screen_runs_reread(self, message: RunsReread) -> None:
         fresh = message.runs
         tree = self.tree
+        stale = set(message.stale)
+        for path in stale:  # new or removed files show without r; a reload keeps what is open
+            if not any(parent in stale for parent in path.parents):
+                node = tree.node_at_path(path)
+                if node is not None:
+                    tree.reload_node(node)
         def shown(i: Any) -> tuple:
             return (i.state, i.stage, round(i.progress, 3), i.best_accuracy, i.error)
 

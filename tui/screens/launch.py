@@ -58,7 +58,7 @@ class LaunchScreen(ModalScreen[Path | None]):
     LaunchScreen #launch-path-row { height: 1; margin-top: 1; }
     LaunchScreen #launch-form { height: auto; max-height: 16; }
     LaunchScreen .field-row { height: 1; }
-    LaunchScreen .field-row Label { width: 22; padding: 0 1 0 0; text-wrap: nowrap; text-overflow: ellipsis; }
+    LaunchScreen .field-row Label { width: 27; padding: 0 1 0 0; text-wrap: nowrap; text-overflow: ellipsis; }
     LaunchScreen .field-row Input, LaunchScreen .field-row Select { width: 1fr; }
     LaunchScreen .field-error { color: $error; padding: 0 0 0 22; height: auto; display: none; }
     LaunchScreen .field-error.shown { display: block; }

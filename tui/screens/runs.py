@@ -202,7 +202,7 @@ class RunsScreen(WorkbenchScreen):
             for key in order:
                 for col, value in cells[key].items():
                     if str(table.get_cell(key, col)) != str(value):
-                        table.update_cell(key, col, value)
+                        table.update_cell(key, col, value, update_width=True)  # "queued" -> "running" widens the column
         self._show_detail()
 
     def selected_key(self) -> str | None:

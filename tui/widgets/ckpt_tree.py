@@ -106,8 +106,13 @@ class CheckpointTree(DirectoryTree):
         super().__init__(path, id=id)
         self.runs: dict[Path, RunInfo] = {}  # resolved run directory -> its status
         self.filter_text = ""
+        self._mtimes: dict[Path, int] = {}  # expanded directory -> its mtime when last compared
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return self._shown_paths(paths, record_runs=True)
+
+    def _shown_paths(self, paths: Iterable[Path], record_runs: bool) -> list[Path]:
+        """The paths of a listing the tree shows; `record_runs` keeps each run's status for its label."""
         kept: list[Path] = []
         for path in paths:
             if path.name.startswith(".") or path.name in SKIP_DIRS:
@@ -116,7 +121,8 @@ class CheckpointTree(DirectoryTree):
                 if path.is_dir():
                     if is_run_dir(path):
                         if self._wanted(path, path.name):
-                            self.runs[path] = read_run(path)
+                            if record_runs:
+                                self.runs[path] = read_run(path)
                             kept.append(path)
                     elif holds_checkpoints(path, match=None if self._wanted(path, path.name) else self._match()):
                         kept.append(path)  # a folder shown under a filter shows all it holds
@@ -125,6 +131,49 @@ class CheckpointTree(DirectoryTree):
             except OSError:
                 continue
         return kept
+
+    def open_dirs(self) -> list[tuple[Path, frozenset[str]]]:
+        """Every expanded, loaded directory with the names shown under it (for `stale_dirs`)."""
+        out: list[tuple[Path, frozenset[str]]] = []
+        todo = [self.root]
+        while todo:
+            node = todo.pop()
+            if node.data is None or not node.is_expanded or not node.data.loaded:
+                continue
+            out.append((node.data.path, frozenset(c.data.path.name for c in node.children if c.data is not None)))
+            todo.extend(node.children)
+        return out
+
+    def node_at_path(self, path: Path) -> TreeNode[DirEntry] | None:
+        """The shown node of `path`, if it is in the tree."""
+        todo = [self.root]
+        while todo:
+            node = todo.pop()
+            if node.data is not None and node.data.path == path:
+                return node
+            todo.extend(node.children)
+        return None
+
+    def stale_dirs(self, dirs: list[tuple[Path, frozenset[str]]]) -> list[Path]:
+        """The directories of `dirs` whose listing no longer matches what is shown: a run wrote
+        its first checkpoint, a new run folder appeared, a file was deleted. Runs in a thread;
+        a directory is listed again only when its mtime moved since the last look."""
+        stale: list[Path] = []
+        for path, shown in dirs:
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue  # gone: its parent's listing changes too
+            if self._mtimes.get(path) == mtime:
+                continue
+            self._mtimes[path] = mtime
+            try:
+                names = {p.name for p in self._shown_paths(list(path.iterdir()), record_runs=False)}
+            except OSError:
+                continue
+            if names != shown:
+                stale.append(path)
+        return stale
 
     def _match(self) -> Callable[[str], bool] | None:
         text = self.filter_text
