@@ -358,7 +358,7 @@ class Trainer:
                         self.reporter.stage_progress(self.stage, epoch, cfg.epochs, i + 1, n_batches, lossv)
                     if distributed.any_true(self.stop.requested, self.dist, device):
                         save_last(epoch, i + 1)
-                        raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {epoch} step {self.step}")
+                        raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {epoch + 1} step {self.step}")
                 skip_batches = 0
 
                 metrics = {"stage": self.stage, "epoch": epoch, "step": self.step,

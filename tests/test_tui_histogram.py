@@ -107,6 +107,8 @@ def test_count_ticks_are_round_and_spaced(rows, expected):
     rows_used = sorted(labels)
     assert all(b - a >= 2 for a, b in zip(rows_used, rows_used[1:], strict=False))
     assert max(labels) == rows - 1  # the top tick labels the top row
+    tall, _ = y_labels(20, 29, log_counts=False)  # the override dialog's tall histogram: not a tick every other row
+    assert set(tall.values()) == {"5", "10", "15", "20"}
     log_labels, _ = y_labels(480, rows, log_counts=True)
     assert set(log_labels.values()) <= {"1", "10", "100", "1000", "1k"}
 

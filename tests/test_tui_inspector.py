@@ -298,6 +298,9 @@ async def test_enter_on_a_row_sets_and_clears_a_layer_override(ckpt):
         assert screen.plan.to_dict() == expected.to_dict()
         assert screen.plan.groups[gid].kept == math.ceil(0.25 * group.total)
         assert "keep 0.25" in str(table.get_row(str(gid))[7])
+        await pilot.pause()
+        line = table.render_line(1 + table.order.index(gid)).text
+        assert "keep 0.25" in line, f"the flag is cut on screen: {line!r}"
 
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverrideModal), 10, "the override modal")

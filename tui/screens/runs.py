@@ -25,6 +25,7 @@ from tui.screens.base import WorkbenchScreen
 from tui.widgets.ckpt_format import fmt_size
 from tui.widgets.filter_bar import FilterBar, matches
 from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, raw_status, stage_position
+from tui.widgets.table_cells import set_cell
 
 COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
            ("progress", "Progress"), ("best", "Best acc"), ("elapsed", "Elapsed"))
@@ -202,7 +203,7 @@ class RunsScreen(WorkbenchScreen):
             for key in order:
                 for col, value in cells[key].items():
                     if str(table.get_cell(key, col)) != str(value):
-                        table.update_cell(key, col, value, update_width=True)  # "queued" -> "running" widens the column
+                        set_cell(table, key, col, value)  # "queued" -> "running" widens the column
         self._show_detail()
 
     def selected_key(self) -> str | None:

@@ -133,7 +133,7 @@ def y_labels(top: float, rows: int, log_counts: bool) -> tuple[dict[int, str], f
         place = [(round(math.log10(v + 1) / scale * rows) - 1, label) for v, label in ticks]
         top_value = 10.0 ** decades
     else:
-        top_value, values = nice_top(top, max(1, rows // 2))
+        top_value, values = nice_top(top, max(1, min(rows // 2, 6)))  # a tick every other row at most, 6 at most
         step = values[1] - values[0] if len(values) > 1 else top_value
         place = [(round(v / top_value * rows) - 1, fmt_tick(v, step)) for v in values if v > 0]
     labels: dict[int, str] = {}

@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 from tui.widgets.filter_bar import matches
 from tui.widgets.histogram import fmt_gamma
 from tui.widgets.inspector_state import GroupGammas, fmt_override, group_name
+from tui.widgets.table_cells import set_cell
 
 COLUMNS = (
     ("group", "group"),
@@ -98,15 +99,9 @@ class GroupTable(DataTable):
             self._shown[g.id] = state
             style = "bold red" if g.kept < g.total else ""
             kept = g.kept * getattr(g, "width", 1)  # a unit is `width` channels (grouped convs, even splits)
-            self._set(key, "kept", Text(str(kept), style=style, justify="right"))
-            self._set(key, "removed", Text(f"{removed:.1f}", style=style, justify="right"))
-            self._set(key, "flag", flag_of(g))
-
-    def _set(self, key: str, column: str, value: Text) -> None:
-        """Update one cell; its column widens when the value is wider (a flag like `clamped`
-        would be cut to the header's width otherwise). It never narrows: that measures every row."""
-        grow = value.cell_len > self.columns[column].content_width
-        self.update_cell(key, column, value, update_width=grow)
+            set_cell(self, key, "kept", Text(str(kept), style=style, justify="right"))
+            set_cell(self, key, "removed", Text(f"{removed:.1f}", style=style, justify="right"))
+            set_cell(self, key, "flag", flag_of(g))
 
     def selected_group(self) -> int | None:
         if not self.row_count:
