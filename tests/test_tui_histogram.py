@@ -3,6 +3,8 @@ the x range stays put, ticks are round, and legends sit above the plots, never o
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from rich.text import Text
@@ -21,6 +23,7 @@ from tui.widgets.histogram import (
     y_labels,
 )
 from tui.widgets.inspector_modals import OverrideModal
+from tui.widgets.inspector_sweep import SweepPlot
 from tui.widgets.plots import Line, MetricPlot
 
 from helpers import make_sparse_checkpoint, run_async, sparse_gammas, wait_for
@@ -138,6 +141,30 @@ async def test_metric_plot_legend_is_above_the_data():
         assert "train loss" in lines[0] and "val loss" in lines[0]
         assert not any("train loss" in line or "val loss" in line for line in lines[1:])
         assert lines[1].strip().startswith("┌")  # the plot's frame starts right under the legend
+
+
+class SweepApp(App):
+    def compose(self) -> ComposeResult:
+        yield SweepPlot(id="sweep")
+
+
+@pytest.mark.parametrize("size", [(80, 12), (120, 20)], ids=["short", "tall"])
+@run_async
+async def test_sweep_plot_ticks_are_round_and_its_legend_above(size):
+    app = SweepApp()
+    async with app.run_test(size=size) as pilot:
+        plot = app.query_one("#sweep", SweepPlot)
+        rows = [{"ratio": round(0.1 * i, 1), "accuracy": max(0.05, 0.98 - 0.9 * (0.1 * i) ** 3)} for i in range(10)]
+        plot.set_rows(rows, "test")
+        plot.set_current(0.68)
+        await pilot.pause()
+        lines = plot.render().plain.splitlines()
+        assert "accuracy" in lines[0] and "now 68% removed" in lines[0]
+        assert not any("now 68%" in line for line in lines[1:])
+        ticks = [int(m.group(1)) for m in (re.match(r"\s*(\d+)\s*┤", line) for line in lines) if m]
+        assert ticks[0] == 100 and ticks[-1] == 0, ticks  # top to bottom: never 100/25/0
+        steps = {a - b for a, b in zip(ticks, ticks[1:], strict=False)}
+        assert len(steps) == 1 and steps <= {25, 50}, ticks
 
 
 def cell_colours(frame: Text) -> list[list[str | None]]:
