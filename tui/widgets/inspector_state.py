@@ -237,7 +237,8 @@ def fmt_min_keep(v: int | float) -> str:
 
 
 def summary_text(plan: Any, settings: PlanSettings) -> Text:
-    """Three lines: the rule (each knob with the key that changes it), the cut, the warnings."""
+    """Three lines: percent, threshold or target (with the key that changes it), the cut, then
+    the floors (min_keep, round_to, overrides) and the warnings."""
     t = plan.totals
     thr = plan.options.get("global_threshold")
     by_percent = settings.percent is not None
@@ -268,10 +269,6 @@ def summary_text(plan: Any, settings: PlanSettings) -> Text:
         knob("f" if kind == "target_flops" else "F", f"{what} kept ≤", f"{100 * fraction:.1f}%")
         if reached is not None:
             text.append(f"→ {100 * reached:.1f}%  ", "dim")
-    knob("k", "min_keep", fmt_min_keep(settings.min_keep))
-    knob("r", "round_to", str(settings.round_to))
-    if settings.overrides:
-        knob("enter", "overrides", str(len(settings.overrides)))
     text.append("\nchannels ", "dim")
     text.append(f"−{removed}/{prunable}", "bold")
     text.append("  params ", "dim")
@@ -279,6 +276,11 @@ def summary_text(plan: Any, settings: PlanSettings) -> Text:
     text.append("  FLOPs ", "dim")
     text.append(fmt_change(t["flops_before"], t["flops_after"]))
     text.append("\n")
+    # the floors beside the warnings they cause: each line fits 80 columns with its figures
+    knob("k", "min_keep", fmt_min_keep(settings.min_keep))
+    knob("r", "round_to", str(settings.round_to))
+    if settings.overrides:
+        knob("enter", "overrides", str(len(settings.overrides)))
     clamped = [g for g in plan.groups if g.clamped]
     if clamped:
         text.append(f"⚠ {len(clamped)} group(s) clamped by min_keep: ", "bold yellow")
