@@ -108,6 +108,17 @@ def test_user_module_class_model_exports_through_the_cli(tmp_path, monkeypatch, 
     x = images(4, (3, 20, 20))
     with torch.no_grad():
         assert np.abs(runtime.predict(sess, x.numpy()) - model.eval()(x).numpy()).max() <= 1e-3
+    # pruned (the depthwise branch and the residual add cut together), rebuilt from its plan, exported
+    loaded = checkpoint.load(ckpt, trust=Trust.everything())
+    prune_checkpoint(loaded, make_plan(loaded.model, percent=0.4), tmp_path / "tiny-pruned.pt")
+    pruned = checkpoint.load(tmp_path / "tiny-pruned.pt", trust=Trust.everything())
+    assert sum(p.numel() for p in pruned.model.parameters()) < sum(p.numel() for p in model.parameters())
+    code = main(["export", str(tmp_path / "tiny-pruned.pt"), "--allow-arch", "tinynets:TinyNet",
+                 "--input-size", "3x20x20"])
+    assert code == ExitCode.OK, capsys.readouterr().out
+    sess = runtime.session(tmp_path / "tiny-pruned.onnx")
+    with torch.no_grad():
+        assert np.abs(runtime.predict(sess, x.numpy()) - pruned.model.eval()(x).numpy()).max() <= 1e-3
 
 
 def test_model_pruned_twice_exports_from_its_composed_plan(tmp_path, capsys):
@@ -192,3 +203,24 @@ def test_export_cli_bad_inputs(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m.pt"), "--opset", "9"]) == ExitCode.FAILED
     assert "opset 9" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.onnx"))
+
+
+class Noisy(nn.Module):
+    """Noise injection left on at inference: the graph draws its own random numbers, so onnxruntime and
+    PyTorch disagree by far more than rounding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))
+        return y + torch.randn_like(y)
+
+
+def test_export_that_does_not_reproduce_pytorch_fails_and_writes_nothing(tmp_path):
+    with pytest.raises(DeployError, match=r"does not reproduce PyTorch: max \|difference\| .* > 0.001 on 6 validation"):
+        export(Noisy(), (3, 8, 8), images=images(6, (3, 8, 8)))
+    with pytest.raises(DeployError, match="does not reproduce PyTorch"):
+        export_file(Noisy(), tmp_path / "noisy.onnx", input_shape=(3, 8, 8), images=None)
+    assert list(tmp_path.iterdir()) == []

@@ -108,3 +108,38 @@ def test_exporter_chatter_goes_to_the_log_once(capsys):
     assert capsys.readouterr().out == ""
     assert lines == ["export: [torch.onnx] progress line", "export: warning: a torch warning",
                      "export: warning: FutureWarning: something deprecated"]
+
+
+@pytest.mark.parametrize("bits", [4, 5, 6, 7, 8])
+def test_weight_sharing_at_every_bit_width_round_trips(tmp_path, bits):
+    model = small().eval()
+    compress.magnitude_prune(model, 0.3)
+    encoded = compress.share_weights(model, bits)
+    assert all(e.codebook.size <= 2**bits and e.codes.max() < 2**bits for e in encoded.values())
+    arch = {"name": "unused", "num_classes": 4, "in_channels": 3, "kwargs": {}}
+    compressed.save(tmp_path / "c.zip", model.state_dict(), encoded, bits=bits, arch=arch, plan=None, meta={})
+    _, state = compressed.read(tmp_path / "c.zip")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_compress_stage_bits_outside_4_to_8_are_refused():
+    from engine import config
+    from engine.errors import PresetError
+
+    def spec(**compress_keys):
+        return {"name": "c", "stages": [{"type": "train"}, {"type": "compress", **compress_keys}]}
+
+    assert config.spec_from_dict(spec()).stages[1].bits == 5
+    assert config.spec_from_dict(spec(bits=8)).stages[1].bits == 8
+    for bits in (3, 9):
+        with pytest.raises(PresetError, match="bits"):
+            config.spec_from_dict(spec(bits=bits))
+
+
+def test_demo_preset_ends_in_export_and_quantize():
+    from engine import config
+
+    stages = config.load_preset("demo").stages
+    assert [s.type for s in stages][-2:] == ["export", "quantize"]
+    assert stages[-1].max_drop == 1.0 and any(s.type == "prune" for s in stages)

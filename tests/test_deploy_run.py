@@ -179,13 +179,55 @@ def test_guard_keeps_the_sensitive_layers_in_fp32(run, tmp_path):
     assert 1 <= len(result.excluded) < 9 and "fp32" in result.message
 
 
-def test_unreachable_max_drop_keeps_fp32_and_says_so(run, tmp_path):
+def test_unreachable_max_drop_keeps_fp32_and_says_so(run, tmp_path, capsys):
     path, _ = run
     model = outlier(checkpoint.load(path / "weights" / "finetune.pt").model, bn=9, conv=11, through_add=True)
-    result = guarded(path, tmp_path, model)
-    assert result.model is None and result.accuracy is None
-    assert "cannot be reached" in result.message and "keeping the fp32 model" in result.message
-    assert result.attempts[-1]["excluded"] == 9  # every conv/linear layer was tried in fp32
+    export_file(model, tmp_path / "m.onnx", input_shape=(3, 32, 32), images=_images(path))
+    code = main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(path / "spec.yaml"), "--samples", "128"])
+    captured = capsys.readouterr()
+    assert code == ExitCode.FAILED
+    assert "cannot be reached" in captured.err and "keeping the fp32 model; no INT8 file written" in captured.err
+    assert "with 9 layer(s) in fp32" in captured.out  # every conv/linear layer was tried in fp32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+DOUBLED = """
+from torch import nn
+from engine.models.vgg import VGG
+
+
+class Twice(nn.Module):
+    def forward(self, x):
+        return x + x
+
+
+class DoubledVGG(VGG):
+    def __init__(self, num_classes=10, in_channels=3, depth=11, width=1.0):
+        super().__init__(num_classes, in_channels, depth, width)
+        self.features = nn.Sequential(*self.features[:11], Twice(), *self.features[11:])
+"""
+
+
+def test_run_whose_max_drop_is_unreachable_keeps_the_fp32_file(run, tmp_path, monkeypatch):
+    path, _ = run
+    (tmp_path / "doubled.py").write_text(DOUBLED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = outlier(checkpoint.load(path / "weights" / "finetune.pt").model, bn=9, conv=11, through_add=True)
+    arch = checkpoint.arch_dict("doubled:DoubledVGG", 4, 3, {"depth": 11, "width": 0.25})
+    checkpoint.save(tmp_path / "sensitive.pt", model, arch)
+    preset = {**PRESET, "name": "fragile", "model": {"arch": "doubled:DoubledVGG", "kwargs": arch["kwargs"],
+                                                      "checkpoint": str(tmp_path / "sensitive.pt")},
+              "stages": [{"type": "export"}, {"type": "quantize", "samples": 128}]}
+    (tmp_path / "fragile.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
+    code = main(["--batch", str(tmp_path / "fragile.yaml"), "--runs-dir", str(tmp_path / "runs"), "--plain"])
+    assert code == ExitCode.OK
+    run_dir = tmp_path / "runs" / "fragile"
+    s = summary(run_dir)
+    assert s["quantize"]["kept"] == "fp32" and s["quantize"]["file"] == "export.onnx"
+    assert "cannot be reached" in s["quantize"]["message"] and s["quantize"]["attempts"][-1]["excluded"] == 9
+    assert not (run_dir / "quantize.int8.onnx").exists() and (run_dir / "export.onnx").exists()
+    assert [r["format"] for r in s["comparison"].values() if "format" in r] == ["fp32"]
+    assert "keeping the fp32 model" in (run_dir / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------- bad inputs to quantize
@@ -235,3 +277,20 @@ def test_quantize_cli_within_budget_writes_the_int8_file(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == ExitCode.OK, out
     assert "accuracy through onnxruntime: fp32" in out and onnxfile.peek(tmp_path / "q.onnx").precision == "int8"
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_every_calibration_method_quantizes_and_is_recorded(run, tmp_path, capsys, method):
+    path, _ = run
+    out = tmp_path / f"{method}.onnx"
+    code = main(["quantize", str(path / "export.onnx"), "--samples", "64", "--method", method, "--no-per-channel",
+                 "--max-drop", "none", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == ExitCode.OK, printed
+    assert f"({method}, per-tensor weights)" in printed
+    info = onnxfile.peek(out)
+    settings = info.metadata["slimlab.quantization"]
+    assert info.precision == "int8" and settings["method"] == method and settings["per_channel"] is False
+    fp32 = summary(path)["export"]["accuracy"]
+    assert info.accuracy == pytest.approx(runtime.accuracy(runtime.session(out), _images(path).val()))
+    assert fp32 - info.accuracy <= 0.05  # calibrated sensibly (no guard here)
