@@ -46,13 +46,14 @@ class PlainReporter:
         from engine.deploy import table as deploy_table
 
         rows, artifacts = deploy_table.split(rows)
-        cols = summary_columns(rows)
-        table = summary_table(rows, cols)
-        widths = [max(len(c), *(len(r[i]) for r in table)) + 1 for i, c in enumerate(cols)]
-        lines = ["".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))]
-        for r in table:
-            lines.append("".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
-        self.message("\n".join(lines))
+        if rows:  # a run of deploy stages only (from a checkpoint) has artifacts and no stage rows
+            cols = summary_columns(rows)
+            table = summary_table(rows, cols)
+            widths = [max(len(c), *(len(r[i]) for r in table)) + 1 for i, c in enumerate(cols)]
+            lines = ["".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))]
+            for r in table:
+                lines.append("".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
+            self.message("\n".join(lines))
         if artifacts:
             self.message("\n".join(deploy_table.lines(artifacts)))
 
@@ -193,13 +194,14 @@ class RichReporter(PlainReporter):
         from engine.deploy import table as deploy_table
 
         rows, artifacts = deploy_table.split(rows)
-        t = Table(title="stages", title_justify="left")
-        cols = summary_columns(rows)
-        for col in cols:
-            t.add_column(col, justify="left" if col == "stage" else "right")
-        for cells in summary_table(rows, cols):
-            t.add_row(*cells)
-        self.progress.console.print(t)
+        if rows:
+            t = Table(title="stages", title_justify="left")
+            cols = summary_columns(rows)
+            for col in cols:
+                t.add_column(col, justify="left" if col == "stage" else "right")
+            for cells in summary_table(rows, cols):
+                t.add_row(*cells)
+            self.progress.console.print(t)
         for part in deploy_table.rich(artifacts):
             self.progress.console.print(part, highlight=False)
 

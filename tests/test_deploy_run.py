@@ -212,7 +212,8 @@ def test_run_whose_max_drop_is_unreachable_keeps_the_fp32_file(run, tmp_path, mo
     path, _ = run
     (tmp_path / "doubled.py").write_text(DOUBLED)
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = outlier(checkpoint.load(path / "weights" / "finetune.pt").model, bn=9, conv=11, through_add=True)
+    # the unpruned trained model (its widths are DoubledVGG's), made quantization-sensitive
+    model = outlier(checkpoint.load(path / "weights" / "train.pt").model, bn=9, conv=11, through_add=True)
     arch = checkpoint.arch_dict("doubled:DoubledVGG", 4, 3, {"depth": 11, "width": 0.25})
     checkpoint.save(tmp_path / "sensitive.pt", model, arch)
     preset = {**PRESET, "name": "fragile", "model": {"arch": "doubled:DoubledVGG", "kwargs": arch["kwargs"],
