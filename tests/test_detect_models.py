@@ -1,4 +1,4 @@
-"""Ultralytics detection models: split-free blocks, plan == cut, reload equivalence, checkpoints, bad inputs."""
+"""Ultralytics detection models: plan == cut, reload equivalence, exact figures, checkpoints, bad inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from detect_helpers import mask_pruned, randomise_bn
 
 from engine import checkpoint
-from engine.detect.model import arch_of, build, build_plain, load_yaml
+from engine.detect.model import arch_of, build, load_yaml
 from engine.errors import CheckpointError, ModelError
 from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
@@ -27,7 +27,7 @@ def ultralytics_offline():
 
 
 IMGSZ = 64
-MODELS = ["yolov8n.yaml", "yolov5nu.yaml"]
+MODELS = ["yolov8n.yaml", "yolov5nu.yaml", "yolo11n.yaml"]
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -35,19 +35,44 @@ def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)[0]
 
 
-def test_split_free_blocks_compute_what_ultralytics_blocks_compute():
-    cfg = load_yaml("yolov8n.yaml")
+def test_pruned_model_is_a_plain_ultralytics_model_with_consistent_blocks():
     torch.manual_seed(0)
-    plain = build_plain(cfg, 3, 3, "test")
-    randomise_bn(plain)
-    split = copy.deepcopy(plain)
-    from engine.detect.blocks import SplitC2f, split_blocks
+    model = build("ultralytics:yolov8n.yaml", 3, imgsz=IMGSZ)
+    randomise_bn(model)
+    plan = plan_from_inputs(precompute(model), percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert {type(m).__module__.split(".")[0] for m in pruned.modules()} <= {"ultralytics", "torch"}
+    from ultralytics.nn.modules import C2f
 
-    assert split_blocks(split) == 8
-    assert not any(type(m).__name__ == "C2f" for m in split.modules())
-    assert any(isinstance(m, SplitC2f) for m in split.modules())
-    x = torch.rand(2, 3, IMGSZ, IMGSZ)
-    assert (outputs(plain, x) - outputs(split, x)).abs().max().item() <= 1e-5
+    blocks = [m for m in pruned.modules() if isinstance(m, C2f)]
+    assert blocks and sum(b.cv1.conv.out_channels for b in blocks) < sum(
+        m.cv1.conv.out_channels for m in model.modules() if isinstance(m, C2f))
+    # both halves of cv1 lose the same positions (chunk(2) stays even), and `c` follows the cut, so
+    # Ultralytics' own split-based forward (what its exporter uses) computes the same outputs
+    assert all(b.c * 2 == b.cv1.conv.out_channels for b in blocks)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    ref = outputs(pruned, x)
+    for b in blocks:
+        b.forward = b.forward_split
+    assert (outputs(pruned, x) - ref).abs().max().item() == 0.0
+
+
+def test_plan_figures_at_a_large_input_are_exact_without_running_it():
+    """Traced at 64 px, counted at small sizes: the plan's FLOPs at 320 px are the cut model's."""
+    from engine.measure import count_flops, count_params
+
+    torch.manual_seed(0)
+    model = build("ultralytics:yolo11n.yaml", 3, imgsz=320, width=0.25)
+    randomise_bn(model)
+    inputs = precompute(model)
+    from engine.slim.trace import trace_for
+
+    assert inputs.input_shape == (3, 320, 320) and trace_for(model, (3, 320, 320)).input_shape == (3, 64, 64)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert plan.totals["flops_before"] == count_flops(model, (3, 320, 320))
+    assert plan.totals["flops_after"] == count_flops(pruned, (3, 320, 320))
+    assert plan.totals["params_after"] == count_params(pruned)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -60,10 +85,12 @@ def test_plan_equals_cut_and_the_pruned_checkpoint_reloads_exactly(name, tmp_pat
     head = len(model.model) - 1
     ignored = {g.root for g in plan.groups if g.ignored}
     assert f"model.{head}.cv2.0.2" in ignored or any(r.startswith(f"model.{head}.cv2.") for r in ignored)
-    # the Detect head's box, class and DFL outputs keep every channel
+    # the Detect head's box, class and DFL outputs keep every channel; the neck features feeding the
+    # head are not outputs of the deployed model, so they prune like any layer
     for g in plan.groups:
         if any(c.startswith(f"model.{head}.") and c.endswith(".2") for c in g.convs):
             assert g.kept == g.total and g.ignored
+    assert not [g.root for g in plan.groups if "model outputs" in (g.reason or "")]
     pruned = apply_plan(copy.deepcopy(model), plan)
     from engine.measure import count_flops, count_params
 

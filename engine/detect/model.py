@@ -2,7 +2,7 @@
 
 `build` makes a DetectionModel from a model yaml (a name Ultralytics ships, e.g. yolov8n.yaml,
 yolo11n.yaml, yolov5nu.yaml, or a yaml file), with the classes of the data, optional width/depth
-multiples, and C2f-family blocks in their split-free form (see `blocks`). A slimlab checkpoint
+multiples, exactly as Ultralytics builds it (pruned, it stays a plain Ultralytics model). A slimlab checkpoint
 stores the resolved yaml as a dict in the arch kwargs, so it rebuilds without the file and
 without unpickling anything. `adopt` turns a (trusted, unpickled) Ultralytics checkpoint model
 into the same form.
@@ -23,7 +23,6 @@ from typing import Any
 from torch import nn
 
 from engine.detect import ultra
-from engine.detect.blocks import split_blocks
 from engine.errors import CheckpointError, ModelError
 
 PREFIX = "ultralytics:"
@@ -168,16 +167,23 @@ def build_plain(cfg: dict, num_classes: int, in_channels: int, source: str) -> n
 
 
 def finish(model: nn.Module, names: list[str] | None, imgsz: int) -> nn.Module:
-    """Split-free blocks, class names, and what slimlab's pruning needs: input size, ignored outputs."""
-    split_blocks(model)
+    """Class names, and what slimlab's pruning needs: input and trace sizes, inference outputs, ignored layers."""
     nc = int(model.yaml["nc"])
     names = list(names) if names else [str(i) for i in range(nc)]
     if len(names) != nc:
         raise ModelError(f"{len(names)} class names given for a model with {nc} classes")
     model.names = dict(enumerate(names))
     model.nc = nc
-    model.input_size = (int(model.yaml.get("channels", 3)), imgsz, imgsz)
+    channels = int(model.yaml.get("channels", 3))
+    model.input_size = (channels, imgsz, imgsz)
+    # Fully convolutional: any multiple of the largest stride is a valid input, and every feature map
+    # scales with it. slimlab traces channels and checks cuts at a small multiple (engine/slim/trace.py).
+    model.size_multiple = int(max(model.stride.tolist())) if len(model.stride) else 32
     head = len(model.model) - 1
+    # In eval mode the head also returns its raw outputs and the neck features (for the loss); what
+    # the model deploys is the detections alone, so pruning sees that (Ultralytics' export switch).
+    model.inference_settings = {f"model.{head}": {"export": True}}
+    model.width_attributes = width_attributes(model)
     # The box (4 x reg_max), class and DFL outputs of the head are the detections themselves; attention
     # blocks reshape their channels into heads. Pruning either would change what the model means.
     model.default_ignore = [
@@ -185,6 +191,18 @@ def finish(model: nn.Module, names: list[str] | None, imgsz: int) -> nn.Module:
         f"model.{head}.one2one_cv3.*.2", f"model.{head}.dfl*", "*.attn.*",
     ]  # fmt: skip
     return model
+
+
+def width_attributes(model: nn.Module) -> dict[str, dict[str, list]]:
+    """Ultralytics blocks that split their `cv1` in halves by `self.c` (C2f, C3k2, C2PSA, PSA, ...):
+    `c` is half of cv1's output channels, kept so after a cut (engine/slim/cut.py `sync_widths`)."""
+    out: dict[str, dict[str, list]] = {}
+    for name, m in model.named_modules():
+        conv = getattr(getattr(m, "cv1", None), "conv", None)
+        c = vars(m).get("c")
+        if isinstance(c, int) and isinstance(conv, nn.Conv2d) and conv.out_channels == 2 * c:
+            out[name] = {"c": [f"{name}.cv1.conv", 2]}
+    return out
 
 
 def build(

@@ -100,7 +100,7 @@ def _cut(model: nn.Module, plan: PrunePlan, todo: Sequence[PlanGroup], budget: T
         cut_model(model, trace, groups, cut, undo)
         return None
     device = next((p.device for p in model.parameters()), None)
-    x = dummy_batch(plan.input_shape, device or "cpu")
+    x = dummy_batch(trace.input_shape, device or "cpu")  # the traced shape: small for a size_multiple model
     with masked(trace, cut_atoms(groups, cut)):
         ref = outputs(model, x)
     try:

@@ -1,7 +1,8 @@
 """Params and FLOPs of a pruned model, estimated from kept-channel counts without rebuilding it.
 
 Each conv/linear/BatchNorm (and any other layer or parameter a group cuts) gets, once, its
-unpruned cost: FLOPs measured per module with torch.utils.flop_counter and its parameter count.
+unpruned cost: FLOPs counted per module by torch.utils.flop_counter's formulas (see `module_flops`)
+and its parameter count.
 Pruning scales a conv's cost by (kept out / out) * (kept in / in) (grouped convs keep their groups),
 a depthwise conv's (one input channel per group) and a BatchNorm's by kept out / out. Kept counts of a layer come from the groups that own its channels: whole-group
 shares (count * multiplicity) or, for a layer holding part of a group (a concat slice), the number
@@ -14,27 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from engine.measure import flop_counts, scaled_flop_counts
 from engine.slim.groups import ChannelGroup
-from engine.slim.trace import layer_kind, traceable
+from engine.slim.trace import layer_kind, size_multiple, traceable
 
 
 def module_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dict[str, int]]:
-    """Total FLOPs of one forward at batch 1 and the FLOPs each module (by name) did itself or below."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(1, *input_shape, device=device)
-    counter = FlopCounterMode(display=False)
-    with traceable(model), torch.no_grad(), counter:
-        model(x)
-    prefix = type(model).__name__ + "."
-    per_module: dict[str, int] = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key.startswith(prefix):
-            per_module[key[len(prefix) :]] = int(sum(ops.values()))
-    return int(counter.get_total_flops()), per_module
+    """Total FLOPs of one forward at batch 1 and the FLOPs each module (by name) did itself or below.
+
+    A model with a `size_multiple` is counted at small sizes and the figures scaled exactly
+    (engine.measure.scaled_flop_counts): no forward at a large input size.
+    """
+    m = size_multiple(model, input_shape)
+    counts = scaled_flop_counts(model, input_shape, m, traceable) if m else None
+    return counts or flop_counts(model, input_shape, traceable)
 
 
 def sizes_of(groups: list[ChannelGroup], name: str) -> int | None:

@@ -85,6 +85,29 @@ def _cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: 
                 rows.setdefault(member.name, (member.dim, []))[1].append(gone)
     for name, (dim, gone) in rows.items():
         _param(model, name, dim, np.concatenate(gone))
+    sync_widths(model)
+
+
+def sync_widths(model: nn.Module) -> None:
+    """Channel counts a model keeps in plain attributes follow the layers they describe.
+
+    `width_attributes` ({module: {attribute: [layer, divisor]}}, plain data) names them: e.g. a block
+    splitting its conv's output with `split((self.c, self.c))` declares {"c": ["<block>.cv1.conv", 2]},
+    and after a cut `c` is that conv's output channels / 2.
+    """
+    for owner, attrs in (getattr(model, "width_attributes", None) or {}).items():
+        module = model.get_submodule(owner)
+        for attr, (layer, divisor) in attrs.items():
+            width = _width(model.get_submodule(layer)) // int(divisor)
+            if getattr(module, attr, None) != width:
+                _set(module, **{attr: width})
+
+
+def _width(layer: nn.Module) -> int:
+    for attr in ("out_channels", "out_features", "num_features"):
+        if isinstance(getattr(layer, attr, None), int):
+            return int(getattr(layer, attr))
+    raise PruneError(f"width_attributes names {type(layer).__name__}, which has no channel count")
 
 
 def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:

@@ -124,5 +124,6 @@ def precompute(
         raise PruneError(f"{type(model).__name__} has no conv or linear layer whose channels can be pruned")
     totals = np.array([g.total for g in groups], dtype=np.int64)
     offsets = np.r_[0, np.cumsum(totals)].astype(np.int64)
-    cost = CostModel.build(model, groups, offsets, shape, flops=(trace.flops, trace.flops_of))
+    counted = (trace.flops, trace.flops_of) if tuple(trace.input_shape) == tuple(shape) else None  # else scaled
+    cost = CostModel.build(model, groups, offsets, shape, flops=counted)
     return PlanInputs(groups, shape, cost, dict(stats.gammas), score)

@@ -55,14 +55,54 @@ def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> 
     return shape
 
 
+def size_multiple(model: nn.Module, input_shape: Sequence[int]) -> int | None:
+    """The model's `size_multiple` m, if it declares one that `input_shape` (C, H, W) honours.
+
+    A model declaring `size_multiple = m` takes any input whose height and width are multiples of
+    m, and every tensor in it scales in proportion (fully convolutional, strides dividing m: a YOLO
+    detector with m its largest stride). Its channels couple the same way at every such size, so
+    they are traced at a small one, and FLOPs at any size follow from counts at small ones
+    (engine/measure.py `scaled_flop_counts`).
+    """
+    m = getattr(model, "size_multiple", None)
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1 or len(input_shape) != 3:
+        return None
+    return m if input_shape[1] % m == 0 and input_shape[2] % m == 0 else None
+
+
+def trace_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape channels are traced at: (C, 2m, 2m) for a model with a `size_multiple` m (every
+    feature map at least 2 x 2), else `input_shape`."""
+    shape = tuple(int(s) for s in input_shape)
+    m = size_multiple(model, shape)
+    return (shape[0], 2 * m, 2 * m) if m else shape
+
+
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
-    """Eval mode (so tracing never moves BatchNorm running stats), restored after."""
+    """Eval mode (so tracing never moves BatchNorm running stats) and the model's inference settings.
+
+    `inference_settings` ({submodule name: {attribute: value}}, plain data) is what a model declares
+    to return at inference only what it deploys: an Ultralytics detection head returns its raw
+    training outputs (the neck features among them) beside the detections in eval mode, unless its
+    `export` is set, and an output pins every channel it carries. All restored after.
+    """
     modes = {m: m.training for m in model.modules()}
     model.eval()
+    restore: list[tuple[nn.Module, str, bool, Any]] = []
     try:
+        for name, attrs in (getattr(model, "inference_settings", None) or {}).items():
+            module = model.get_submodule(name)
+            for attr, value in attrs.items():
+                restore.append((module, attr, attr in vars(module), getattr(module, attr, None)))
+                setattr(module, attr, value)
         yield
     finally:
+        for module, attr, own, value in reversed(restore):
+            if own:
+                setattr(module, attr, value)
+            else:
+                delattr(module, attr)
         for m, training in modes.items():
             m.training = training
 
@@ -539,7 +579,7 @@ def _signature(model: nn.Module, shape: tuple[int, ...]) -> tuple:
 def trace_for(model: nn.Module, input_shape: Sequence[int], *, budget: TraceBudget | None = None,
               progress: Progress | None = None) -> Trace:
     """The trace `build_trace` made of this very model, if its structure has not changed since; else a new one."""
-    shape = tuple(int(s) for s in input_shape)
+    shape = trace_shape(model, input_shape)
     cached = _TRACES.get(model)
     if cached is not None and cached[0] == _signature(model, shape):
         return cached[1]
@@ -553,9 +593,10 @@ def build_trace(
     budget: TraceBudget | None = None,
     progress: Progress | None = None,
 ) -> Trace:
-    """Trace `model` on one dummy input of `input_shape` (C, H, W) into a `Trace` (remembered for `trace_for`)."""
+    """Trace `model` on one dummy input into a `Trace` (remembered for `trace_for`): of `input_shape`
+    (C, H, W), or of a smaller size for a model that declares a `size_multiple` (see `trace_shape`)."""
     budget = budget or TraceBudget.from_env()
-    shape = tuple(int(s) for s in input_shape)
+    shape = trace_shape(model, input_shape)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(1, *shape, device=device)
     tracer = ChannelTracer(model, budget, progress)
