@@ -60,13 +60,21 @@ def start(tmp_path, preset, name="d"):
 
 def test_slimming_a_yolo_offline_end_to_end(tmp_path, no_network):
     stages = [{"type": "train"}, {"type": "sparse", "s": 1e-3}, {"type": "sweep", "ratios": [0.0, 0.5], "val_images": 8},
-              {"type": "prune", "percent": 0.5}, {"type": "finetune"}]
-    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages))
+              {"type": "prune", "percent": 0.5}, {"type": "finetune"}, {"type": "export"}]
+    preset = write_preset(tmp_path, stages=stages, latency={"repeats": 3, "warmup": 1, "runs": 1})
+    spec, path = start(tmp_path, preset)
     Pipeline(spec, path).run()
     summary = json.loads((path / "summary.json").read_text())
-    assert set(summary["comparison"]) == {"train", "sparse", "prune", "finetune"}
+    assert set(summary["comparison"]) == {"train", "sparse", "prune", "finetune", "original.onnx", "export.onnx"}
     for row in summary["comparison"].values():
         assert {"mAP50", "mAP50_95", "params", "flops", "latency_b1_ms"} <= set(row)
+    # the pruned model's ONNX file, checked against PyTorch, measured through onnxruntime and timed
+    # beside the unpruned one (the sparse model, before the prune)
+    exported = summary["comparison"]["export.onnx"]
+    assert exported["params"] == summary["finetune"]["params"] and exported["from"] == "finetune"
+    assert abs(exported["mAP50_95"] - summary["finetune"]["mAP50_95"]) <= 0.02
+    assert summary["comparison"]["original.onnx"]["from"] == "sparse"
+    assert summary["comparison"]["original.onnx"]["flops"] > exported["flops"]
     assert summary["prune"]["flops"] < 0.7 * summary["sparse"]["flops"]
     assert summary["finetune"]["params"] == summary["prune"]["params"] == summary["prune"]["plan_params_after"]
     lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
@@ -85,6 +93,22 @@ def test_slimming_a_yolo_offline_end_to_end(tmp_path, no_network):
     assert not (path / "weights" / "last.pt").exists()
     assert (path / "ultralytics" / "train" / "results.csv").exists()  # Ultralytics' own per-epoch table
     assert json.loads((path / "status.json").read_text())["state"] == "done"
+
+
+def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network):
+    stages = [{"type": "sparse", "s": 1e-3}, {"type": "prune", "percent": [0.3, 0.2]}, {"type": "finetune"}]
+    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages, rounds=2))
+    Pipeline(spec, path).run()
+    summary = json.loads((path / "summary.json").read_text())
+    names = ["sparse", "prune", "finetune", "sparse-r2", "prune-r2", "finetune-r2"]
+    assert list(summary["comparison"]) == names
+    flops = [summary["comparison"][n]["flops"] for n in ("sparse", "prune", "prune-r2")]
+    assert flops[0] > flops[1] > flops[2]
+    # the second round's plan is composed onto the first: one plan from the unpruned model to the last
+    plan = json.loads((path / "plan.json").read_text())
+    assert plan["totals"]["params_after"] == summary["finetune-r2"]["params"]
+    again = checkpoint.load(path / "weights" / "finetune-r2.pt").model
+    assert sum(p.numel() for p in again.parameters()) == summary["finetune-r2"]["params"]
 
 
 def test_sigterm_stops_at_a_batch_and_the_run_resumes(tmp_path, no_network):

@@ -36,7 +36,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size")
     p.add_argument("--data", metavar="PRESET_OR_DATA",
-                   help="validation images for the check: a preset, a built-in preset name or a data folder")
+                   help="validation images for the check: a preset, a built-in preset name or a data folder "
+                        "(a detection checkpoint: an Ultralytics dataset yaml)")
+    p.add_argument("--format", choices=["onnx", "ultralytics"], default="onnx",
+                   help="onnx (default), or ultralytics: a .pt that Ultralytics' YOLO() and the yolo CLI load "
+                        "(detection checkpoints)")
     return p
 
 
@@ -96,6 +100,13 @@ def export(args: argparse.Namespace) -> int:
     batch = _batch(args.batch)
     shape = parse_input_size(args.input_size) if args.input_size else None
     loaded = load(args)
+    if isinstance(loaded.arch, dict) and loaded.arch.get("task") == "detect":  # Ultralytics YOLO (engine/detect)
+        from engine.detect.export_cli import export as export_detection
+
+        return export_detection(args, loaded)
+    if args.format != "onnx":
+        raise PresetError(f"--format {args.format}: writes Ultralytics detection models; {args.checkpoint} holds a "
+                          f"{loaded.arch.get('name')} classification model (export it with --format onnx)")
     images = None
     recorded = (loaded.meta.get("spec") or {}) if isinstance(loaded.meta, dict) else {}
     if args.data:

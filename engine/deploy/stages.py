@@ -193,6 +193,7 @@ def comparison_rows(pipe: Any, summary: dict[str, Any]) -> dict[str, dict[str, A
             "accuracy": a.get("accuracy"), "params": a.get("params"), "flops": a.get("flops"), "size": a.get("size"),
             "latency_b1_ms": t.get(1), "latency_b32_ms": t.get(32), "threads": cfg.threads,
             "format": a["format"], "file": a["file"], "from": a.get("from"),
+            **{k: a[k] for k in ("mAP50", "mAP50_95") if k in a},  # a detection model's files
         }
     return rows
 

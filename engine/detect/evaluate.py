@@ -46,15 +46,17 @@ class Evaluator:
     """Validates models on one dataset split at one image size; the dataloader is built once."""
 
     def __init__(self, data: YoloData, *, imgsz: int, batch: int, device: torch.device, work_dir: Path,
-                 images: list[str] | None = None, workers: int = 0):
+                 images: list[str] | None = None, workers: int = 0, rect: bool = True):
         ultra.load()
         from ultralytics.data import build_dataloader, build_yolo_dataset
 
         self.data = data
         self.device = device
         self.work_dir = Path(work_dir)
+        # rect: each batch letterboxed to its own aspect ratio (Ultralytics' val default); a model with a
+        # fixed input size (an exported file) gets square imgsz x imgsz images
         self.args = ultralytics_args(task="detect", mode="val", imgsz=imgsz, batch=batch, workers=workers,
-                                     device=str(device), rect=True, half=False)
+                                     device=str(device), rect=rect, half=False)
         self.data_dict = data.ultralytics_dict()
         source: Any = self.data_dict["val"]
         if images is not None:  # a subset: Ultralytics reads a .txt list of image paths
@@ -63,15 +65,20 @@ class Evaluator:
             listing.write_text("".join(f"{p}\n" for p in images))
             source = str(listing)
         with quiet():
-            dataset = build_yolo_dataset(self.args, source, batch, self.data_dict, mode="val", rect=True, stride=32)
+            dataset = build_yolo_dataset(self.args, source, batch, self.data_dict, mode="val", rect=rect, stride=32)
             self.loader = build_dataloader(dataset, batch, workers, shuffle=False, rank=-1)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        from ultralytics.models.yolo.detect import DetectionValidator
-
         model = copy.deepcopy(model).to(self.device).float().eval()
         model.args = self.args  # the loss gains (box, cls, dfl) the validation losses use
         model.criterion = None
+        return self.run(model)
+
+    def run(self, model: nn.Module) -> dict[str, float]:
+        """Validate `model` as it is: something the validator calls on image batches, with `names` and
+        `loss(batch, preds)` (a DetectionModel, or an exported file behind the same interface)."""
+        from ultralytics.models.yolo.detect import DetectionValidator
+
         zero = torch.zeros((), device=self.device)
         trainer = SimpleNamespace(
             ema=SimpleNamespace(ema=model), model=model, device=self.device, data=self.data_dict, amp=False,

@@ -215,3 +215,52 @@ class DetectStages:
         cur = self.start(stage)
         out = self.p._current_output(stage) or self.p._finish(stage, cur)
         return self.measure(cur, out)
+
+    # ---------------------------------------------------------- deployment
+
+    def _stage_export(self, stage: Any, resume: dict | None) -> dict:
+        from engine.deploy.stages import main_rank_only
+
+        return main_rank_only(_export)(self.p, stage, self)
+
+
+def _export(p: Any, stage: Any, impl: DetectStages) -> dict[str, Any]:
+    """ONNX of the current model (and of the unpruned one, for the comparison), checked on the run's
+    validation images, with its mAP through onnxruntime (engine/detect/deploy.py)."""
+    from engine.deploy.stages import ORIGINAL, _progress, unpruned
+    from engine.detect.deploy import export_onnx
+
+    imgsz = impl.imgsz
+    if stage.input_size:
+        from engine.models.sizing import parse_input_size
+
+        c, h, w = parse_input_size(stage.input_size)
+        if c != 3 or h != w or h % 32:
+            raise PresetError(f"stage {stage.name}: input_size {stage.input_size}: a detection model takes 3xSxS inputs "
+                              "with S a multiple of 32")
+        imgsz = h
+    batch = None if stage.batch == "dynamic" else int(stage.batch)
+    cur = impl.start(stage)
+    todo: list[tuple[str, Any, Path]] = []
+    source = unpruned(p, cur) if stage.original else None
+    if source is not None:
+        todo.append((source[0], checkpoint.load(source[1], trust=p.trust), p.writer.path / ORIGINAL))
+    todo.append((list(p.outputs)[-1] if p.outputs else "model", cur, p.writer.path / f"{stage.name}.onnx"))
+    artifacts = []
+    for i, (from_stage, model, out) in enumerate(todo):
+        p.writer.log(f"{stage.name}: exporting the {'unpruned' if out.name == ORIGINAL else 'current'} model "
+                     f"({from_stage}) to {out.name}")
+        meta = {"stage": from_stage, "run": p.writer.path.name, "spec": p.spec.model_dump(mode="json")}
+        record = export_onnx(model.model, out, data=impl.data(), imgsz=imgsz, batch=batch, opset=stage.opset,
+                             arch=model.arch, plan=model.plan, meta=meta,
+                             work_dir=p.writer.path / "ultralytics" / stage.name, log=p.writer.log,
+                             progress=_progress(p, stage, i / len(todo), 1 / len(todo)))
+        record["from"] = from_stage
+        artifacts.append(record)
+        p.writer.log(f"{stage.name}: {out.name} reproduces PyTorch within {record['max_abs_diff']:.2g} on "
+                     f"{record['checked_on']}; mAP50-95 {record['mAP50_95']:.4f} through onnxruntime")
+    p.writer.status(activity=None)
+    main = artifacts[-1]
+    keys = ("mAP50", "mAP50_95", "precision", "recall", "params", "flops", "size", "max_abs_diff", "opset")
+    return {k: main[k] for k in keys if k in main} | {"file": main["file"], "artifacts": artifacts}
+

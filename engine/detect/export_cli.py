@@ -1,0 +1,91 @@
+"""`slimlab export` of a detection checkpoint: a checked ONNX file with its mAP, or an Ultralytics .pt.
+
+The validation images come from `--data` (an Ultralytics dataset yaml), else from the dataset the
+checkpoint was trained on: the `data.yaml` its preset names, or the generated data in its run
+directory. Without either the ONNX check runs on random inputs and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PresetError
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def image_size(args: argparse.Namespace, model: Any) -> int:
+    """The square input side: --input-size (3xSxS) or the size the model was trained at."""
+    if args.input_size:
+        from engine.models.sizing import parse_input_size
+
+        c, h, w = parse_input_size(args.input_size)
+        if h != w or h % 32:
+            raise PresetError(f"--input-size {args.input_size}: a detection model takes square inputs whose side is a "
+                              "multiple of 32 (e.g. 3x640x640)")
+        return h
+    return int(getattr(model, "input_size", (3, 640, 640))[1])
+
+
+def find_data(args: argparse.Namespace, loaded: Any) -> Any:
+    """The YoloData to check and measure on, or None (a note says so)."""
+    from engine.detect import data as ydata
+
+    if args.data:
+        return ydata.load(Path(args.data))
+    spec = (loaded.meta.get("spec") or {}) if isinstance(loaded.meta, dict) else {}
+    data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
+    candidates = []
+    if data.get("dataset") == "yolo" and data.get("path"):
+        candidates.append(Path(str(data["path"])))
+    if data.get("dataset") == "yolo_shapes":  # generated into its run directory: <run>/weights/<stage>.pt
+        candidates.append(Path(args.checkpoint).resolve().parent.parent / "data" / "data.yaml")
+    for path in candidates:
+        if path.exists():
+            return ydata.load(path)
+    _print("note: no validation data found for this checkpoint; the ONNX check uses random inputs "
+           "(give --data DATA.yaml for real images and mAP)")
+    return None
+
+
+def export(args: argparse.Namespace, loaded: Any) -> int:
+    from engine.detect import deploy, ultra
+
+    ultra.load()
+    imgsz = image_size(args, loaded.model)
+    meta = {**(loaded.meta if isinstance(loaded.meta, dict) else {}), "source": str(args.checkpoint)}
+    label = f"{args.checkpoint} ({loaded.arch.get('name')}{', pruned' if loaded.plan else ''})"
+    if args.format == "ultralytics":
+        out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.ultralytics.pt")
+        if out.suffix != ".pt":
+            raise PresetError(f"--out {out}: an Ultralytics checkpoint name ends in .pt")
+        if out.resolve() == Path(args.checkpoint).resolve():
+            raise PresetError(f"--out {out}: is the checkpoint being exported; give another file name")
+        data = Path(args.data).resolve() if args.data else None
+        size = deploy.save_ultralytics(loaded.model, out, imgsz=imgsz, data=data, meta=meta)
+        _print(f"wrote {out} ({size / 2**20:.2f} MiB) from {label}: an Ultralytics checkpoint (a pickle), for "
+               f"`yolo predict model={out}` or YOLO('{out}')")
+        return 0
+    from engine.deploy.cli import _batch
+
+    batch = _batch(args.batch)
+    out = args.out or args.checkpoint.with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise PresetError(f"--out {out}: an ONNX file name ends in .onnx")
+    data = find_data(args, loaded)
+    _print(f"exporting {label} for 3x{imgsz}x{imgsz} inputs, {'dynamic batch' if batch is None else f'batch {batch}'}, "
+           f"opset {args.opset}")
+    with tempfile.TemporaryDirectory(prefix="slimlab-val-") as work:  # the validator's scratch files
+        record = deploy.export_onnx(loaded.model, out, data=data, imgsz=imgsz, batch=batch, opset=args.opset,
+                                    arch=loaded.arch, plan=loaded.plan, meta=meta, work_dir=Path(work))
+    _print(f"checked: onnxruntime reproduces PyTorch (max |difference| {record['max_abs_diff']:.2g}) on {record['checked_on']}")
+    if record.get("mAP50_95") is not None:
+        _print(f"mAP50 {record['mAP50']:.4f}, mAP50-95 {record['mAP50_95']:.4f} on {data.yaml_path} validation images "
+               "through onnxruntime")
+    _print(f"wrote {out} ({record['size'] / 2**20:.2f} MiB, {record['params']:,} params, {record['flops']:,} FLOPs)")
+    return 0
