@@ -1,5 +1,8 @@
 """Time to prune a YOLOv8s at 640 px: gamma statistics + plan (trace, groups, costs) + apply.
 
+Wall seconds, and the process's CPU seconds beside them: on a shared machine the wall time of one
+thread stretches with the load, its CPU time does not (run with --threads 1 to compare the two).
+
 Needs the detection environment (make setup-detect). Usage:
 .venv-detect/bin/python benchmarks/detect/prune_speed.py [--model yolov8s.yaml] [--imgsz 640] [--repeats 3]
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -35,17 +39,18 @@ def main() -> None:
     rows = []
     for _ in range(args.repeats + 1):  # the first run pays one-time costs (lazy imports, allocator)
         model = copy.deepcopy(base)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stats = gamma_stats(model)
         t1 = time.perf_counter()
         inputs = precompute(model, stats=stats)
         plan = plan_from_inputs(inputs, percent=0.5)
         t2 = time.perf_counter()
         apply_plan(model, plan)
-        t3 = time.perf_counter()
-        rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-    for name, i in (("stats", 0), ("plan", 1), ("apply", 2), ("total", 3)):
+        t3, c3 = time.perf_counter(), time.process_time()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0, c3 - c0))
+    for name, i in (("stats", 0), ("plan", 1), ("apply", 2), ("total", 3), ("cpu", 4)):
         print(f"{name:6} median {statistics.median(r[i] for r in rows[1:]):.3f} s (first run {rows[0][i]:.3f} s)")
+    print(f"load average during the runs: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     t = plan.totals
     print(f"{args.model} at {args.imgsz}: params {t['params_before']:,} -> {t['params_after']:,}, "
           f"FLOPs {t['flops_before']:,} -> {t['flops_after']:,}")
