@@ -188,7 +188,7 @@ def _compare(model: nn.Module, proto: onnx.ModelProto, check: torch.Tensor, batc
     if not np.isfinite(diff) or worst > 1:
         bound = f"{tolerance:g}" if np.ndim(tolerance) == 0 else "the tolerance of that output"
         raise DeployError(
-            f"the ONNX model does not reproduce PyTorch: max |difference| {diff:.3g} is over {bound} on "
+            f"the ONNX model does not reproduce PyTorch: max |difference| {diff:.3g} > {bound} on "
             f"{checked_on}; nothing written"
         )
     return diff
