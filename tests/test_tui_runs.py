@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -376,7 +377,8 @@ async def test_launch_runs_as_a_process_that_outlives_the_app(tmp_path):
 async def test_cancel_then_resume_a_launched_run(tmp_path):
     runs_dir = tmp_path / "runs"
     presets = tmp_path / "presets"
-    write_preset(presets, {**TINY, "training": {**TINY["training"], "epochs": 2, "log_every": 1}})
+    data = {**TINY["data"], "train_size": 1024}  # 64 steps: the cancel lands mid-stage
+    write_preset(presets, {**TINY, "data": data, "training": {**TINY["training"], "epochs": 2, "log_every": 1}})
     app = HostApp(RunsScreen, runs_dir, [presets])
     async with app.run_test(size=(100, 30)) as pilot:
         form = await open_form(pilot, app)
@@ -390,11 +392,20 @@ async def test_cancel_then_resume_a_launched_run(tmp_path):
         deadline = time.monotonic() + 120
         while not ((path / "metrics.jsonl").exists() and runs.read_run(path).state == "running"):
             assert time.monotonic() < deadline, "the run never started training"
-            await pilot.pause(0.2)
+            await pilot.pause(0.05)
         pid = runs.read_run(path).pid
-        await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
-        await pilot.press("y")
+        # Frozen while the question is asked, so a fast machine cannot finish the stage before the
+        # SIGTERM arrives; it is delivered when the process runs again.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert not (path / "weights" / "train.pt").exists(), "the stage ended before the cancel"
+            await pilot.press("c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmModal), what="the answer")
+            await pilot.pause(0.2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
         await wait_for(pilot, lambda: runs.read_run(path).state == "cancelled", timeout=60, what="cancelled")
         assert (path / "weights" / "last.pt").exists()
         await wait_for(pilot, lambda: table_rows(screen)["tiny"]["status"] == "cancelled", what="row cancelled")

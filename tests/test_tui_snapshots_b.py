@@ -14,6 +14,7 @@ import pytest
 from test_tui_compare import results_run
 from test_tui_runs import T0, make_run, metric_lines, write_log, write_metrics
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from engine import runs
 from tui.app import make_app
@@ -84,6 +85,9 @@ def test_runs_screen_new_run_form(snap_compare, run_dirs, tmp_path):
         await until(pilot, lambda: getattr(pilot.app.screen, "choice", None) is not None)
         pilot.app.screen.query_one("#field-5").value = "-0.1"  # training.lr
         await until(pilot, lambda: pilot.app.screen.checked is not None and pilot.app.screen.checked.field_errors)
+        # A blinking cursor is drawn or not by the clock: hold it steady so the picture is the same every run.
+        for box in pilot.app.screen.query(Input):
+            box.cursor_blink = False
         await pilot.pause()
 
     app = make_app(runs_dir=run_dirs, presets_dirs=[Path("presets")])
