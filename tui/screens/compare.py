@@ -25,12 +25,18 @@ from tui.widgets.plots import Line, MetricPlot
 
 METRICS = (
     ("accuracy", "accuracy"),
+    ("mAP50_95", "mAP50-95"),  # detection runs: Ultralytics' validator, 0..1
+    ("mAP50", "mAP50"),
     ("params", "params"),
     ("flops", "FLOPs"),
     ("latency_b1_ms", "latency b1"),
     ("latency_b32_ms", "latency b32"),
     ("size", "size"),
 )
+
+
+HIGHER_IS_BETTER = ("accuracy", "mAP50_95", "mAP50")
+SWEEP_METRICS = (("accuracy", "accuracy %"), ("mAP50_95", "mAP50-95 %"))  # classifiers, detectors
 
 
 def _si(value: float) -> str:
@@ -45,6 +51,8 @@ def fmt_metric(key: str, value: Any) -> str:
         return "-"
     if key == "accuracy":
         return f"{100 * value:.2f}%"
+    if key in HIGHER_IS_BETTER:
+        return f"{value:.4f}"
     if key.startswith("latency"):
         return f"{value:.2f} ms"
     if key == "size":
@@ -105,12 +113,27 @@ def table_rows(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def sweep_metric(rows: list[dict[str, Any]]) -> str:
+    """The figure a sweep measured: accuracy for a classifier, mAP50-95 for a detector."""
+    for key, _label in SWEEP_METRICS:
+        if any(isinstance(r.get(key), int | float) for r in rows):
+            return key
+    return "accuracy"
+
+
 def sweep_line(name: str, rows: list[dict[str, Any]]) -> Line:
+    key = sweep_metric(rows)
     points = sorted(
-        (100 * r["ratio"], 100 * r["accuracy"]) for r in rows
-        if isinstance(r.get("ratio"), int | float) and isinstance(r.get("accuracy"), int | float)
+        (100 * r["ratio"], 100 * r[key]) for r in rows
+        if isinstance(r.get("ratio"), int | float) and isinstance(r.get(key), int | float)
     )
     return Line(name, [p[0] for p in points], [p[1] for p in points])
+
+
+def sweep_title(runs_rows: list[list[dict[str, Any]]]) -> str:
+    labels = dict(SWEEP_METRICS)
+    found = [labels[k] for k in labels if any(sweep_metric(rows) == k for rows in runs_rows)]
+    return "sweep: " + (" / ".join(found) if found else "accuracy %")
 
 
 class CompareScreen(WorkbenchScreen):
@@ -225,19 +248,22 @@ class CompareScreen(WorkbenchScreen):
         for r in rows:
             stages += [s for s in r if s not in stages]
         for stage in stages:
-            for i, (key, label) in enumerate(METRICS):
+            first = True  # the stage is named on its first row shown (a detector has no accuracy row)
+            for key, label in METRICS:
                 values = [r.get(stage, {}).get(key) for r in rows]
                 if all(v is None for v in values):
                     continue
                 best = _best(key, values)
                 cells = [Text(fmt_metric(key, v), style="bold" if best is not None and v == best and len(chosen) > 1 else "",
                               justify="right") for v in values]
-                table.add_row(stage if i == 0 else "", label, *cells)
+                table.add_row(stage if first else "", label, *cells)
+                first = False
 
     def _fill_plot(self, chosen: list[RunResults]) -> None:
         names = _unique_names([r.path.name for r in chosen])
         lines = [sweep_line(name, r.sweep_rows) for name, r in zip(names, chosen, strict=True) if r.sweep_rows]
-        self.query_one("#compare-plot", MetricPlot).show_lines(lines)
+        title = sweep_title([r.sweep_rows for r in chosen if r.sweep_rows])
+        self.query_one("#compare-plot", MetricPlot).show_lines(lines, title=title)
 
     # ------------------------------------------------------------ actions
 
@@ -268,7 +294,7 @@ def _best(key: str, values: list[Any]) -> Any:
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if not numbers:
         return None
-    return max(numbers) if key == "accuracy" else min(numbers)
+    return max(numbers) if key in HIGHER_IS_BETTER else min(numbers)
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -198,6 +198,7 @@ class MonitorScreen(WorkbenchScreen):
             self._drawn = {}
         if poll.records:
             self.series.feed(poll.records)
+        self._name_accuracy_tab("mAP" if self.series.map else "Accuracy")
         epochs = []
         for rec in poll.records:
             line = epoch_line(rec, epochs_for(self._stage_epochs or {}, rec.get("stage")))
@@ -228,6 +229,8 @@ class MonitorScreen(WorkbenchScreen):
             parts.append(f"epoch {min(self.series.epoch + 1, epochs)}/{epochs}")
         if info.best_accuracy is not None:
             parts.append(f"best {fmt_accuracy(info.best_accuracy)}")
+        elif isinstance(status.get("best_mAP50_95"), int | float):  # a detection run
+            parts.append(f"best mAP50-95 {status['best_mAP50_95']:.4f}")
         parts.append(fmt_elapsed(info.elapsed))
         if poll.bad_lines:
             parts.append(f"[yellow]{poll.bad_lines} bad metrics lines skipped[/]")
@@ -241,6 +244,11 @@ class MonitorScreen(WorkbenchScreen):
         stage_done = 1.0 if info.state == "done" else info.progress
         self.query_one("#stage-bar", ProgressBar).update(progress=round(100 * stage_done, 1))
         self.query_one("#run-bar", ProgressBar).update(progress=round(100 * run_fraction(info, status), 1))
+
+    def _name_accuracy_tab(self, label: str) -> None:
+        tab = self.query_one("#monitor-plots", TabbedContent).get_tab("tab-accuracy")
+        if tab.label_text != label:
+            tab.label = label
 
     def _active_plot(self) -> str:
         active = self.query_one("#monitor-plots", TabbedContent).active or "tab-loss"
@@ -256,10 +264,14 @@ class MonitorScreen(WorkbenchScreen):
         plot = self.query_one(f"#plot-{name}", MetricPlot)
         if name == "loss":
             stages = " > ".join(n for _, n in s.stage_marks)
-            plot.show_lines(
-                [Line(s.loss.label, s.loss.xs, s.loss.ys), Line(s.val_loss.label, s.val_loss.xs, s.val_loss.ys)],
-                marks=s.stage_marks, title=f"loss ({stages})" if stages else "loss",
-            )
+            lines = [Line(s.loss.label, s.loss.xs, s.loss.ys), Line(s.val_loss.label, s.val_loss.xs, s.val_loss.ys)]
+            lines += [Line(part.label, part.xs, part.ys) for part in s.loss_parts.values()]  # detection
+            plot.show_lines(lines, marks=s.stage_marks, title=f"loss ({stages})" if stages else "loss")
+        elif name == "accuracy" and s.map:  # a detection run: Ultralytics' mAP per epoch
+            main = s.map.get("mAP50_95")
+            best = max(main.ys) if main and main.ys else None
+            title = f"mAP % (best mAP50-95 {best:.2f})" if best is not None else "mAP %"
+            plot.show_lines([Line(m.label, m.xs, m.ys) for m in s.map.values()], marks=s.stage_marks, title=title)
         elif name == "accuracy":
             best = max(s.accuracy.ys) if s.accuracy.ys else None
             title = f"val accuracy % (best {best:.2f})" if best is not None else "val accuracy %"

@@ -24,7 +24,7 @@ from tui import launcher
 from tui.screens.base import WorkbenchScreen
 from tui.widgets.ckpt_format import fmt_size
 from tui.widgets.filter_bar import FilterBar, matches
-from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, raw_status, stage_position
+from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, fmt_map, raw_status, stage_position
 from tui.widgets.table_cells import set_cell
 
 COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
@@ -56,7 +56,7 @@ def row_cells(info: runs.RunInfo, bar: int = 10) -> dict[str, Text | str]:
         "stage": stage,
         "status": Text(info.state, style=STATE_STYLE.get(info.state, "")),
         "progress": progress_cell(info, bar),
-        "best": fmt_accuracy(info.best_accuracy),
+        "best": fmt_accuracy(info.best_accuracy) if info.best_accuracy is not None else fmt_map(raw_status(info)),
         "elapsed": fmt_elapsed(info.elapsed),
     }
 

@@ -14,6 +14,9 @@ MEMORY_KEYS = ("mem_allocated", "mem_reserved", "mem_peak", "rss")
 # Relative to each layer's initial gamma (the same meaning for every model) when the run logs
 # them; the absolute fractions for runs (and detection stages) that log only those.
 GAMMA_KEYS = ("gamma_rel_lt_1e-2", "gamma_rel_lt_1e-3", "gamma_lt_1e-2", "gamma_lt_1e-3")
+# Detection runs: Ultralytics' loss parts per step and mAP per epoch (slimlab's metrics names).
+LOSS_PARTS = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "dfl loss"}
+MAP_KEYS = {"mAP50_95": "mAP50-95 %", "mAP50": "mAP50 %"}
 GAMMA_LABELS = {
     "gamma_rel_lt_1e-2": "|gamma| < 1% of initial %",
     "gamma_rel_lt_1e-3": "|gamma| < 0.1% of initial %",
@@ -45,6 +48,8 @@ class RunSeries:
     accuracy: Series = field(default_factory=lambda: Series("val accuracy %"))
     pruned: Series = field(default_factory=lambda: Series("pruned at target %"))  # acc_pruned_at_target
     lr: Series = field(default_factory=lambda: Series("lr"))
+    loss_parts: dict[str, Series] = field(default_factory=dict)  # detection: box / cls / dfl
+    map: dict[str, Series] = field(default_factory=dict)  # detection: mAP50-95 and mAP50, in %
     memory: dict[str, Series] = field(default_factory=dict)
     gamma: dict[str, Series] = field(default_factory=dict)
     stage_marks: list[tuple[float, str]] = field(default_factory=list)
@@ -79,7 +84,7 @@ class RunSeries:
         self._last_x = max(self._last_x, x)
         if isinstance(rec.get("epoch"), int):
             self.epoch = rec["epoch"]
-        is_epoch = "accuracy" in rec or "val_loss" in rec
+        is_epoch = "accuracy" in rec or "val_loss" in rec or "mAP50_95" in rec
         if is_epoch:
             self.epochs_done += 1
             if self.val_loss.add(x, rec.get("val_loss")):
@@ -90,6 +95,10 @@ class RunSeries:
                 x, 100.0 * rec["acc_pruned_at_target"]
             ):
                 changed.add("accuracy")
+            for key, label in MAP_KEYS.items():
+                value = rec.get(key)
+                if isinstance(value, int | float) and self.map.setdefault(key, Series(label)).add(x, 100.0 * value):
+                    changed.add("accuracy")
             relative = "gamma_rel_lt_1e-2" in rec
             for key in GAMMA_KEYS[:2] if relative else GAMMA_KEYS[2:]:
                 if key in rec and self.gamma.setdefault(key, Series(GAMMA_LABELS[key])).add(
@@ -101,6 +110,9 @@ class RunSeries:
                 changed.add("loss")
             if self.lr.add(x, rec.get("lr")):
                 changed.add("lr")
+            for key, label in LOSS_PARTS.items():
+                if key in rec and self.loss_parts.setdefault(key, Series(label)).add(x, rec[key]):
+                    changed.add("loss")
         # CUDA figures win over RSS: a GPU run's host memory is not the interesting number.
         keys = [k for k in MEMORY_KEYS[:3] if k in rec] or [k for k in MEMORY_KEYS[3:] if k in rec]
         for key in keys:

@@ -29,6 +29,12 @@ def fmt_accuracy(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
+def fmt_map(status: dict[str, Any]) -> str:
+    """A detection run's best mAP50-95 (status.json), in Ultralytics' 0..1 figures."""
+    value = status.get("best_mAP50_95")
+    return f"mAP {value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
 def raw_status(info: runs.RunInfo) -> dict[str, Any]:
     """The whole status.json of a readable run (stages, stage_index, completed ...), or {}."""
     if info.extra:
@@ -152,7 +158,7 @@ def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
     """A metrics epoch record as a log line like the headless run prints; None for step records.
 
     Epochs count from 1, as in "epoch 5/5" of the run's own output."""
-    if "accuracy" not in rec and "val_loss" not in rec:
+    if "accuracy" not in rec and "val_loss" not in rec and "mAP50_95" not in rec:
         return None
     t = rec.get("t")
     clock = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, int | float) else "--:--:--"
@@ -164,6 +170,9 @@ def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
             parts.append(f"{key} {fmt.format(rec[key])}")
     if isinstance(rec.get("accuracy"), int | float):
         parts.append(f"accuracy {100 * rec['accuracy']:.2f}%")
+    for key, label in (("mAP50_95", "mAP50-95"), ("mAP50", "mAP50"), ("precision", "P"), ("recall", "R")):
+        if isinstance(rec.get(key), int | float):  # a detection epoch, in Ultralytics' 0..1 figures
+            parts.append(f"{label} {rec[key]:.4f}")
     if isinstance(rec.get("acc_pruned_at_target"), int | float):
         parts.append(f"pruned-at-target {100 * rec['acc_pruned_at_target']:.2f}%")
     if isinstance(rec.get("s"), int | float):
