@@ -320,7 +320,7 @@ def apply_resume_settings(path: Path, spec: Any, overrides: list[str], allowed: 
         why = on_disk.check_resume_setting(parts, spec, expanded, saved)
         if why:
             raise PresetError(f"--set {item}: {why}")
-        old = _lookup(data, parts)
+        old = config.value_at(data, parts)
         config.apply_override(data, parts, value, item)
         changes.append(f"{'.'.join(parts)}={value!r} (was {old!r})")
         named += [v for v in (value if isinstance(value, list) else [value]) if trust_rule.is_module_class(v)]
@@ -333,18 +333,6 @@ def apply_resume_settings(path: Path, spec: Any, overrides: list[str], allowed: 
             trust_rule.sign_spec(path)
         runs.RunWriter(path).log("resume with --set " + "; ".join(changes))
     return new, allowed.allowing(*named)
-
-
-def _lookup(data: Any, parts: list[str]) -> Any:
-    node = data
-    for part in parts:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return None
-    return node
 
 
 def resume_command(path: Path, info: Any, *, trust: bool = False, allow_archs: list[str] = ()) -> str:

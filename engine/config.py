@@ -12,13 +12,36 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import PresetError
 from engine.messages import plain_message
 from engine.models import catalog
 from engine.slim.spec import S_HINT, AutoS, PruneRule, TargetSpec, min_keep_value
 from engine.stage_graph import check_stage_graph
+
+
+def check_input_size(v: str | None) -> str | None:
+    """A CxHxW input size; pydantic turns the ValueError into the preset's error message."""
+    if v is not None:
+        from engine.models.sizing import parse_input_size
+
+        try:
+            parse_input_size(v)
+        except PresetError as e:
+            raise ValueError(str(e)) from None
+    return v
+
+
+InputSize = Annotated[str | None, AfterValidator(check_input_size)]  # model.input_size, export's input_size
 
 
 class Strict(BaseModel):
@@ -29,19 +52,7 @@ class ModelSpec(Strict):
     arch: str = "vgg"
     kwargs: dict[str, Any] = Field(default_factory=dict)  # a "package.module:Class" value is that class
     checkpoint: Path | None = None  # start from these weights instead of random init
-    input_size: str | None = None  # CxHxW the model is traced and measured at; default: the data's
-
-    @field_validator("input_size")
-    @classmethod
-    def _input_size(cls, v: str | None) -> str | None:
-        if v is not None:
-            from engine.models.sizing import parse_input_size
-
-            try:
-                parse_input_size(v)
-            except PresetError as e:
-                raise ValueError(str(e)) from None
-        return v
+    input_size: InputSize = None  # CxHxW the model is traced and measured at; default: the data's
 
 
 class DataSpec(Strict):
@@ -277,7 +288,7 @@ class ExportStage(StageBase):
     type: Literal["export"]
     opset: int = Field(18, ge=13, le=23)
     batch: int | str = "dynamic"  # "dynamic" (a batch axis of any size) or a fixed batch size
-    input_size: str | None = None  # CxHxW; default: the data's
+    input_size: InputSize = None  # CxHxW; default: the data's
     original: bool = True  # also export the model before the run's first prune
 
     @field_validator("batch")
@@ -286,18 +297,6 @@ class ExportStage(StageBase):
         if v == "dynamic" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
         raise ValueError("batch is 'dynamic' or a fixed batch size >= 1")
-
-    @field_validator("input_size")
-    @classmethod
-    def _input_size(cls, v: str | None) -> str | None:
-        if v is not None:
-            from engine.models.sizing import parse_input_size
-
-            try:
-                parse_input_size(v)
-            except PresetError as e:
-                raise ValueError(str(e)) from None
-        return v
 
 
 class QuantizeStage(StageBase):
@@ -501,6 +500,19 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as e:
         raise PresetError(f"--set {item!r}: value is not valid YAML ({e})") from None
     return parts, value
+
+
+def value_at(data: Any, parts: list[str]) -> Any:
+    """The preset's value at a --set key's parts (['stages', '1', 's']), or None."""
+    node = data
+    for part in parts:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
 
 
 def apply_override(data: dict, parts: list[str], value: Any, item: str) -> None:

@@ -117,15 +117,7 @@ def show(value: Any) -> str:
 
 def value_at(data: dict[str, Any], key: str) -> Any:
     """The preset's value at a --set key (stages.1.s), or None."""
-    node: Any = data
-    for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return None
-    return node
+    return config.value_at(data, key.split("."))
 
 
 def label_for(data: dict[str, Any], key: str) -> str:
