@@ -12,7 +12,7 @@ with the same worker count and batch size, in one process, at 0 workers and at -
 Rounds alternate the order (A B C, C B A, ...) so machine noise and warm-up hit all three;
 figures are medians of images/s over whole epochs, plus the time to build each loader.
 Then the peak RSS of building the data and reading one epoch (the main process and its
-largest worker, as the kernel records them), each in a fresh subprocess, at 5k and 20k
+largest worker: the kernel's VmHWM), each in a fresh subprocess, at 5k and 20k
 files, streamed and in memory: the growth column shows whether memory follows the data.
 
 Usage: python benchmarks/loader_throughput.py [--files 20000] [--workers 2] [--rounds 4]
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
@@ -147,16 +148,28 @@ def peak_memory(root: Path, workers: int, cache: str) -> dict:
 
 
 def epoch_in_this_process(root: str, workers: int, cache: str) -> None:
-    """Prints {"main_mib", "worker_mib"}: the kernel's peak RSS of this process and of its
-    largest worker (getrusage, so no sampling), over building the data and reading one epoch."""
+    """Prints {"main_mib", "worker_mib"}: the kernel's peak RSS (VmHWM) of this process and of
+    its largest worker over building the data and reading one epoch. The workers are read while
+    they still run (persistent workers): getrusage's RUSAGE_CHILDREN would report the largest
+    process this one ever waited for, not the loader's workers."""
     torch.set_num_threads(1)
     bundle = data.build(spec(Path(root), workers, cache), batch_size=BATCH, seed=0)
     n = sum(len(y) for _, y in bundle.train)
+    worker = max((_peak_kib(child.pid) for child in psutil.Process().children(recursive=True)), default=0)
+    main = _peak_kib(os.getpid())
     del bundle
-    gc.collect()  # the workers stop and are waited for, so their peak counts in RUSAGE_CHILDREN
-    main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"images": n, "main_mib": round(main, 1), "worker_mib": round(worker, 1)}))
+    gc.collect()
+    print(json.dumps({"images": n, "main_mib": round(main / 1024, 1), "worker_mib": round(worker / 1024, 1)}))
+
+
+def _peak_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:  # the process ended meanwhile
+        pass
+    return 0
 
 
 def main() -> None:
