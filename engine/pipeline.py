@@ -163,10 +163,14 @@ class Pipeline:
                     continue
                 if self.current is None and self.outputs and stage.model is None and stage.start is None:
                     self.current = self._load_output(self._last_name())  # resuming after earlier stages
-                w.status(stage=stage.name, stage_index=i, progress=0.0)
+                # a stage resumed where it stopped keeps the progress it had reached, not 0%
+                kept = resume and stage.name == self._stopped_stage
+                w.status(stage=stage.name, stage_index=i, **({} if kept else {"progress": 0.0}))
                 w.log(f"stage {stage.name} ({stage.type}) starts")
                 t0 = time.time()
                 state = self._resume_state(stage) if resume else None
+                if kept and state is None:  # no usable resume point: the stage starts over
+                    w.status(progress=0.0)
                 self._resuming = stage.name if resume else None
                 figures = getattr(self.stage_impl, f"_stage_{stage.type}")(stage, state)
                 figures["seconds"] = round(time.time() - t0, 2)

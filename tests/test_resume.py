@@ -158,3 +158,26 @@ def test_resume_drops_the_metrics_lines_it_redoes(tmp_path, spec, monkeypatch):
     assert "dropped 1 metrics line of stage train" in (path / "log.txt").read_text()
     again = tail.read()  # a reader that was following the file starts over
     assert tail.rewritten and [r["step"] for r in again if r.get("stage") == "train" and "accuracy" not in r] == steps
+
+
+def test_a_resumed_stage_keeps_the_progress_it_had_reached(tmp_path, spec, monkeypatch):
+    spec.training.epochs = 2
+    path = new_run(tmp_path, spec, "progress")
+    with pytest.raises(Cancelled):
+        Pipeline(spec, path, stop=StopAfter(2)).run()  # inside epoch 2
+    reached = read_run(path).progress
+    assert 0.5 <= reached < 1.0
+    seen: list[float] = []
+    train = Pipeline._stage_train
+
+    def spy(self, stage, resume):  # the stage has started again; its first step is still to come
+        seen.append(read_run(path).progress)
+        return train(self, stage, resume)
+
+    monkeypatch.setattr(Pipeline, "_stage_train", spy)
+    with pytest.raises(Cancelled):
+        Pipeline(spec, path, stop=StopAfter(0)).run(resume=True)
+    assert seen == [reached]  # not 0% until the first step
+    (path / "weights" / "last.pt").unlink()  # no resume point: the stage starts over, from 0%
+    Pipeline(spec, path).run(resume=True)
+    assert seen == [reached, 0.0] and read_run(path).state == "done"
