@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,6 +164,19 @@ def test_missing_folders_and_empty_labels(tmp_path):
         load_data(yaml_path)
     with pytest.raises(DataError, match="no such dataset yaml"):
         load_data(tmp_path / "nope.yaml")
+
+
+def test_dataset_yaml_given_by_a_relative_path(tmp_path, monkeypatch):
+    """As a run under ./runs reads its generated data.yaml (no `path`: the yaml's own folder)."""
+    write_dataset(tmp_path / "runs" / "d" / "data", train=4, val=2, classes=2, seed=1)
+    monkeypatch.chdir(tmp_path)
+    data = load_data(Path("runs/d/data/data.yaml"))
+    assert data.root == tmp_path / "runs" / "d" / "data" and data.splits["train"].images == 4
+    # a relative `path` is taken from the yaml's folder, an absolute one as it is
+    (tmp_path / "other.yaml").write_text("path: runs/d/data\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    assert load_data(Path("other.yaml")).root == tmp_path / "runs" / "d" / "data"
+    (tmp_path / "runs" / "abs.yaml").write_text(f"path: {tmp_path}/runs/d/data\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    assert load_data(Path("runs/abs.yaml")).root == tmp_path / "runs" / "d" / "data"
 
 
 def test_generated_data_is_deterministic_and_written_whole(tmp_path):

@@ -181,10 +181,8 @@ def load(path: str | Path, splits: tuple[str, ...] = ("train", "val")) -> YoloDa
     if not isinstance(raw, dict):
         raise DataError(f"{yaml_path}: a dataset yaml is a mapping with train, val and names")
     names = _names(raw, str(yaml_path))
-    root = Path(raw["path"]) if raw.get("path") else yaml_path.parent
-    if not root.is_absolute():
-        root = yaml_path.parent / root
-    root = root.resolve()
+    # `path` relative to the yaml's folder (an absolute one stays as it is); without it, that folder
+    root = (yaml_path.parent / raw["path"] if raw.get("path") else yaml_path.parent).resolve()
     if not root.is_dir():
         raise DataError(f"{yaml_path}: path: dataset root {root} does not exist")
     data = YoloData(yaml_path.resolve(), root, names)
