@@ -181,8 +181,9 @@ class DetectStages:
             min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score, ignore=stage.ignore,
             overrides={k: v.model_dump(exclude_none=True) for k, v in stage.overrides.items()},
         )
-        for warning in plan.warnings:
-            p.writer.log(f"warning: {warning}")
+        from engine.slim.report import prune_lines
+
+        lines = prune_lines(stage.name, plan)  # its warnings and group summary, printed headless too
         apply_plan(model, plan)
         if cur.plan:
             from engine.slim.compose import compose
@@ -191,6 +192,7 @@ class DetectStages:
         plan_dict = plan.to_dict()
         if p.dist.is_main:
             write_json(p.writer.path / "plan.json", plan_dict)
+        p._say(lines)
         pruned = Current(model, cur.arch, plan_dict)
         out = p._finish(stage, pruned)
         totals = plan_dict.get("totals", {})
