@@ -64,7 +64,9 @@ STEP_KEYS = Binding.Group("±1%", compact=True)
 
 def plan_name(path: Path) -> Path:
     """The plan file named after what it belongs to: model-pruned.pt -> model-pruned.plan.json."""
-    return path.with_name(f"{path.stem}.plan.json")
+    from engine.slim.prune_file import plan_path  # the engine's rule; torch is loaded by now
+
+    return plan_path(path)
 
 
 def check_folder(path: Path) -> None:
