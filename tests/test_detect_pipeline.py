@@ -118,7 +118,7 @@ def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network)
 def test_sigterm_stops_at_a_batch_and_the_run_resumes(tmp_path, no_network):
     stages = [{"type": "train", "training": {"epochs": 2}}]
     spec, path = start(tmp_path, write_preset(tmp_path, stages=stages))
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="SIGTERM at epoch 2 step 4"):  # epochs counted from 1, as printed
         Pipeline(spec, path, stop=StopAfter(3)).run()
     last = torch.load(path / "weights" / "last.pt", weights_only=True)
     assert last["position"]["stage"] == "train" and last["position"]["step"] == 4 and "optimizer" in last

@@ -137,7 +137,7 @@ class Session:
             self.reporter.stage_progress(self.stage, trainer.epoch, trainer.epochs, (self.step - 1) % nb + 1, nb, loss)
         if self.stop.requested:
             self.save_last(trainer, trainer.epoch)
-            raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {trainer.epoch} step {self.step}")
+            raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {trainer.epoch + 1} step {self.step}")  # 1-based, as printed
 
     def epoch_metrics(self, trainer: Any) -> dict[str, Any]:
         losses = {k: float(v) for k, v in (trainer.tloss or {}).items()}
