@@ -9,10 +9,11 @@ import json
 
 import pytest
 import torch
-from detect_helpers import randomise_bn, write_preset
+import yaml
+from detect_helpers import TINY_DETECT, randomise_bn, write_preset
 from test_tui_checkpoints import move_to, panel_text
 from test_tui_compare import table_cells
-from test_tui_runs import HostApp, table_rows
+from test_tui_runs import HostApp, open_form, table_rows, wait_state
 from textual.widgets import SelectionList, TabbedContent
 
 from engine.cli import prepare_run_dir
@@ -157,3 +158,21 @@ async def test_inspector_opens_an_ultralytics_best_pt_after_the_trust_question(t
         await wait_for(pilot, lambda: inspector.ready, timeout=120, what="the trusted load")
         assert inspector.loaded.source == "ultralytics" and inspector.loaded.arch["kwargs"]["names"] == ["cat", "dog"]
         assert inspector.plan.totals["prunable_before"] > 0
+
+
+@run_async
+async def test_a_detection_preset_launched_from_the_workbench_runs(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    preset = {**TINY_DETECT, "stages": [{"type": "train"}, {"type": "prune", "percent": 0.3}]}
+    (presets / "dtiny.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
+    runs_dir = tmp_path / "runs"
+    app = HostApp(RunsScreen, runs_dir, [presets])
+    async with app.run_test(size=SIZE) as pilot:
+        await open_form(pilot, app)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="the launch")
+    info = wait_state(runs_dir / "dtiny", ("done", "failed", "cancelled"), timeout=300)
+    assert info.state == "done", info.error
+    summary = json.loads((runs_dir / "dtiny" / "summary.json").read_text())
+    assert summary["prune"]["flops"] < summary["train"]["flops"] and "mAP50_95" in summary["prune"]
