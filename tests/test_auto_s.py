@@ -160,3 +160,21 @@ def test_start_can_be_given():
     ctl.on_fit_start(trainer)
     assert penalty.s == 0.003
     assert ctl.gain == pytest.approx(0.003 / planned_s(1.0, 0.5, 0.5, 0.9))
+
+
+def test_s_does_not_rise_into_the_last_epoch_and_the_log_says_so():
+    cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
+    penalty = SimpleNamespace(s=0.0)
+    monitor = FakeMonitor(fig(0.95, 0.2, 0.8), [])
+    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
+                              dist=None, epoch=0, epochs=3)
+    lines: list[str] = []
+    ctl = AutoSController(penalty, monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9, log=lines.append)
+    ctl.on_fit_start(trainer)
+    monitor.last = fig(0.95, 0.30, 0.48)  # the pruned copy far behind, the threshold fell 40% of 50%: raise
+    ctl.on_epoch_end(trainer, 0)
+    raised = penalty.s
+    monitor.last = fig(0.95, 0.30, 0.47)  # it hardly fell: raise again, but the next epoch is the last
+    ctl.on_epoch_end(trainer, 1)
+    assert ctl.decisions[-1].action == "raise" and penalty.s <= raised
+    assert lines[-1].endswith("(no rise into the last epoch, left to settle)")

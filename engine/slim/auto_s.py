@@ -169,11 +169,13 @@ class AutoSController:
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
-            s = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
+            planned = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
             # the last epoch is for settling: s may fall but not rise into it
-            s = min(s, self.penalty.s * (1.0 if epoch + 2 == trainer.epochs else st.factor))
+            settling = epoch + 2 == trainer.epochs
+            s = min(planned, self.penalty.s * (1.0 if settling else st.factor))
+            capped = " (no rise into the last epoch, left to settle)" if settling and planned > s else ""
             self.log(f"s: auto after epoch {epoch + 1}: {d.action} (gain {self.gain:.3g}; {d.reason}); "
-                     f"s {self.penalty.s:.3g} -> {s:.3g}")
+                     f"s {self.penalty.s:.3g} -> {s:.3g}{capped}")
             self.penalty.s = s
         return {}
 
