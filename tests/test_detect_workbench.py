@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from detect_helpers import TINY_DETECT, randomise_bn, write_preset
-from test_tui_checkpoints import move_to, panel_text
+from test_tui_checkpoints import ask_to_open_pickled
 from test_tui_compare import table_cells
 from test_tui_runs import HostApp, open_form, table_rows, wait_state
 from textual.widgets import SelectionList, TabbedContent
@@ -26,7 +26,6 @@ from tui.screens.compare import CompareScreen
 from tui.screens.inspector import InspectorScreen
 from tui.screens.monitor import MonitorScreen
 from tui.screens.runs import RunsScreen
-from tui.widgets.ckpt_trust import TrustModal
 from tui.widgets.plots import MetricPlot
 
 from helpers import run_async, wait_for
@@ -146,11 +145,7 @@ async def test_inspector_opens_an_ultralytics_best_pt_after_the_trust_question(t
     torch.save({"model": copy.deepcopy(module).half(), "ema": None, "train_args": {"imgsz": 64}}, tmp_path / "best.pt")
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = app.screen
-        await move_to(pilot, screen.tree, "best.pt")
-        await wait_for(pilot, lambda: "pickled Python objects" in panel_text(screen), what="the trust notice")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TrustModal), what="the confirmation")
+        await ask_to_open_pickled(pilot, app.screen, "best.pt")
         await pilot.press("y")
         await pilot.pause()
         inspector = app.screen

@@ -70,6 +70,14 @@ async def move_to(pilot: Pilot, tree: CheckpointTree, name: str) -> None:
     await pilot.pause()
 
 
+async def ask_to_open_pickled(pilot: Pilot, screen: CheckpointsScreen, name: str) -> None:
+    """Enter on a pickled checkpoint: the panel says it holds pickled objects, then the question."""
+    await move_to(pilot, screen.tree, name)
+    await wait_for(pilot, lambda: "pickled Python objects" in panel_text(screen), what="the trust notice")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, TrustModal), what="the confirmation")
+
+
 def _nodes(tree: CheckpointTree) -> list:
     out, stack = [], [tree.root]
     while stack:
@@ -195,10 +203,7 @@ async def test_pickled_checkpoint_loads_only_after_yes(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
-        await move_to(pilot, screen.tree, "whole.pt")
-        await wait_for(pilot, lambda: "pickled Python objects" in panel_text(screen), what="the trust notice")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TrustModal), what="the confirmation")
+        await ask_to_open_pickled(pilot, screen, "whole.pt")
         await pilot.press("n")
         await pilot.pause()
         inspector = app.screen
