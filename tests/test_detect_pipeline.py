@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from detect_helpers import write_preset
+from detect_helpers import TINY_DETECT, write_preset
 
 from engine import checkpoint
 from engine.cli import prepare_run_dir
@@ -97,6 +97,18 @@ def test_slimming_a_yolo_offline_end_to_end(tmp_path, no_network):
     log = (path / "log.txt").read_text()  # what the prune printed headless: the rule, totals and groups
     assert "[prune] percent 0.5 -> |gamma| threshold" in log and "[prune] channels " in log
     assert "group(s) kept whole" in log
+
+
+def test_a_run_under_a_relative_runs_folder_keeps_ultralytics_files_inside_it(tmp_path, monkeypatch, no_network):
+    """As `make demo-detect` runs: ./runs/<name>, with the generated data inside it."""
+    preset = write_preset(tmp_path, data={**TINY_DETECT["data"], "train_size": 16, "val_size": 16})
+    monkeypatch.chdir(tmp_path)
+    spec = load_preset(preset)
+    path = create_run_dir(Path("runs"), "rel")
+    prepare_run_dir(path, spec)
+    Pipeline(spec, path).run()
+    assert (tmp_path / "runs" / "rel" / "ultralytics" / "train" / "results.csv").exists()
+    assert not (tmp_path / "runs" / "detect").exists()  # Ultralytics' own default folder stays unused
 
 
 def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network):

@@ -50,7 +50,8 @@ def trainer_args(cfg: TrainingSpec, *, data: YoloData, imgsz: int, device: torch
         "lrf": 1.0 if cfg.schedule == "constant" else 0.01, "seed": cfg.seed, "deterministic": True,
         "device": "cpu" if device.type == "cpu" else str(device.index or 0), "workers": workers,
         "amp": {"none": False, "fp16": True, "bf16": "bf16"}[cfg.amp], "plots": False, "val": True,
-        "pretrained": False, "verbose": False, "project": str(save_dir.parent), "name": save_dir.name,
+        # project absolute: Ultralytics puts a relative one under its own runs/detect/ in the working directory
+        "pretrained": False, "verbose": False, "project": str(save_dir.parent.resolve()), "name": save_dir.name,
         "exist_ok": True, "patience": 10_000, "save_period": -1, "cache": False,
         # short runs close mosaic for their second half, as the default (last 10 of many) does for long ones
         "close_mosaic": min(10, cfg.epochs // 2),
