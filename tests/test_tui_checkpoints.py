@@ -18,6 +18,7 @@ from engine import checkpoint, runs
 from tui.app import make_app
 from tui.screens.checkpoints import CheckpointsScreen
 from tui.screens.inspector import InspectorScreen
+from tui.widgets.ckpt_format import arch_label
 from tui.widgets.ckpt_tree import CheckpointTree, holds_checkpoints
 from tui.widgets.ckpt_trust import TrustModal
 
@@ -340,3 +341,11 @@ async def test_files_a_run_writes_appear_without_r(tmp_path):
         (run / "weights").rmdir()
         await wait_for(pilot, lambda: "weights" not in labels(screen.tree), 15, "the removed folder to go")
         assert "demo" in labels(screen.tree)
+
+
+def test_arch_label_abbreviates_structured_kwargs():
+    assert arch_label({"name": "vgg", "kwargs": {"depth": 11, "width": 0.25}}) == "vgg(depth=11, width=0.25)"
+    detector = {"name": "ultralytics:yolov8n.yaml",
+                "kwargs": {"yaml": {"nc": 3, "backbone": []}, "names": ["a", "b", "c", "d", "e"], "width": 0.25}}
+    assert arch_label(detector) == "ultralytics:yolov8n.yaml(yaml={…}, names=[5 items], width=0.25)"
+    assert arch_label({"name": "resnet_cifar"}) == "resnet_cifar"

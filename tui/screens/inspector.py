@@ -25,7 +25,7 @@ from textual.widgets import ContentSwitcher, DataTable, Input, LoadingIndicator,
 from textual.worker import get_current_worker
 
 from tui.screens.base import WorkbenchScreen
-from tui.widgets.ckpt_format import display_path, fmt_count
+from tui.widgets.ckpt_format import arch_label, display_path, fmt_count
 from tui.widgets.ckpt_trust import TrustModal
 from tui.widgets.confirm import ConfirmModal
 from tui.widgets.filter_bar import FilterBar
@@ -325,8 +325,7 @@ class InspectorScreen(WorkbenchScreen):
 
     def _title_text(self) -> str:
         arch = self.loaded.arch or {}
-        kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
-        name = arch.get("name", "?") + (f"({kwargs})" if kwargs else "")
+        name = arch_label(arch)
         groups = self.inputs.groups
         prunable = sum(1 for g in groups if g.prunable)
         pruned = "  [already pruned]" if self.loaded.plan else ""

@@ -14,7 +14,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from engine.runs import RunInfo
-from tui.widgets.ckpt_format import fmt_count, fmt_size
+from tui.widgets.ckpt_format import arch_label, fmt_count, fmt_size
 from tui.widgets.ckpt_tree import STATE_STYLES
 from tui.widgets.run_tail import raw_status, run_fraction, stage_position
 
@@ -64,8 +64,7 @@ def peek_renderable(info: dict[str, Any]) -> Group:
         return Group(*parts)
     arch = info.get("arch")
     if isinstance(arch, dict):
-        kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
-        arch_text = f"{arch.get('name')}({kwargs})" if kwargs else str(arch.get("name"))
+        arch_text = arch_label(arch)
         classes = f"{arch.get('num_classes')} classes, {arch.get('in_channels', 3)} input channels"
         from engine.trust import is_module_class
 

@@ -14,6 +14,21 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def arch_label(arch: dict) -> str:
+    """name(kwargs) with structured values abbreviated: a detector's kwargs hold its whole model
+    yaml and class names, which would fill the line."""
+
+    def short(v: object) -> str:
+        if isinstance(v, dict):
+            return "{…}"
+        if isinstance(v, list | tuple) and len(v) > 4:
+            return f"[{len(v)} items]"
+        return str(v)
+
+    kwargs = ", ".join(f"{k}={short(v)}" for k, v in (arch.get("kwargs") or {}).items())
+    return f"{arch.get('name', '?')}({kwargs})" if kwargs else str(arch.get("name", "?"))
+
+
 def fmt_count(n: float | None) -> str:
     """1234567 -> 1.23M; parameter and FLOP counts."""
     if n is None:
