@@ -51,7 +51,7 @@ def fmt_metric(key: str, value: Any) -> str:
         return "-"
     if key == "accuracy":
         return f"{100 * value:.2f}%"
-    if key in HIGHER_IS_BETTER:
+    if key.startswith("mAP"):  # Ultralytics' 0..1 figures, as its own tables print them
         return f"{value:.4f}"
     if key.startswith("latency"):
         return f"{value:.2f} ms"

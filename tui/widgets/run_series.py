@@ -17,12 +17,18 @@ GAMMA_KEYS = ("gamma_rel_lt_1e-2", "gamma_rel_lt_1e-3", "gamma_lt_1e-2", "gamma_
 # Detection runs: Ultralytics' loss parts per step and mAP per epoch (slimlab's metrics names).
 LOSS_PARTS = {"box_loss": "box", "cls_loss": "cls", "dfl_loss": "dfl"}  # short: the legend fits 80 columns
 MAP_KEYS = {"mAP50_95": "mAP50-95 %", "mAP50": "mAP50 %"}
+EPOCH_KEYS = ("accuracy", "val_loss", "mAP50_95")  # a metrics line with one of these ends an epoch
 GAMMA_LABELS = {
     "gamma_rel_lt_1e-2": "|gamma| < 1% of initial %",
     "gamma_rel_lt_1e-3": "|gamma| < 0.1% of initial %",
     "gamma_lt_1e-2": "|gamma| < 1e-2 %",
     "gamma_lt_1e-3": "|gamma| < 1e-3 %",
 }
+
+
+def is_epoch_record(rec: dict[str, Any]) -> bool:
+    """An epoch's evaluation line (classifier or detector), not a training step's."""
+    return any(key in rec for key in EPOCH_KEYS)
 
 
 @dataclass
@@ -84,8 +90,7 @@ class RunSeries:
         self._last_x = max(self._last_x, x)
         if isinstance(rec.get("epoch"), int):
             self.epoch = rec["epoch"]
-        is_epoch = "accuracy" in rec or "val_loss" in rec or "mAP50_95" in rec
-        if is_epoch:
+        if is_epoch_record(rec):
             self.epochs_done += 1
             if self.val_loss.add(x, rec.get("val_loss")):
                 changed.add("loss")

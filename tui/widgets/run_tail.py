@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from engine import runs
+from tui.widgets.run_series import is_epoch_record
 
 
 def fmt_elapsed(seconds: float | None) -> str:
@@ -158,7 +159,7 @@ def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
     """A metrics epoch record as a log line like the headless run prints; None for step records.
 
     Epochs count from 1, as in "epoch 5/5" of the run's own output."""
-    if "accuracy" not in rec and "val_loss" not in rec and "mAP50_95" not in rec:
+    if not is_epoch_record(rec):
         return None
     t = rec.get("t")
     clock = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, int | float) else "--:--:--"
