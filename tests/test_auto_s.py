@@ -101,6 +101,12 @@ class FakeMonitor:
         return self.start
 
 
+def fake_trainer(epochs: int) -> SimpleNamespace:
+    """What the controller reads of a trainer (the monitor is faked, so none of it is used)."""
+    return SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
+                           dist=None, epoch=0, epochs=epochs)
+
+
 def fig(acc, acc_pt, thr, kept=10.0):
     return {"acc_unpruned_subset": acc, "acc_pruned_at_target": acc_pt, "target_threshold": thr, "kept_median": kept}
 
@@ -109,8 +115,7 @@ def test_controller_moves_s_the_right_way_and_resumes():
     cfg = TrainingSpec(epochs=6, lr=0.05, schedule="constant")
     penalty = SimpleNamespace(s=0.0)
     monitor = FakeMonitor(fig(0.95, 0.2, 0.8), [])
-    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
-                              dist=None, epoch=0, epochs=6)
+    trainer = fake_trainer(epochs=6)
     ctl = AutoSController(penalty, monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9)
     ctl.on_fit_start(trainer)
     s0 = penalty.s
@@ -141,8 +146,7 @@ def test_controller_moves_s_the_right_way_and_resumes():
 def test_start_is_gentle_when_gammas_sit_near_the_threshold():
     cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
     penalty = SimpleNamespace(s=0.0)
-    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
-                              dist=None, epoch=0, epochs=3)
+    trainer = fake_trainer(epochs=3)
     ctl = AutoSController(penalty, FakeMonitor(fig(0.9, 0.2, 1.0, kept=1.2), []), AutoS(), LrBudget(cfg, 10), 0.9)
     ctl.on_fit_start(trainer)
     assert ctl.gain == pytest.approx(0.5) and penalty.s == pytest.approx(planned_s(0.5, 1.0, 0.5, 0.9))
@@ -154,8 +158,7 @@ def test_start_is_gentle_when_gammas_sit_near_the_threshold():
 def test_start_can_be_given():
     cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
     penalty = SimpleNamespace(s=0.0)
-    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
-                              dist=None, epoch=0, epochs=3)
+    trainer = fake_trainer(epochs=3)
     ctl = AutoSController(penalty, FakeMonitor(fig(0.9, 0.2, 0.5), []), AutoS(start=0.003), LrBudget(cfg, 10), 0.9)
     ctl.on_fit_start(trainer)
     assert penalty.s == 0.003
@@ -166,8 +169,7 @@ def test_s_does_not_rise_into_the_last_epoch_and_the_log_says_so():
     cfg = TrainingSpec(epochs=3, lr=0.05, schedule="constant")
     penalty = SimpleNamespace(s=0.0)
     monitor = FakeMonitor(fig(0.95, 0.2, 0.8), [])
-    trainer = SimpleNamespace(model=None, data=SimpleNamespace(val=None, train=None), device=None, amp_dtype=None,
-                              dist=None, epoch=0, epochs=3)
+    trainer = fake_trainer(epochs=3)
     lines: list[str] = []
     ctl = AutoSController(penalty, monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9, log=lines.append)
     ctl.on_fit_start(trainer)
