@@ -231,6 +231,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
 
         reporter = NullReporter()
     lock = runs.RunLock(path) if info.is_main else None
+    pipeline = None
     try:
         if lock is not None:
             lock.acquire()  # for the whole run: a second writer is refused with this pid
@@ -272,6 +273,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
     finally:
         if hasattr(reporter, "close"):
             reporter.close()
+        pipeline = None  # it holds the DDP model, which holds the process group: see distributed.shutdown
         distributed.shutdown()
         if lock is not None:
             lock.release()

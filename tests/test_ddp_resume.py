@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from engine import checkpoint, runs
 from engine.cli import ExitCode, install_signal_handlers, main
 from engine.train import StopFlag
@@ -157,3 +159,34 @@ def test_under_torchrun_a_second_sigint_still_waits_for_the_step_boundary():
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def test_the_process_group_is_destroyed_after_the_ddp_model_that_holds_it_is_freed(tmp_path, monkeypatch):
+    """A cancelled rank's DDP model sits in traceback cycles; destroyed after the group, at interpreter
+    exit, gloo's threads abort the rank (SIGABRT, "terminate called without an active exception")."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch import nn
+
+    from engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    gc.disable()  # the cycle below stays until a collection: that one must come before the destroy
+    try:
+        model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+        model(torch.randn(8, 4)).sum().backward()
+        alive = weakref.ref(model)
+        holder = {"model": model}
+        holder["self"] = holder  # as a traceback's frames hold the trainer's locals
+        del model, holder
+        seen = []
+        destroy = dist.destroy_process_group
+        monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (seen.append(alive()), destroy(*a, **k)))
+        distributed.shutdown()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert seen == [None] and not dist.is_initialized()
