@@ -14,6 +14,7 @@ from engine.slim.auto_s import (
     GAIN_MIN,
     AutoSController,
     LrBudget,
+    deadline_gain,
     gain_cap,
     next_gain,
     planned_s,
@@ -180,3 +181,30 @@ def test_s_does_not_rise_into_the_last_epoch_and_the_log_says_so():
     ctl.on_epoch_end(trainer, 1)
     assert ctl.decisions[-1].action == "raise" and penalty.s <= raised
     assert lines[-1].endswith("(no rise into the last epoch, left to settle)")
+
+
+def test_the_deadline_raises_the_gain_so_a_short_stage_reaches_the_goal_in_time():
+    # reach 1% of the initial gamma: from 0.4 to 0.005 in 2 epochs is a fall of 1 - sqrt(0.005 / 0.4) per epoch
+    assert deadline_gain(0.4, 0.005, 2) == pytest.approx(1 - math.sqrt(0.005 / 0.4))
+    assert deadline_gain(0.4, 0.005, 4) < deadline_gain(0.4, 0.005, 2)  # more time, a smaller fall each epoch
+    assert deadline_gain(0.004, 0.005, 2) == 0.0 and deadline_gain(0.4, 0.005, 0) == 0.0
+
+    cfg = TrainingSpec(epochs=4, lr=0.05, schedule="constant")
+
+    def after_one_epoch(acc, acc_pt, thr, epochs=4, initial=None):
+        penalty = SimpleNamespace(s=0.0, initial={"bn1": 0.5, "bn2": 0.5} if initial is None else initial)
+        monitor = FakeMonitor(fig(0.95, 0.2, 0.8), [])
+        ctl = AutoSController(penalty, monitor, AutoS(), LrBudget(cfg, 10), momentum=0.9)
+        ctl.on_fit_start(fake_trainer(epochs))
+        monitor.last = fig(acc, acc_pt, thr)
+        ctl.on_epoch_end(fake_trainer(epochs), 0)
+        return ctl.decisions[-1]
+
+    # the threshold fell as planned (a hold before), but 2 epochs may still raise s: 0.4 -> 0.005 needs more
+    d = after_one_epoch(0.95, 0.60, 0.4)
+    assert d.action == "raise" and d.gain == pytest.approx(1 - math.sqrt(0.005 / 0.4))
+    assert "to reach 0.005 (1% of the initial gamma) in 2 epoch(s)" in d.reason
+    assert after_one_epoch(0.95, 0.60, 0.4, epochs=12).gain < d.gain  # a long stage: no hurry
+    assert after_one_epoch(0.95, 0.945, 0.4).action == "hold"  # the pruned copy keeps up: nothing to hurry
+    assert after_one_epoch(0.80, 0.60, 0.4).action == "lower"  # accuracy falling comes first
+    assert after_one_epoch(0.95, 0.60, 0.4, initial={}).action == "hold"  # no initial gamma: no deadline

@@ -25,6 +25,10 @@ from how far the threshold actually fell:
   defends those channels harder than the plan assumes): raise the gain by planned / actual fall
   (at most `factor`);
 - else hold: the plan is working, or sparse training has done its job.
+A deadline bounds the gain from below while the pruned copy trails (and accuracy is not falling):
+the threshold must reach 1% of the model's initial gamma (`GOAL_SHARE`: channels that small carry
+next to nothing) within the epochs whose s may still rise, so a short stage pushes harder per epoch
+than a long one instead of ending with the cut still costly.
 With Adam(W) the step size does not scale with the gradient: the plan is then only a start and the
 feedback does the rest.
 """
@@ -40,6 +44,7 @@ KEPT_SHARE = 0.5  # the push per epoch stays below this share of the kept channe
 S_MIN, S_MAX = 1e-7, 1.0
 FULL_STEP_AT = 0.10  # accuracy drop (fraction) that earns the full factor
 MIN_STEP_POWER = 0.25
+GOAL_SHARE = 0.01  # the target threshold's goal, as a share of the initial gamma (engine/slim/gamma_ref.py)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,13 @@ def next_gain(gain: float, acc: float, acc_pt: float, best: float, *, threshold:
                                                 f"points; the target threshold fell {fell:.0%} as planned to {threshold:.3g}")
     return Decision(min(gain, cap), "hold",
                     f"pruned at target {acc_pt:.2%} is within {gap * 100:.1f} points of {acc:.2%}")
+
+
+def deadline_gain(threshold: float, goal: float, epochs_left: int) -> float:
+    """The fall per epoch that carries the target threshold down to `goal` in `epochs_left` epochs."""
+    if epochs_left < 1 or goal <= 0 or threshold <= goal:
+        return 0.0
+    return 1.0 - (goal / threshold) ** (1.0 / epochs_left)
 
 
 def planned_s(gain: float, threshold: float, lr_sum: float, momentum: float) -> float:
@@ -166,6 +178,7 @@ class AutoSController:
         d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
                       acc_before=self.acc, cap=gain_cap(thr, m["kept_median"]), gap=st.gap,
                       tolerance=st.tolerance, factor=st.factor)
+        d = self._deadline(d, acc - acc_pt, thr, gain_cap(thr, m["kept_median"]), trainer.epochs - epoch - 2)
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
@@ -178,6 +191,22 @@ class AutoSController:
                      f"s {self.penalty.s:.3g} -> {s:.3g}{capped}")
             self.penalty.s = s
         return {}
+
+    def goal(self) -> float:
+        """The target threshold's goal: GOAL_SHARE of the median initial gamma (0: unknown)."""
+        initial = [v for v in (getattr(self.penalty, "initial", None) or {}).values() if v > 0]
+        return GOAL_SHARE * sorted(initial)[len(initial) // 2] if initial else 0.0
+
+    def _deadline(self, d: Decision, lag: float, thr: float, cap: float, epochs_left: int) -> Decision:
+        """`d`, or a raise to the gain that reaches the goal in the epochs whose s may still rise."""
+        goal = self.goal()
+        if d.action == "lower" or lag <= self.settings.gap or goal <= 0:
+            return d
+        need = min(cap, deadline_gain(thr, goal, epochs_left))
+        if need <= d.gain:
+            return d
+        return Decision(need, "raise", f"{d.reason}; to reach {goal:.3g} (1% of the initial gamma) in "
+                                       f"{epochs_left} epoch(s) the threshold must fall {need:.0%} per epoch")
 
     def state_dict(self) -> dict[str, float]:
         return {"s": self.penalty.s, "gain": self.gain, "best": self.best, "acc": self.acc,
