@@ -50,7 +50,7 @@ def shutdown() -> None:
     A DDP model keeps its process group alive; after a cancel or a failure it sits in reference
     cycles (exception tracebacks) that only the garbage collector frees. Left to interpreter exit,
     gloo's threads are torn down after Python is gone and the rank dies with SIGABRT ("terminate
-    called without an active exception"), about one exit in four: collect it while Python runs."""
+    called without an active exception"), now and then (2 cancels in 40): collect it while Python runs."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
