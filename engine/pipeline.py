@@ -586,9 +586,7 @@ class Pipeline:
     # ---------------------------------------------------------- slimming stages
 
     def _stage_prune(self, stage: PruneStage, resume: dict | None) -> dict:
-        from engine.slim import plan as slim_plan
         from engine.slim.apply import apply_plan
-        from engine.slim.report import prune_lines
         from engine.slim.target import plan_for_rule
 
         cur = self._start(stage)
@@ -597,11 +595,23 @@ class Pipeline:
         plan, rows = plan_for_rule(model, self._input_shape(), stage, evaluate=self._pruned_accuracy)
         if rows is not None and self.dist.is_main:
             write_json(self.writer.path / f"{stage.name}.sweep.json", {"stage": stage.name, "rows": rows})
-        for warning in plan.warnings:
-            self.writer.log(f"warning: {warning}")
-        lines = prune_lines(stage.name, plan)
         apply_plan(model, plan)
         self._calibrate(model)
+        pruned, out = self._keep_cut(stage, cur, model, plan)
+        plan_dict = pruned.plan
+        totals = plan_dict.get("totals", {})
+        target = plan_dict["options"].get("target")
+        rule = {k: getattr(stage, k) for k in stage.rule_keys() if getattr(stage, k) is not None}
+        return (self.measure(pruned, out) | rule | {"threshold": plan_dict["options"].get("global_threshold")}
+                | ({"target": target} if target else {}) | {f"plan_{k}": v for k, v in totals.items()})
+
+    def _keep_cut(self, stage: Any, cur: Current, model: nn.Module, plan: Any) -> tuple[Current, Path]:
+        """A prune stage's cut model kept: plan.json, the report (warnings, totals, groups) in log.txt
+        and the headless output, and weights/<stage>.pt. `plan` is the cut just applied to `model`."""
+        from engine.slim import plan as slim_plan
+        from engine.slim.report import prune_lines
+
+        lines = prune_lines(stage.name, plan)  # the cut of this stage, before composing
         if cur.plan:  # a later round: one plan relative to the unpruned arch keeps reloads simple
             from engine.slim.compose import compose
 
@@ -611,12 +621,7 @@ class Pipeline:
             write_json(self.writer.path / "plan.json", plan_dict)
         self._say(lines)
         pruned = Current(model, cur.arch, plan_dict)
-        out = self._finish(stage, pruned)
-        totals = plan_dict.get("totals", {})
-        target = plan_dict["options"].get("target")
-        rule = {k: getattr(stage, k) for k in stage.rule_keys() if getattr(stage, k) is not None}
-        return (self.measure(pruned, out) | rule | {"threshold": plan_dict["options"].get("global_threshold")}
-                | ({"target": target} if target else {}) | {f"plan_{k}": v for k, v in totals.items()})
+        return pruned, self._finish(stage, pruned)
 
     def _calibrate(self, model: nn.Module) -> nn.Module:
         """BatchNorm statistics of a cut model re-estimated on training images (engine/slim/bn_calibrate.py)."""

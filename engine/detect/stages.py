@@ -167,8 +167,7 @@ class DetectStages:
     # ---------------------------------------------------------- slimming stages
 
     def _stage_prune(self, stage: Any, resume: dict | None) -> dict:
-        from engine.pipeline import Current, _min_keep
-        from engine.runs import write_json
+        from engine.pipeline import _min_keep
         from engine.slim import plan as slim_plan
         from engine.slim.apply import apply_plan
 
@@ -181,21 +180,9 @@ class DetectStages:
             min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score, ignore=stage.ignore,
             overrides={k: v.model_dump(exclude_none=True) for k, v in stage.overrides.items()},
         )
-        from engine.slim.report import prune_lines
-
-        lines = prune_lines(stage.name, plan)  # its warnings and group summary, printed headless too
         apply_plan(model, plan)
-        if cur.plan:
-            from engine.slim.compose import compose
-
-            plan = compose(slim_plan.PrunePlan.from_dict(cur.plan), plan)
-        plan_dict = plan.to_dict()
-        if p.dist.is_main:
-            write_json(p.writer.path / "plan.json", plan_dict)
-        p._say(lines)
-        pruned = Current(model, cur.arch, plan_dict)
-        out = p._finish(stage, pruned)
-        totals = plan_dict.get("totals", {})
+        pruned, out = p._keep_cut(stage, cur, model, plan)
+        totals = pruned.plan.get("totals", {})
         return self.measure(pruned, out) | {"percent": stage.percent, "threshold": stage.threshold,
                                             **{f"plan_{k}": v for k, v in totals.items()}}
 
