@@ -51,3 +51,11 @@ def tiny_preset(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def ultralytics_offline():
+    """Ultralytics imported through slimlab, which closes its network traps first (detection tests)."""
+    from engine.detect import ultra
+
+    ultra.load()

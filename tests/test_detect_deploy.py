@@ -20,16 +20,9 @@ from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
 from engine.slim.plan import plan_from_inputs
 
-pytestmark = pytest.mark.detect
+pytestmark = [pytest.mark.detect, pytest.mark.usefixtures("ultralytics_offline")]
 
 IMGSZ = 64
-
-
-@pytest.fixture(autouse=True)
-def ultralytics_offline():
-    from engine.detect import ultra
-
-    ultra.load()
 
 
 @pytest.fixture(scope="module")

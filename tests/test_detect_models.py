@@ -15,15 +15,7 @@ from engine.slim.apply import apply_plan
 from engine.slim.inputs import precompute
 from engine.slim.plan import plan_from_inputs
 
-pytestmark = pytest.mark.detect
-
-
-@pytest.fixture(autouse=True)
-def ultralytics_offline():
-    """Ultralytics is imported through slimlab, which closes its network traps first."""
-    from engine.detect import ultra
-
-    ultra.load()
+pytestmark = [pytest.mark.detect, pytest.mark.usefixtures("ultralytics_offline")]
 
 
 IMGSZ = 64

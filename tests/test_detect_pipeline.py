@@ -21,15 +21,7 @@ from engine.runs import create_run_dir
 
 from helpers import StopAfter
 
-pytestmark = pytest.mark.detect
-
-
-@pytest.fixture(autouse=True)
-def ultralytics_offline():
-    """Ultralytics is imported through slimlab, which closes its network traps first."""
-    from engine.detect import ultra
-
-    ultra.load()
+pytestmark = [pytest.mark.detect, pytest.mark.usefixtures("ultralytics_offline")]
 
 
 DETECTION_KEYS = {"box_loss", "cls_loss", "dfl_loss", "precision", "recall", "mAP50", "mAP50_95", "rss"}

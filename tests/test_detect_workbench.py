@@ -35,10 +35,7 @@ SIZE = (100, 30)
 
 
 @pytest.fixture(autouse=True)
-def ultralytics_offline():
-    from engine.detect import ultra
-
-    ultra.load()
+def fresh_model_cache(ultralytics_offline):
     model_cache.clear()
     yield
     model_cache.clear()
