@@ -175,10 +175,10 @@ class AutoSController:
         acc, acc_pt, thr = m["acc_unpruned_subset"], m["acc_pruned_at_target"], m["target_threshold"]
         self.best = max(self.best, acc)
         st = self.settings
+        cap = gain_cap(thr, m["kept_median"])
         d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
-                      acc_before=self.acc, cap=gain_cap(thr, m["kept_median"]), gap=st.gap,
-                      tolerance=st.tolerance, factor=st.factor)
-        d = self._deadline(d, acc - acc_pt, thr, gain_cap(thr, m["kept_median"]), trainer.epochs - epoch - 2)
+                      acc_before=self.acc, cap=cap, gap=st.gap, tolerance=st.tolerance, factor=st.factor)
+        d = self._deadline(d, acc - acc_pt, thr, cap, trainer.epochs - epoch - 2)
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
