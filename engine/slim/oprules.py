@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.slim.atoms import NONE, Lab, compact, const, single
-
-if TYPE_CHECKING:
-    from engine.slim.trace import ChannelTracer
 
 POINTWISE_EXTRA = {
     "hardswish", "hardswish_", "_prelu_kernel", "_to_copy", "detach", "alias", "lift_fresh", "lift",
@@ -74,7 +71,8 @@ def _tensors(args: Sequence[Any]) -> list[torch.Tensor]:
     return out
 
 
-def _outputs(out: Any) -> list[torch.Tensor]:
+def op_outputs(out: Any) -> list[torch.Tensor]:
+    """The tensors an aten op returned (one, or the tensors of a tuple)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (list, tuple)):
@@ -97,14 +95,14 @@ def _align(lab: Lab, ndim: int) -> Lab:
 class Rules:
     """Label rules bound to one tracer (its labels, atoms, freeze reasons and current module)."""
 
-    def __init__(self, tracer: ChannelTracer) -> None:
-        self.t = tracer
+    def __init__(self, tracer: Any) -> None:
+        self.t = tracer  # engine.slim.trace.ChannelTracer, which applies these rules (not imported: it imports them)
 
     # ------------------------------------------------------------------ dispatch
 
     def apply(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         name = op_name(func)
-        outs = _outputs(out)
+        outs = op_outputs(out)
         if not outs:
             return
         tags = func.tags

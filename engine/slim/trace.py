@@ -32,7 +32,7 @@ from torch.utils.flop_counter import flop_registry
 
 from engine.errors import PruneError, SlimlabError
 from engine.slim.atoms import OUTPUT, STRUCTURE, Atoms, Lab, along, const, reroot
-from engine.slim.oprules import Rules, _outputs, op_name
+from engine.slim.oprules import Rules, op_name, op_outputs
 
 Progress = Callable[[int, int, str], None]
 
@@ -388,7 +388,7 @@ class ChannelTracer(TorchDispatchMode):
         except SlimlabError:
             raise
         except Exception as exc:  # a rule that cannot follow this call: freeze what it touches
-            self.rules.opaque(op_name(func), args, kwargs, _outputs(out),
+            self.rules.opaque(op_name(func), args, kwargs, op_outputs(out),
                               why=f"{op_name(func)} was called in a way slimlab cannot follow ({type(exc).__name__})")
         finally:
             self.busy = False
@@ -418,7 +418,7 @@ class ChannelTracer(TorchDispatchMode):
                 why = f"{self.stack[-1][0]} was called in a way slimlab cannot follow ({type(exc).__name__}: {exc})"
                 if x is not None:
                     self.freeze(self.get(x), why)
-                for o in _outputs(output):
+                for o in op_outputs(output):
                     self._unknown(o, why)
             finally:
                 self.busy = False
@@ -534,7 +534,7 @@ class ChannelTracer(TorchDispatchMode):
     def finish(self, out: Any) -> None:
         for _, lab, d, cuts in self.sliced.values():
             self.rules.slices(self.reroot(lab), d, cuts)
-        for t in _flatten(out):
+        for t in flatten_tensors(out):
             self.atoms.freeze(self.rooted(t).atoms(), "they are model outputs", OUTPUT)
 
     def trace(self, input_shape: tuple[int, ...]) -> Trace:
@@ -544,13 +544,14 @@ class ChannelTracer(TorchDispatchMode):
         )
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
+def flatten_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's output (nested tuples, lists and dicts)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten(v)]
+        return [t for v in out.values() for t in flatten_tensors(v)]
     if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flatten(v)]
+        return [t for v in out for t in flatten_tensors(v)]
     return []
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine.slim.cut import kept
-from engine.slim.trace import Trace, _flatten, traceable
+from engine.slim.trace import Trace, flatten_tensors, traceable
 
 BATCH = 1  # the batch the trace ran at; BatchNorm in eval mode treats samples alike
 RTOL, ATOL = 1e-3, 1e-4  # float rounding differs (fewer terms summed); a wrong cut differs by O(1)
@@ -54,7 +54,7 @@ def masked(trace: Trace, atoms: np.ndarray) -> Iterator[None]:
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with traceable(model), torch.no_grad():
-        return [t.detach().float().cpu() for t in _flatten(model(x))]
+        return [t.detach().float().cpu() for t in flatten_tensors(model(x))]
 
 
 def compare(ref: list[torch.Tensor], out: list[torch.Tensor]) -> str | None:
