@@ -39,6 +39,12 @@ def atomic_file(path: str | Path, mode: str = "wb", *, durable: bool = False) ->
         raise
 
 
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` over `dst` atomically and durably (a checkpoint copied to weights/best.pt)."""
+    with open(src, "rb") as s, atomic_file(dst, "wb", durable=True) as d:
+        shutil.copyfileobj(s, d)
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _UMASK: int | None = None
 

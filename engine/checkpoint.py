@@ -19,10 +19,9 @@ from torch import nn
 from engine import sniff
 from engine.atomic import atomic_file
 from engine.errors import CheckpointError, NeedsTrust, SlimlabError, UntrustedCheckpoint
-from engine.formats import CHECKPOINT_FORMAT
 from engine.trust import Trust
 
-FORMAT = CHECKPOINT_FORMAT
+FORMAT = sniff.CHECKPOINT_FORMAT
 
 
 def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | None = None,

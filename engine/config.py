@@ -579,7 +579,13 @@ def spec_from_dict(
 def check_names(spec: RunSpec, source: str) -> None:
     """Unknown model or dataset names are preset errors, caught before any work starts."""
     from engine import data, models
+    from engine.task import kind_of
 
+    kind = kind_of(spec)
+    for i, stage in enumerate(spec.stages):  # the stages this task cannot run: the same message as at run time
+        why = kind.refusal(stage)
+        if why:
+            raise PresetError(f"{source}: stages[{i}]: {why}")
     if spec.task == "detect":
         from engine.detect.spec import check_detect_names
 

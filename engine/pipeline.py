@@ -1,4 +1,11 @@
-"""Runs a RunSpec's stages in order inside one run directory.
+"""The orchestrator: runs a RunSpec's stages in order inside one run directory.
+
+It owns what is the same for every task: the stage order and rounds, the run directory (one
+writer, status.json, the heartbeat), resume (what is complete, the resume point of the stage in
+progress), committing each stage's output, `original` (the model before the latest prune), and
+the summary with its comparison. What a stage does with a model comes from the run's task
+(engine/task.py: classification, or a detection family) and from the shared stages
+(engine/slim/stages.py, engine/deploy/stages.py).
 
 The pipeline carries a *current model* from stage to stage (train -> sparse -> prune ->
 finetune ...). Each stage leaves `weights/<stage>.pt`; `weights/best.pt` is always the latest
@@ -8,41 +15,21 @@ status.json lists the completed stages, so a resumed run skips them.
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 from engine import checkpoint, distributed, threads
 from engine import resume as on_disk
 from engine import trust as trust_rule
-from engine.atomic import atomic_file
-from engine.config import (
-    CONTROL_STAGES,
-    TRAINING_STAGES,
-    DistillStage,
-    FinetuneStage,
-    PruneStage,
-    RunSpec,
-    SparseStage,
-    SweepStage,
-)
-from engine.errors import (
-    Cancelled,
-    CheckpointError,
-    DistillError,
-    PresetError,
-    RunError,
-    SlimlabError,
-)
-from engine.runs import RunLock, RunWriter, write_json
-from engine.train import StopFlag, Trainer, evaluate, resolve_device
+from engine.atomic import atomic_copy
+from engine.config import CONTROL_STAGES, TRAINING_STAGES, PruneStage, RunSpec
+from engine.errors import Cancelled, CheckpointError, PresetError, RunError, SlimlabError
+from engine.runs import RunLock, RunWriter
+from engine.task import Current, kind_of
+from engine.train import StopFlag, resolve_device
 
 ROUND_STAGES = ("sparse", "prune", "finetune")
 
@@ -73,13 +60,6 @@ def _with_round_percent(stage: Any, r: int) -> Any:
     return stage
 
 
-@dataclass
-class Current:
-    model: nn.Module
-    arch: dict
-    plan: dict | None
-
-
 class Pipeline:
     def __init__(
         self,
@@ -103,19 +83,15 @@ class Pipeline:
         self.stop = stop or StopFlag()
         self.stages = expand_rounds(spec)
         self.device = resolve_device(spec.training.device, self.dist)
-        self._data: dict[int, Any] = {}
         self.current: Current | None = None
         self.outputs: dict[str, Path] = {}
         self.original: Path | None = None  # the model before the latest prune, for `teacher: original`
-        self.stage_impl: Any = self
-        if spec.task == "detect":  # Ultralytics YOLO: the same stages, trained and validated by Ultralytics
-            from engine.detect.stages import DetectStages
-
-            self.stage_impl = DetectStages(self)
-        self._resuming: str | None = None  # the stage a resume continues (its stale metrics are dropped)
+        self.resuming: str | None = None  # the stage a resume continues (its stale metrics are dropped)
         self._stopped_stage: str | None = None  # the stage in progress when the resumed run stopped
         self.nothing_to_do = False  # set by a resume of a run whose stages are all done
         self._checked = checked  # the whole preset was checked already (engine/preflight.py)
+        self.kind = kind_of(spec)
+        self.task = self.kind.create(self)  # classification, or a detection family (engine/task.py)
 
     # ---------------------------------------------------------- the whole run
 
@@ -162,7 +138,7 @@ class Pipeline:
                 if resume and self._recover(stage, done):
                     continue
                 if self.current is None and self.outputs and stage.model is None and stage.start is None:
-                    self.current = self._load_output(self._last_name())  # resuming after earlier stages
+                    self.current = self.load_output(self.last_name())  # resuming after earlier stages
                 # a stage resumed where it stopped keeps the progress it had reached, not 0%
                 kept = resume and stage.name == self._stopped_stage
                 w.status(stage=stage.name, stage_index=i, **({} if kept else {"progress": 0.0}))
@@ -171,8 +147,8 @@ class Pipeline:
                 state = self._resume_state(stage) if resume else None
                 if kept and state is None:  # no usable resume point: the stage starts over
                     w.status(progress=0.0)
-                self._resuming = stage.name if resume else None
-                figures = getattr(self.stage_impl, f"_stage_{stage.type}")(stage, state)
+                self.resuming = stage.name if resume else None
+                figures = self.runner(stage)(stage, state)
                 figures["seconds"] = round(time.time() - t0, 2)
                 self._commit(stage, figures, done)
                 if self.stop.requested:
@@ -205,7 +181,7 @@ class Pipeline:
     def _commit(self, stage: Any, figures: dict[str, Any], done: list[str]) -> None:
         """Everything after a stage's work: last.pt goes, summary.json and status.json record it.
 
-        The stage's output (weights/<stage>.pt, written by `_finish`) comes first, so a kill in
+        The stage's output (weights/<stage>.pt, written by `finish`) comes first, so a kill in
         between leaves an output that a resume finds (`_recover`): the stage is not redone."""
         w, name = self.writer, stage.name
         last = w.weights / "last.pt"
@@ -229,16 +205,16 @@ class Pipeline:
         if figures is None and not out.exists():
             return False
         if stage.type == "prune":  # what the stage set when it ran: the model it pruned
-            self.original = self._current_output(stage) or w.weights / "original.pt"
+            self.original = self.current_output(stage) or w.weights / "original.pt"
         if out.exists():
             self.outputs[stage.name] = out
             self.current = None  # the next stage starts from the outputs on disk
-            best = self._last_output() if stage.type in CONTROL_STAGES else out
-            if best is not None and self.dist.is_main:  # _finish may have stopped before its copy
-                _atomic_copy(best, w.weights / "best.pt")
+            best = self.last_output() if stage.type in CONTROL_STAGES else out
+            if best is not None and self.dist.is_main:  # finish may have stopped before its copy
+                atomic_copy(best, w.weights / "best.pt")
         if figures is None:
             loaded = checkpoint.load(out, trust=self.trust)
-            figures = self.stage_impl.measure(Current(loaded.model, loaded.arch, loaded.plan), out)
+            figures = self.task.measure(Current(loaded.model, loaded.arch, loaded.plan), out)
             figures["note"] = "figures measured again from the output after a stop"
             w.log(f"resume: stage {stage.name} had written weights/{out.name} but not its figures when the run "
                   "stopped; the stage is complete and not redone, its figures are measured again from the output")
@@ -296,23 +272,23 @@ class Pipeline:
         return pos["stage"] if pos else None
 
     def _compare(self) -> None:
-        """summary.json's `comparison`: every stage's accuracy, params and FLOPs side by side."""
+        """summary.json's `comparison`: every stage's metric, params and FLOPs side by side, then
+        the deployable files (timed side by side, engine/deploy/stages.py)."""
         path = self.writer.path / "summary.json"
         if not self.dist.is_main or not path.exists():
             return
         summary = json.loads(path.read_text())
-        metric = "mAP50_95" if self.spec.task == "detect" else "accuracy"
-        keys = ("mAP50", "mAP50_95") if metric == "mAP50_95" else ("accuracy", "test_accuracy")
-        rows = {name: {k: fig.get(k) for k in (*keys, "params", "flops", "latency_b1_ms")}
+        metric = self.kind.metric
+        rows = {name: {k: fig.get(k) for k in (*metric.columns, "params", "flops", "latency_b1_ms")}
                 for name, fig in summary.items()
-                if isinstance(fig, dict) and metric in fig and "artifacts" not in fig and name != "comparison"}
+                if isinstance(fig, dict) and metric.key in fig and "artifacts" not in fig and name != "comparison"}
         if any(isinstance(fig, dict) and fig.get("artifacts") for fig in summary.values()):
             from engine.deploy.stages import comparison_rows
 
-            rows |= comparison_rows(self, summary)  # deployable files, timed side by side
+            rows |= comparison_rows(self, summary)
         self.writer.summary("comparison", rows)
-        shown = (lambda v: f"mAP50-95 {v:.4f}") if metric == "mAP50_95" else (lambda v: f"{v:.2%}")
-        self.writer.log("comparison: " + "; ".join(f"{k} {shown(v[metric])}" for k, v in rows.items() if v.get(metric) is not None))
+        self.writer.log("comparison: " + "; ".join(f"{k} {metric.named(v[metric.key])}" for k, v in rows.items()
+                                                   if v.get(metric.key) is not None))
 
     def _resume_state(self, stage: Any) -> dict | None:
         """last.pt when it is the resume point of `stage` (read once, used by the trainer); the
@@ -340,274 +316,92 @@ class Pipeline:
             f"batch {pos.get('batch', 0)}, step {pos.get('step', 0)})")
         return raw
 
-    # ---------------------------------------------------------- shared pieces
+    # ---------------------------------------------------------- the stages
+
+    def runner(self, stage: Any) -> Callable[[Any, dict | None], dict]:
+        """What runs `stage`: the task's own runner for its training stages, else the shared one.
+        A stage the task cannot run is refused here (and, with the same message, by the preset check)."""
+        why = self.kind.refusal(stage)
+        if why:
+            raise PresetError(why)
+        own = self.task.runners()
+        if stage.type in own:
+            return own[stage.type]
+        return self.shared_runners()[stage.type]
+
+    def shared_runners(self) -> dict[str, Callable[[Any, dict | None], dict]]:
+        from engine.deploy import stages as deploy
+        from engine.slim import stages as slimming
+
+        return {
+            "evaluate": self.evaluate_stage,
+            "prune": lambda stage, resume: slimming.prune_stage(self, stage),
+            "sweep": lambda stage, resume: slimming.sweep_stage(self, stage),
+            "export": lambda stage, resume: deploy.export_stage(self, stage),
+            "quantize": lambda stage, resume: deploy.quantize_stage(self, stage),
+            "compress": lambda stage, resume: deploy.compress_stage(self, stage, resume),
+        }
+
+    def evaluate_stage(self, stage: Any, resume: dict | None) -> dict:
+        """The current model measured (and recorded as this stage's output)."""
+        cur = self.start(stage)
+        out = self.current_output(stage) or self.finish(stage, cur)
+        return self.task.measure(cur, out)
+
+    # ---------------------------------------------------------- what tasks and stages share
 
     def _apply_threads(self) -> None:
         """training.threads for the whole run; the value used goes to the log and status.json."""
         used, note = threads.apply(self.spec.training.threads)
         if note:
-            self._say([f"warning: {note}"])
+            self.say([f"warning: {note}"])
         self.writer.log(f"threads: {used} torch intra-op thread{'s' if used != 1 else ''}")
         self.writer.status(threads=used)
 
-    def data_spec(self) -> Any:
-        spec = self.spec.data
-        if spec.fallback and (spec.path is None or not spec.path.exists()):
-            self.writer.log(f"data: {spec.dataset} not found at {spec.path}; using {spec.fallback} instead")
-            return spec.model_copy(update={"dataset": spec.fallback, "path": None, "fallback": None})
-        return spec
-
-    def data(self, batch_size: int) -> Any:
-        if batch_size not in self._data:
-            from engine import data
-
-            bundle = data.build(
-                self.data_spec(), batch_size=batch_size, seed=self.spec.training.seed,
-                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device,
-            )
-            if bundle.notes and not self._data:
-                self._say([f"data: {note}" for note in bundle.notes])
-            self._data[batch_size] = bundle
-        return self._data[batch_size]
-
-    def _arch(self, spec_model: Any) -> dict:
-        d = self.data(self.spec.training.batch_size)
-        size = self._model_input_size(spec_model)
-        return checkpoint.arch_dict(spec_model.arch, d.num_classes, d.in_channels, spec_model.kwargs, input_size=size)
-
-    def _model_input_size(self, spec_model: Any) -> tuple[int, int, int] | None:
-        """The preset's model.input_size; its channels must be the data's."""
-        if getattr(spec_model, "input_size", None) is None:
-            return None
-        from engine.models.sizing import parse_input_size
-
-        size = parse_input_size(spec_model.input_size)
-        d = self.data(self.spec.training.batch_size)
-        if size[0] != d.in_channels:
-            raise PresetError(f"model.input_size {spec_model.input_size} has {size[0]} channels but the data has {d.in_channels}")
-        return size
-
-    def _fresh(self, spec_model: Any) -> Current:
-        arch = self._arch(spec_model)
-        if spec_model.checkpoint is not None:
-            loaded = checkpoint.load(spec_model.checkpoint, arch=arch, trust=self.trust)
-            self._check_classes(loaded.model, arch, str(spec_model.checkpoint))
-            return Current(loaded.model, loaded.arch, loaded.plan)
-        torch.manual_seed(self.spec.training.seed)
-        return Current(checkpoint.build_model(arch, trust=self.trust, source="the preset's model.arch"), arch, None)
-
-    def _check_classes(self, model: nn.Module, arch: dict, source: str) -> None:
-        d = self.data(self.spec.training.batch_size)
-        n = _num_outputs(model, self._input_shape())
-        if n != d.num_classes:
-            raise CheckpointError(f"{source}: the model predicts {n} classes but dataset {self.spec.data.dataset} has {d.num_classes}")
-
-    def _input_shape(self) -> tuple[int, int, int]:
-        size = self._model_input_size(self.spec.model)
-        if size is not None:
-            return size
-        d = self.data(self.spec.training.batch_size)
-        return (d.in_channels, d.image_size, d.image_size)
-
-    def _start(self, stage: Any) -> Current:
+    def start(self, stage: Any) -> Current:
+        """The model a stage starts from: a fresh one it names, an earlier stage's output, or the current one."""
         if stage.model is not None:
-            return self._fresh(stage.model)
+            return self.task.fresh(stage.model)
         if stage.start is not None:
-            return self._load_output(stage.start)
+            return self.load_output(stage.start)
         if self.current is None:
-            self.current = self._fresh(self.spec.model)
+            self.current = self.task.fresh(self.spec.model)
         return self.current
 
-    def _load_output(self, name: str) -> Current:
+    def load_output(self, name: str) -> Current:
         loaded = checkpoint.load(self.outputs[name], trust=self.trust)
         return Current(loaded.model, loaded.arch, loaded.plan)
 
-    def _finish(self, stage: Any, cur: Current, src: Path | None = None) -> Path:
+    def finish(self, stage: Any, cur: Current, src: Path | None = None) -> Path:
         """Record a stage's output model as weights/<stage>.pt and weights/best.pt.
 
         Written only when the stage's work is done: a resume that finds weights/<stage>.pt
-        does not redo the stage (`_recover`)."""
+        does not redo the stage (`_recover`). `src`: a checkpoint holding the output already."""
         out = self.writer.weights / f"{stage.name}.pt"
         if self.dist.is_main:
             if src is not None:
-                _atomic_copy(src, out)
+                atomic_copy(src, out)
             else:
                 checkpoint.save(out, cur.model, cur.arch, plan=cur.plan, meta={"stage": stage.name, "spec": self.spec.model_dump(mode="json")})
             if stage.type not in CONTROL_STAGES:  # best.pt: the latest stage's model
-                _atomic_copy(out, self.writer.weights / "best.pt")
+                atomic_copy(out, self.writer.weights / "best.pt")
         distributed.barrier(self.dist)
         self.outputs[stage.name] = out
         if stage.type not in CONTROL_STAGES:
             self.current = cur
         return out
 
-    def measure(self, cur: Current, out: Path | None, accuracy: float | None = None) -> dict[str, Any]:
-        from engine import measure
+    def restore_best(self) -> None:
+        """weights/best.pt back to the latest stage output that is not a control's (a control
+        stage's trainer wrote its own epochs there)."""
+        before = self.last_output()
+        if before is not None and self.dist.is_main:
+            atomic_copy(before, self.writer.weights / "best.pt")
 
-        model = cur.model
-        if accuracy is None:
-            accuracy = evaluate(model, self.data(self.spec.training.batch_size).val, self.device)["accuracy"]
-        prof = measure.profile(copy.deepcopy(model).cpu().eval(), self._input_shape(), torch.device("cpu"))
-        figures = {"accuracy": accuracy, **prof, "size": out.stat().st_size if out is not None and out.exists() else None}
-        test = getattr(self.data(self.spec.training.batch_size), "test", None)
-        if test is not None:  # held out of every choice: reported, never used to select
-            figures["test_accuracy"] = evaluate(model, test, self.device)["accuracy"]
-        if self.device.type == "cuda":
-            figures["latency_cuda_b32_ms"] = measure.latency_ms(model, self._input_shape(), 32, device=self.device)
-        return figures
-
-    # ---------------------------------------------------------- training stages
-
-    def _train(self, stage: Any, resume: dict | None, callbacks: list[Any], loss_fn: Any = None,
-               cur: Current | None = None, selection: Any = None) -> dict:
-        cfg = self.spec.training_for(stage)
-        cur = cur or self._start(stage)
-        if resume is not None:
-            # into the same module object: a distiller's hooks are already on it
-            checkpoint.load_state(cur.model, resume["state_dict"], source=str(self.writer.weights / "last.pt"))
-        if self._resuming == stage.name:
-            self._drop_redone_metrics(stage.name, resume)
-        model = cur.model.to(self.device).train()
-        trainer = Trainer(
-            model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=self.writer,
-            arch=cur.arch, plan=cur.plan, meta={"spec": self.spec.model_dump(mode="json")},
-            loss_fn=loss_fn, callbacks=callbacks, device=self.device, dist_info=self.dist,
-            stop=self.stop, reporter=self.reporter, selection=selection,
-        )
-        try:
-            result = trainer.fit(resume=resume)
-        except RunError as e:  # the suggested --set must reach this stage's own setting
-            e.settings = [self._stage_setting(stage, item) for item in e.settings]
-            raise
-        distributed.barrier(self.dist)  # rank 0 wrote best.pt; every rank continues from it
-        best_path = self.writer.weights / "best.pt"
-        if result.best:
-            best = checkpoint.load(best_path, trust=self.trust)
-            cur = Current(best.model, best.arch, best.plan)
-            out = self._finish(stage, cur, src=best_path)
-        else:  # zero epochs: the model passes through unchanged
-            out = self._finish(stage, cur)
-        selected = {k: result.best[k] for k in ("acc_pruned_at_target", "s") if k in result.best}
-        if result.best:
-            selected["selected_epoch"] = result.best["epoch"] + 1
-        return (self.measure(cur, out, result.best.get("accuracy"))
-                | {"epochs": (result.last["epoch"] + 1) if result.last else 0, **selected})
-
-    def _stage_parts(self, stage: Any, cur: Current) -> Any:
-        """Penalty, pruned-at-target monitor, s controller and epoch selection (engine/slim/sparse_stage.py)."""
-        from engine.slim.sparse_stage import build_parts
-
-        cfg = self.spec.training_for(stage)
-        steps = max(1, -(-len(self.data(cfg.batch_size).train) // cfg.accumulate))
-        parts = build_parts(stage, self.stages, cur.model, cur.arch, self._input_shape(), cfg, steps,
-                            log=lambda text: self.writer.log(f"{stage.name}: {text}"))
-        for note in parts.notes:
-            self.writer.log(f"{stage.name}: {note}")
-        return parts
-
-    def _stage_setting(self, stage: Any, item: str) -> str:
-        """`training.lr=x` as this stage's `stages.N.training.lr=x` when the stage sets its own."""
-        key, _, value = item.partition("=")
-        if not key.startswith("training."):
-            return item
-        base = stage.name.split("-r")[0] if stage.name not in [s.name for s in self.spec.stages] else stage.name
-        index = next((i for i, s in enumerate(self.spec.stages) if s.name == base), None)
-        own = index is not None and getattr(self.spec.stages[index].training, key.split(".", 1)[1], None) is not None
-        return f"stages.{index}.{key}={value}" if own else item
-
-    def _drop_redone_metrics(self, name: str, resume: dict | None) -> None:
-        """metrics.jsonl keeps each step once: the lines after the resume point are redone."""
-        pos = on_disk.last_position(resume) if resume is not None else None
-        if pos is None:
-            dropped = self.writer.drop_metrics(name)
-        else:
-            dropped = self.writer.drop_metrics(name, after_step=int(pos.get("step", 0)), from_epoch=int(pos.get("epoch", 0)))
-        if dropped:
-            self.writer.log(f"resume: dropped {dropped} metrics line{'s' if dropped > 1 else ''} of stage {name} "
-                            "written after its resume point (those steps are redone)")
-
-    def _stage_train(self, stage: Any, resume: dict | None) -> dict:
-        cur = self._start(stage)
-        parts = self._stage_parts(stage, cur)
-        return self._train(stage, resume, parts.callbacks, cur=cur, selection=parts.selection)
-
-    def _stage_sparse(self, stage: SparseStage, resume: dict | None) -> dict:
-        from engine.slim.gamma import gamma_stats
-
-        cur = self._start(stage)
-        gamma_stats(cur.model)  # fails early, with the reason, on a model without BatchNorm
-        parts = self._stage_parts(stage, cur)
-        figures = self._train(stage, resume, parts.callbacks, cur=cur, selection=parts.selection)
-        return figures | {"s": figures.get("s", stage.s), "s_setting": stage.s}
-
-    def _stage_finetune(self, stage: FinetuneStage, resume: dict | None) -> dict:
-        cur = self._start(stage)
-        distiller = self._distiller(stage, cur) if (stage.teacher or stage.kd or stage.features) else None
-        callbacks = [distiller] if distiller else []
-        return self._train(stage, resume, callbacks, loss_fn=distiller, cur=cur)
-
-    def _stage_distill(self, stage: DistillStage, resume: dict | None) -> dict:
-        cur = self._start(stage)
-        distiller = self._distiller(stage, cur)
-        return self._train(stage, resume, [distiller], loss_fn=distiller, cur=cur)
-
-    def _teacher(self, name: str | None, stage: Any) -> nn.Module:
-        if name is None:
-            raise DistillError(f"stage {stage.name}: kd or feature terms need a teacher (original, a stage name, or a checkpoint)")
-        if name == "original":
-            if self.original is None:
-                raise DistillError(f"stage {stage.name}: teacher 'original' means the model before pruning, but no prune stage ran before it")
-            path = self.original
-        elif name in self.outputs:
-            path = self.outputs[name]
-        else:
-            path = Path(name)
-            if path.is_dir():
-                path = path / "weights" / "best.pt"
-            if not path.exists():
-                raise DistillError(f"stage {stage.name}: teacher checkpoint {path} does not exist")
-        return checkpoint.load(path, trust=self.trust).model
-
-    def _distiller(self, stage: Any, cur: Current) -> Any:
-        from engine.distill.distiller import Distiller
-
-        teacher = self._teacher(stage.teacher, stage).to(self.device)
-        d = self.data(self.spec.training_for(stage).batch_size)
-        x, _ = next(iter(d.val))
-        kd = stage.kd.model_dump() if stage.kd is not None else (None if stage.features else {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75})
-        distiller = Distiller(
-            cur.model.to(self.device), teacher, kd=kd, features=[f.model_dump() for f in stage.features],
-            example_input=x[:8].to(self.device), device=self.device,
-        )
-        for line in distiller.describe():
-            self.writer.log(f"{stage.name}: {line}")
-        return distiller
-
-    # ---------------------------------------------------------- slimming stages
-
-    def _stage_prune(self, stage: PruneStage, resume: dict | None) -> dict:
-        from engine.slim.apply import apply_plan
-        from engine.slim.target import plan_for_rule
-
-        cur = self._start(stage)
-        self.original = self._current_output(stage) or self._save_original(cur)
-        model = copy.deepcopy(cur.model).cpu().eval()
-        plan, rows = plan_for_rule(model, self._input_shape(), stage, evaluate=self._pruned_accuracy)
-        if rows is not None and self.dist.is_main:
-            write_json(self.writer.path / f"{stage.name}.sweep.json", {"stage": stage.name, "rows": rows})
-        apply_plan(model, plan)
-        self._calibrate(model)
-        pruned, out = self._keep_cut(stage, cur, model, plan)
-        plan_dict = pruned.plan
-        totals = plan_dict.get("totals", {})
-        target = plan_dict["options"].get("target")
-        rule = {k: getattr(stage, k) for k in stage.rule_keys() if getattr(stage, k) is not None}
-        return (self.measure(pruned, out) | rule | {"threshold": plan_dict["options"].get("global_threshold")}
-                | ({"target": target} if target else {}) | {f"plan_{k}": v for k, v in totals.items()})
-
-    def _keep_cut(self, stage: Any, cur: Current, model: nn.Module, plan: Any) -> tuple[Current, Path]:
+    def keep_cut(self, stage: Any, cur: Current, model: Any, plan: Any) -> tuple[Current, Path]:
         """A prune stage's cut model kept: plan.json, the report (warnings, totals, groups) in log.txt
         and the headless output, and weights/<stage>.pt. `plan` is the cut just applied to `model`."""
+        from engine.runs import write_json
         from engine.slim import plan as slim_plan
         from engine.slim.report import prune_lines
 
@@ -619,114 +413,70 @@ class Pipeline:
         plan_dict = plan.to_dict()
         if self.dist.is_main:
             write_json(self.writer.path / "plan.json", plan_dict)
-        self._say(lines)
+        self.say(lines)
         pruned = Current(model, cur.arch, plan_dict)
-        return pruned, self._finish(stage, pruned)
+        return pruned, self.finish(stage, pruned)
 
-    def _calibrate(self, model: nn.Module) -> nn.Module:
-        """BatchNorm statistics of a cut model re-estimated on training images (engine/slim/bn_calibrate.py)."""
-        from engine.slim.bn_calibrate import calibration_samples, first_batches, recalibrate
+    def save_original(self, cur: Current) -> Path:
+        path = self.writer.weights / "original.pt"
+        if self.dist.is_main:
+            checkpoint.save(path, cur.model, cur.arch, plan=cur.plan)
+        return path
 
-        model.to(self.device)
-        train = self.data(self.spec.training.batch_size).train
-        recalibrate(model, first_batches(train, calibration_samples(train)), self.device, dist_info=self.dist)
-        return model
+    def current_output(self, stage: Any) -> Path | None:
+        """The file holding the model this stage starts from, when it is the pipeline's current one."""
+        if stage.model is None and stage.start is None and self.outputs:
+            return self.last_output()
+        return None
 
-    def _pruned_accuracy(self, model: nn.Module) -> dict[str, float]:
-        """Val figures of a pruned copy, its BatchNorm statistics re-estimated first (sweep, max_drop)."""
-        return evaluate(self._calibrate(model), self.data(self.spec.training.batch_size).val, self.device)
+    def last_name(self) -> str | None:
+        """The latest stage whose output became the current model (a control stage's never does)."""
+        kinds = {s.name: s.type for s in self.stages}
+        names = [n for n in self.outputs if kinds.get(n) not in CONTROL_STAGES]
+        return names[-1] if names else None
 
-    def _say(self, lines: list[str]) -> None:
+    def last_output(self) -> Path | None:
+        name = self.last_name()
+        return self.outputs[name] if name else None
+
+    def say(self, lines: list[str]) -> None:
         """Lines for the headless output (and log.txt)."""
         for line in lines:
             self.writer.log(line)
         if self.dist.is_main and hasattr(self.reporter, "message"):
             self.reporter.message("\n".join(lines))
 
-    def _current_output(self, stage: Any) -> Path | None:
-        """The file holding the model this stage starts from, when it is the pipeline's current one."""
-        if stage.model is None and stage.start is None and self.outputs:
-            return self._last_output()
-        return None
+    def progress(self, stage: Any, start: float = 0.0, span: float = 1.0) -> Callable[[float, str], None]:
+        """progress(fraction, what) of a step that covers [start, start + span] of the stage: status.json's
+        `progress` and `activity` ("<stage>: <what>"), which the monitor shows."""
 
-    def _last_name(self) -> str | None:
-        """The latest stage whose output became the current model (a control stage's never does)."""
-        kinds = {s.name: s.type for s in self.stages}
-        names = [n for n in self.outputs if kinds.get(n) not in CONTROL_STAGES]
-        return names[-1] if names else None
+        def report(fraction: float, what: str) -> None:
+            self.writer.status(progress=round(start + span * fraction, 3), activity=f"{stage.name}: {what}")
 
-    def _last_output(self) -> Path | None:
-        name = self._last_name()
-        return self.outputs[name] if name else None
+        return report
 
-    def _save_original(self, cur: Current) -> Path:
-        path = self.writer.weights / "original.pt"
-        if self.dist.is_main:
-            checkpoint.save(path, cur.model, cur.arch, plan=cur.plan)
-        return path
+    def stage_setting(self, stage: Any, item: str) -> str:
+        """`training.lr=x` as this stage's `stages.N.training.lr=x` when the stage sets its own."""
+        key, _, value = item.partition("=")
+        if not key.startswith("training."):
+            return item
+        base = stage.name.split("-r")[0] if stage.name not in [s.name for s in self.spec.stages] else stage.name
+        index = next((i for i, s in enumerate(self.spec.stages) if s.name == base), None)
+        own = index is not None and getattr(self.spec.stages[index].training, key.split(".", 1)[1], None) is not None
+        return f"stages.{index}.{key}={value}" if own else item
 
-    def _stage_sweep(self, stage: SweepStage, resume: dict | None) -> dict:
-        from engine.slim.sweep import sweep
-
-        cur = self._start(stage)
-        rows = sweep(
-            copy.deepcopy(cur.model).cpu().eval(), self._input_shape(), self._pruned_accuracy, ratios=stage.ratios,
-            min_keep=_min_keep(stage.min_keep), round_to=stage.round_to, score=stage.score, ignore=stage.ignore,
-        )
-        if self.dist.is_main:
-            write_json(self.writer.path / "sweep.json", {"stage": stage.name, "rows": rows})
-            if hasattr(self.reporter, "sweep_curve"):
-                self.reporter.sweep_curve(stage.name, rows)
-        base = rows[0]["accuracy"] if rows else None
-        return {"ratios": len(rows), "accuracy_at_0": base, "rows": rows}
-
-    def _stage_scratch(self, stage: Any, resume: dict | None) -> dict:
-        """The pruned architecture from random initialisation (engine/slim/scratch.py); a control:
-        the current model and weights/best.pt stay those of the stage before."""
-        from engine.slim.scratch import chain_epochs, check_pruned, scratch_model
-
-        src = self._start(stage)
-        plan = check_pruned(src.plan, stage.name)
-        index = next(i for i, s in enumerate(self.stages) if s.name == stage.name)
-        epochs, chain = chain_epochs(self.stages, index, lambda s: self.spec.training_for(s).epochs)
-        if stage.training.epochs is None:
-            stage = stage.model_copy(update={"training": stage.training.model_copy(update={"epochs": epochs})})
-        self.writer.log(f"{stage.name}: the pruned architecture from random initialisation, "
-                        f"{self.spec.training_for(stage).epochs} epochs ({' + '.join(chain) or 'no stages'}: {epochs})")
-        cur = Current(scratch_model(src.arch, plan, self.spec.training.seed + 1), src.arch, plan)
-        previous, before = self.current, self._last_output()
-        figures = self._train(stage, resume, [], cur=cur, selection=self._selection(stage))
-        self.current = previous
-        if before is not None and self.dist.is_main:
-            _atomic_copy(before, self.writer.weights / "best.pt")
-        return figures | {"control": "scratch", "chain_epochs": epochs}
-
-    def _selection(self, stage: Any) -> Any:
-        from engine.slim.sparse_stage import selection_for
-
-        return selection_for(stage, monitored=False)
-
-    def _stage_evaluate(self, stage: Any, resume: dict | None) -> dict:
-        cur = self._start(stage)
-        out = self._current_output(stage) or self._finish(stage, cur)
-        return self.measure(cur, out)
-
-    # ---------------------------------------------------------- deployment stages (engine/deploy)
-
-    def _stage_export(self, stage: Any, resume: dict | None) -> dict:
-        from engine.deploy.stages import export_stage
-
-        return export_stage(self, stage, self._start(stage), self._input_shape())
-
-    def _stage_quantize(self, stage: Any, resume: dict | None) -> dict:
-        from engine.deploy.stages import quantize_stage
-
-        return quantize_stage(self, stage)
-
-    def _stage_compress(self, stage: Any, resume: dict | None) -> dict:
-        from engine.deploy.stages import compress_stage
-
-        return compress_stage(self, stage, self._start(stage), resume)
+    def drop_redone_metrics(self, name: str, resume: dict | None) -> None:
+        """metrics.jsonl keeps each step once: the lines after the resume point are redone."""
+        if self.resuming != name:
+            return
+        pos = on_disk.last_position(resume) if resume is not None else None
+        if pos is None:
+            dropped = self.writer.drop_metrics(name)
+        else:
+            dropped = self.writer.drop_metrics(name, after_step=int(pos.get("step", 0)), from_epoch=int(pos.get("epoch", 0)))
+        if dropped:
+            self.writer.log(f"resume: dropped {dropped} metrics line{'s' if dropped > 1 else ''} of stage {name} "
+                            "written after its resume point (those steps are redone)")
 
 
 def failure_reason(e: BaseException, run: Path) -> str:
@@ -736,26 +486,6 @@ def failure_reason(e: BaseException, run: Path) -> str:
 
         return describe_os_error(e, run)
     return f"{type(e).__name__}: {e}"
-
-
-def _min_keep(v: float) -> int | float:
-    from engine.slim.spec import min_keep_value
-
-    return min_keep_value(v)
-
-
-def _num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        n = model(torch.zeros(1, *shape)).shape[-1]
-    model.train(was)
-    return int(n)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    with open(src, "rb") as s, atomic_file(dst, "wb", durable=True) as d:
-        shutil.copyfileobj(s, d)
 
 
 def _fmt(v: Any) -> str:

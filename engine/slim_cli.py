@@ -13,7 +13,8 @@ import numpy as np
 from engine.errors import PresetError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The checkpoint and how to read it: shared by inspect, prune and export."""
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--arch", help="architecture of a bare state_dict: a registry name or package.module:Class "
                    "(the current folder is on the import path)")
@@ -31,7 +32,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimlab inspect", description="Per-layer BatchNorm |gamma| statistics and the coupled channel groups.")
-    _common(p)
+    add_checkpoint_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -39,7 +40,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 def prune_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimlab prune", description="Prune a checkpoint by a global percent or a |gamma| threshold; "
                                 "writes the pruned checkpoint and its plan beside it (X.pt, X.plan.json) and prints before -> after.")
-    _common(p)
+    add_checkpoint_arguments(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--percent", type=float, help="fraction of channels removed, by the global |gamma| percentile: [0, 1)")
     how.add_argument("--threshold", type=float, help="absolute |gamma| threshold")

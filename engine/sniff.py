@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+CHECKPOINT_FORMAT = "slimlab/1"  # the `format` tag of a slimlab checkpoint (engine/checkpoint.py)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+ONNX_SUFFIX = ".onnx"  # deployment files (engine/deploy), listed beside the checkpoints
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 # torch.save's legacy (non-zip) format starts with its magic number pickled with protocol 2

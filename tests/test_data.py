@@ -16,7 +16,7 @@ from engine import data
 from engine.config import DataSpec
 from engine.data import cifar, shapes
 from engine.data.loader import TensorLoader
-from engine.data.split import holdout, split_indices
+from engine.data.splits import holdout, split_indices
 from engine.data.stats import channel_mean_std
 from engine.errors import DataError
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import checkpoint, runs
+from engine.classify.task import ClassifyTask
 from engine.cli import prepare_run_dir
 from engine.config import load_preset
 from engine.errors import Cancelled
@@ -168,13 +169,13 @@ def test_a_resumed_stage_keeps_the_progress_it_had_reached(tmp_path, spec, monke
     reached = read_run(path).progress
     assert 0.5 <= reached < 1.0
     seen: list[float] = []
-    train = Pipeline._stage_train
+    train = ClassifyTask.train_stage
 
     def spy(self, stage, resume):  # the stage has started again; its first step is still to come
         seen.append(read_run(path).progress)
         return train(self, stage, resume)
 
-    monkeypatch.setattr(Pipeline, "_stage_train", spy)
+    monkeypatch.setattr(ClassifyTask, "train_stage", spy)
     with pytest.raises(Cancelled):
         Pipeline(spec, path, stop=StopAfter(0)).run(resume=True)
     assert seen == [reached]  # not 0% until the first step

@@ -6,18 +6,15 @@ Importing this package stays cheap: torch and the dataset modules load inside `b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.data.bundle import DataBundle
-
-if TYPE_CHECKING:
-    from engine.config import DataSpec
 
 __all__ = ["DataBundle", "build", "names"]
 
 
 def build(
-    spec: DataSpec,
+    spec: Any,
     *,
     batch_size: int,
     seed: int = 0,
@@ -28,9 +25,9 @@ def build(
 ) -> DataBundle:
     """Load the dataset `spec` names and wrap its splits in train, val (and test) loaders.
 
-    `spec.seed` fixes the data itself (generated shapes, the held-out split);
-    `seed` fixes the order and augmentation of the batches, so a run's seed
-    can change without changing its data. On a CUDA `device` streamed batches
+    `spec` is a preset's data section (engine.config.DataSpec). `spec.seed` fixes the data
+    itself (generated shapes, the held-out split); `seed` fixes the order and augmentation of
+    the batches, so a run's seed can change without changing its data. On a CUDA `device` streamed batches
     are pinned for asynchronous copies.
     """
     from engine.data.registry import build as _build
@@ -48,6 +45,6 @@ def build(
 
 def names() -> list[str]:
     """The built-in dataset names; `torchvision:<Name>` is accepted as well."""
-    from engine.data.catalog import NAMES
+    from engine.data.registry import NAMES
 
     return list(NAMES)

@@ -22,8 +22,7 @@ import torch
 
 from engine.data import decode
 from engine.data.files import FileTable
-from engine.data.split import split_indices
-from engine.data.splits import no_test_fraction
+from engine.data.splits import no_test_fraction, split_indices
 from engine.data.stats import mean_std_of
 from engine.errors import DataError
 

@@ -1,4 +1,9 @@
-"""Dataset names and how each becomes a DataBundle."""
+"""Dataset names and how each becomes a DataBundle.
+
+Importing this module stays cheap (the names are read when a preset is validated); torch and the
+dataset modules load inside the functions that build data. `spec` is a preset's data section
+(engine.config.DataSpec), read by attribute.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,15 @@ import difflib
 from typing import TYPE_CHECKING, Any
 
 from engine.data.bundle import DataBundle
-from engine.data.catalog import NAMES, TORCHVISION_PREFIX
-from engine.data.loader import TensorLoader
 from engine.data.resources import choose_cache, resolve_workers
-from engine.data.stats import channel_mean_std
 from engine.errors import DataError
 
 if TYPE_CHECKING:
-    from engine.config import DataSpec
     from engine.data.imagefolder import FolderSplits
     from engine.data.splits import Splits
+
+NAMES: tuple[str, ...] = ("shapes", "imagefolder", "cifar10", "cifar100")
+TORCHVISION_PREFIX = "torchvision:"
 
 
 def _unknown(name: str) -> DataError:
@@ -25,7 +29,7 @@ def _unknown(name: str) -> DataError:
     return DataError(f"unknown dataset {name!r}{hint} (choose one of {', '.join(choices)})")
 
 
-def load_splits(spec: DataSpec, workers: int = 0) -> Splits:
+def load_splits(spec: Any, workers: int = 0) -> Splits:
     """The dataset `spec` names, in memory, before batching."""
     name = spec.dataset
     if name == "shapes":
@@ -58,7 +62,7 @@ def load_splits(spec: DataSpec, workers: int = 0) -> Splits:
     raise _unknown(name)
 
 
-def _folder_in_memory(found: FolderSplits, spec: DataSpec, workers: int) -> Splits:
+def _folder_in_memory(found: FolderSplits, spec: Any, workers: int) -> Splits:
     import torch
 
     from engine.data import imagefolder
@@ -74,7 +78,7 @@ def _folder_in_memory(found: FolderSplits, spec: DataSpec, workers: int) -> Spli
     )
 
 
-def _scan_folder(spec: DataSpec) -> FolderSplits:
+def _scan_folder(spec: Any) -> FolderSplits:
     from engine.data import imagefolder
 
     return imagefolder.scan(
@@ -83,7 +87,7 @@ def _scan_folder(spec: DataSpec) -> FolderSplits:
 
 
 def build(
-    spec: DataSpec,
+    spec: Any,
     *,
     batch_size: int,
     seed: int = 0,
@@ -122,7 +126,7 @@ def build(
     return _checked(bundle, spec, batch_size)
 
 
-def _frame_from_files(spec: DataSpec, found: FolderSplits) -> tuple[str, str | None]:
+def _frame_from_files(spec: Any, found: FolderSplits) -> tuple[str, str | None]:
     """data.cache: auto streams when random_resized_crop would otherwise cut from cached
     copies much smaller than the files (a 0.08 crop of a 224 px copy is a blurred 63 px)."""
     from engine.data import augment_spec, imagefolder
@@ -145,7 +149,7 @@ def torch_device_type(device: Any) -> str:
     return str(getattr(device, "type", device)).split(":")[0]
 
 
-def _checked(bundle: DataBundle, spec: DataSpec, batch_size: int) -> DataBundle:
+def _checked(bundle: DataBundle, spec: Any, batch_size: int) -> DataBundle:
     if len(bundle.train) == 0:
         raise DataError(
             f"{spec.dataset}: {bundle.train.num_samples} training images per rank make no full batch "
@@ -154,10 +158,14 @@ def _checked(bundle: DataBundle, spec: DataSpec, batch_size: int) -> DataBundle:
     return bundle
 
 
-def _in_memory(s: Splits, spec: DataSpec, order: dict, drop_last: bool) -> DataBundle:
+def _in_memory(s: Splits, spec: Any, order: dict, drop_last: bool) -> DataBundle:
+    from engine.data.loader import TensorLoader
+
     if s.mean is not None and s.std is not None:
         mean, std = s.mean, s.std
     else:
+        from engine.data.stats import channel_mean_std
+
         mean, std = channel_mean_std(s.train_images)
     common = {"mean": mean, "std": std, **order}
     train = TensorLoader(
@@ -184,7 +192,7 @@ def _in_memory(s: Splits, spec: DataSpec, order: dict, drop_last: bool) -> DataB
 
 
 def _streaming(
-    spec: DataSpec, found: FolderSplits, order: dict, workers: int, pin: bool, drop_last: bool
+    spec: Any, found: FolderSplits, order: dict, workers: int, pin: bool, drop_last: bool
 ) -> DataBundle:
     from engine.data import imagefolder
     from engine.data.stream import StreamLoader

@@ -27,11 +27,11 @@ it hurts most stay in fp32 until it does not; when even that fails no INT8 file 
 
 
 def export_parser() -> argparse.ArgumentParser:
-    from engine.slim_cli import _common
+    from engine.slim_cli import add_checkpoint_arguments
 
     p = argparse.ArgumentParser(prog="slimlab export", description=EXPORT_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    add_checkpoint_arguments(p)
     p.add_argument("--out", type=Path, help="ONNX file to write (default: CKPT with .onnx beside it)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size")
@@ -79,14 +79,6 @@ def main(cmd: str, argv: list[str]) -> int:
     return quantize(quantize_parser().parse_args(argv))
 
 
-def _batch(text: str) -> int | None:
-    if text == "dynamic":
-        return None
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise PresetError(f"--batch {text!r}: give 'dynamic' or a batch size >= 1")
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -94,10 +86,10 @@ def _print(line: str) -> None:
 def export(args: argparse.Namespace) -> int:
     from engine.deploy import data as deploy_data
     from engine.deploy.artifacts import export_file, shape_text
-    from engine.models.sizing import parse_input_size
+    from engine.models.sizing import parse_batch, parse_input_size
     from engine.slim_cli import load
 
-    batch = _batch(args.batch)
+    batch = parse_batch(args.batch)
     shape = parse_input_size(args.input_size) if args.input_size else None
     loaded = load(args)
     if isinstance(loaded.arch, dict) and loaded.arch.get("task") == "detect":  # Ultralytics YOLO (engine/detect)
@@ -169,7 +161,7 @@ def quantize(args: argparse.Namespace) -> int:
     from engine.deploy import data as deploy_data
     from engine.deploy import onnxfile
     from engine.deploy.artifacts import write_int8
-    from engine.deploy.quantize import QuantizeOptions
+    from engine.deploy.quantize import QuantizeOptions, accuracy_scorer
     from engine.deploy.quantize import quantize as run_quantize
 
     if args.samples < 1:
@@ -192,7 +184,7 @@ def quantize(args: argparse.Namespace) -> int:
                               activations=args.activations, max_drop=args.max_drop)
     _print(f"quantizing {args.model} to INT8: {args.samples} calibration images from {label} ({args.method}, "
            f"{'per-channel' if args.per_channel else 'per-tensor'} weights)")
-    result = run_quantize(fp32, images.calibration(args.samples), images.val, options,
+    result = run_quantize(fp32, images.calibration(args.samples), accuracy_scorer(images.val), options,
                           log=lambda line: _print(f"  {line}"))
     if result.model is None:
         print(f"error: {result.message}; no INT8 file written", file=sys.stderr)

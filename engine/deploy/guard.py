@@ -11,13 +11,14 @@ layer in fp32 gains nothing from INT8: then, as when nothing meets it, no INT8 m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.deploy import runtime
+from engine.task import ACCURACY, Metric
 
 PROBE_IMAGES = 128
 
@@ -48,10 +49,12 @@ def sqnr_db(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
 
 
 class Guard:
-    def __init__(self, quantizer: Any, val: Callable[[], Iterable], fp32_accuracy: float, max_drop: float, *,
+    def __init__(self, quantizer: Any, score: Callable[[Any], float], fp32_accuracy: float, max_drop: float, *,
                  log: Callable[[str], None] | None = None,
-                 progress: Callable[[float, str], None] | None = None) -> None:
-        self.q, self.val, self.fp32, self.max_drop = quantizer, val, fp32_accuracy, max_drop
+                 progress: Callable[[float, str], None] | None = None, metric: Metric = ACCURACY) -> None:
+        """`score(ONNX file) -> fraction` is the task's metric (accuracy, mAP50-95) on the val split."""
+        self.q, self.score, self.fp32, self.max_drop = quantizer, score, fp32_accuracy, max_drop
+        self.metric = metric
         self.log = log or (lambda line: None)
         self.progress = progress or (lambda f, text: None)
 
@@ -59,7 +62,7 @@ class Guard:
         return (self.fp32 - accuracy) * 100
 
     def accuracy(self, path: Path) -> float:
-        return runtime.accuracy(runtime.session(path), self.val())
+        return self.score(path)
 
     def sensitivity(self, nodes: list[tuple[str, str]]) -> list[tuple[str, str, float]]:
         """(node, layer, SQNR dB of the logits with only that layer in INT8), worst first."""
@@ -82,7 +85,8 @@ class Guard:
         """The INT8 file within budget (result.excluded/accuracy/message filled in), or None."""
         first = result.accuracy
         nodes = self.q.compute_nodes()
-        self.log(f"quantize: INT8 {points(self.drop(first))} (fp32 {self.fp32:.2%}, INT8 {first:.2%}), "
+        m = self.metric
+        self.log(f"quantize: INT8 {points(self.drop(first))} (fp32 {m.format(self.fp32)}, INT8 {m.format(first)}), "
                  f"more than max_drop {self.max_drop:g}; measuring the sensitivity of {len(nodes)} conv/linear layers")
         if not nodes:
             result.accuracy = None
@@ -98,7 +102,7 @@ class Guard:
             path = self.q.quantize(exclude=[node for node, _, _ in ranking[:k]])
             acc = self.accuracy(path)
             result.attempts.append({"excluded": k, "accuracy": acc})
-            self.log(f"quantize: with {k} layer(s) in fp32, INT8 accuracy {acc:.2%} ({points(self.drop(acc))})")
+            self.log(f"quantize: with {k} layer(s) in fp32, INT8 {m.named(acc)} ({points(self.drop(acc))})")
             if self.drop(acc) <= self.max_drop + 1e-9:
                 if k == len(ranking):
                     result.accuracy = None
@@ -113,6 +117,6 @@ class Guard:
         best = max(a["accuracy"] for a in result.attempts)
         result.accuracy = None
         result.message = (f"max_drop {self.max_drop:g} cannot be reached: even with every conv/linear layer in fp32, "
-                          f"INT8 loses {self.drop(result.attempts[-1]['accuracy']):.2f} points (best INT8 accuracy "
-                          f"{best:.2%} vs fp32 {self.fp32:.2%}); keeping the fp32 model")
+                          f"INT8 loses {self.drop(result.attempts[-1]['accuracy']):.2f} points (best INT8 {m.named(best)} "
+                          f"vs fp32 {m.format(self.fp32)}); keeping the fp32 model")
         return None

@@ -23,6 +23,7 @@ from onnxruntime import quantization as ortq
 from engine.deploy import onnxfile, runtime
 from engine.deploy.quiet import quiet
 from engine.errors import DeployError
+from engine.task import ACCURACY, Metric
 
 METHODS = {
     "minmax": ortq.CalibrationMethod.MinMax,
@@ -162,32 +163,39 @@ class Quantizer:
         return out
 
 
+def accuracy_scorer(val: Callable[[], Iterable[tuple[Any, Any]]]) -> Callable[[Any], float]:
+    """score(ONNX model, as a file or bytes) -> top-1 accuracy on `val()` through onnxruntime."""
+    return lambda model: runtime.accuracy(runtime.session(model), val())
+
+
 def quantize(
     fp32: onnx.ModelProto,
     calibration: list[np.ndarray],
-    val: Callable[[], Iterable[tuple[Any, Any]]],
+    score: Callable[[Any], float],
     options: QuantizeOptions,
     *,
     log: Callable[[str], None] | None = None,
     progress: Callable[[float, str], None] | None = None,
+    metric: Metric = ACCURACY,
 ) -> QuantizeResult:
-    """Quantize `fp32`; accuracy of both on `val()` through onnxruntime; the guard when over budget."""
+    """Quantize `fp32`; `score` (the task's metric of an ONNX file, a fraction) of both; the guard
+    when INT8 loses more than `max_drop` points of it."""
     from engine.deploy.guard import Guard
 
     say = progress or (lambda f, text: None)
     with tempfile.TemporaryDirectory(prefix="slimlab-quantize-") as tmp:
         say(0.0, "pre-processing")
         q = Quantizer(fp32, calibration, options, Path(tmp), log)
-        fp32_acc = runtime.accuracy(runtime.session(onnxfile.serialize(fp32)), val())
+        fp32_acc = score(onnxfile.serialize(fp32))
         say(0.1, "calibrating and quantizing")
         first = q.quantize()
-        acc = runtime.accuracy(runtime.session(first), val())
+        acc = score(first)
         result = QuantizeResult(None, fp32_acc, acc, settings=q.settings(),
                                 attempts=[{"excluded": 0, "accuracy": acc}])
         path: Path | None = first
         if options.max_drop is not None and result.drop > options.max_drop + 1e-9:
-            say(0.3, "accuracy guard")
-            path = Guard(q, val, fp32_acc, options.max_drop, log=log, progress=say).run(result)
+            say(0.3, f"{metric.label} guard")
+            path = Guard(q, score, fp32_acc, options.max_drop, log=log, progress=say, metric=metric).run(result)
         result.model = onnx.load(str(path)) if path is not None else None
         say(1.0, "done")
         return result

@@ -71,9 +71,9 @@ def export(args: argparse.Namespace, loaded: Any) -> int:
         _print(f"wrote {out} ({size / 2**20:.2f} MiB) from {label}: an Ultralytics checkpoint (a pickle), for "
                f"`yolo predict model={out}` or YOLO('{out}')")
         return 0
-    from engine.deploy.cli import _batch
+    from engine.models.sizing import parse_batch
 
-    batch = _batch(args.batch)
+    batch = parse_batch(args.batch)
     out = args.out or args.checkpoint.with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise PresetError(f"--out {out}: an ONNX file name ends in .onnx")

@@ -24,13 +24,3 @@ def check_detect_names(spec: Any, source: str) -> None:
             f"{source}: data.dataset: task detect reads YOLO-format data: dataset: yolo with path: <data.yaml>, "
             "or dataset: yolo_shapes (generated)"
         )
-    for i, stage in enumerate(spec.stages):
-        if stage.type in ("quantize", "compress"):
-            raise PresetError(
-                f"{source}: stages[{i}]: {stage.type} takes classification models; a detection run deploys with "
-                "an export stage (ONNX checked on the validation images, with its mAP)"
-            )
-        if stage.type == "distill" or (stage.type == "finetune" and (stage.teacher or stage.kd or stage.features)):
-            raise PresetError(
-                f"{source}: stages[{i}]: distillation is not available for detection models; finetune without a teacher"
-            )

@@ -63,3 +63,12 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
             "e.g. 3x32x32"
         )
     return dims  # type: ignore[return-value]
+
+
+def parse_batch(text: str) -> int | None:
+    """An export's batch: `dynamic` (None: any batch size) or a fixed batch size >= 1."""
+    if text == "dynamic":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise PresetError(f"--batch {text!r}: give 'dynamic' or a batch size >= 1")

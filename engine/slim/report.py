@@ -74,29 +74,41 @@ def _rule(o: dict[str, Any]) -> str:
     return f"threshold {o.get('threshold'):g}"
 
 
+def _sweep_metric(rows: list[dict[str, Any]]) -> Any:
+    """The metric a sweep measured: mAP50-95 for a detector, else accuracy (engine/task.py)."""
+    from engine.task import ACCURACY, MAP
+
+    return MAP if rows and MAP.key in rows[0] else ACCURACY
+
+
 def sweep_table(stage: str, rows: list[dict[str, Any]]) -> list[str]:
-    """The sweep curve as text: ratio, accuracy, drop from ratio 0, params and FLOPs kept."""
+    """The sweep curve as text: ratio, the metric (accuracy, mAP50-95), drop in points from ratio 0,
+    params and FLOPs kept."""
     if not rows:
         return [f"[{stage}] no ratios"]
+    m = _sweep_metric(rows)
     base = rows[0]
-    lines = [f"[{stage}] accuracy without finetuning, pruned at each ratio",
-             f"[{stage}] {'ratio':>5} {'accuracy':>9} {'drop':>7} {'params':>8} {'FLOPs':>8}  "]
+    lines = [f"[{stage}] {m.label} without finetuning, pruned at each ratio",
+             f"[{stage}] {'ratio':>5} {m.label:>9} {'drop':>7} {'params':>8} {'FLOPs':>8}  "]
     for r in rows:
-        drop = (base["accuracy"] - r["accuracy"]) * 100
-        bar = "#" * int(round(20 * r["accuracy"]))
-        lines.append(f"[{stage}] {r['ratio']:>5.2f} {r['accuracy']:>9.2%} {drop:>7.2f} "
+        value = r[m.key]
+        drop = (base[m.key] - value) * 100
+        bar = "#" * int(round(20 * value))
+        shown = f"{value:>9.2%}" if m.percent else f"{value:>9.4f}"
+        lines.append(f"[{stage}] {r['ratio']:>5.2f} {shown} {drop:>7.2f} "
                      f"{r['params'] / max(1, base['params']):>8.1%} {r['flops'] / max(1, base['flops']):>8.1%}  {bar}")
     return lines
 
 
 def sweep_plot(stage: str, rows: list[dict[str, Any]], width: int = 70, height: int = 14) -> str:
-    """The sweep curve as a plotext plot (for a terminal): accuracy % against the ratio."""
+    """The sweep curve as a plotext plot (for a terminal): the metric in % against the ratio."""
     import plotext as plt
 
+    m = _sweep_metric(rows)
     plt.clear_figure()
     plt.plotsize(width, height)
-    plt.plot([r["ratio"] for r in rows], [100 * r["accuracy"] for r in rows], marker="dot")
-    plt.title(f"{stage}: accuracy % without finetuning vs ratio of channels removed")
+    plt.plot([r["ratio"] for r in rows], [100 * r[m.key] for r in rows], marker="dot")
+    plt.title(f"{stage}: {m.label} % without finetuning vs ratio of channels removed")
     plt.xlabel("ratio")
     plt.ylim(0, 100)
     return plt.build()

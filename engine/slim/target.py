@@ -128,9 +128,11 @@ def ratio_for_max_drop(
     *,
     ratios: Sequence[float] = SWEEP_RATIOS,
     refine: int = 3,
+    metric: str = "accuracy",
     **shape: Any,
 ) -> tuple[float, list[dict[str, Any]]]:
-    """(ratio, sweep rows): the largest ratio within `max_drop` accuracy points of the unpruned model.
+    """(ratio, sweep rows): the largest ratio within `max_drop` points of `metric` (a fraction:
+    accuracy, mAP50-95) of the unpruned model.
 
     Walks the sweep from ratio 0 up and stops at the first ratio beyond the drop (the cliff; a
     noisy ratio above it is not trusted), then bisects `refine` times between the two.
@@ -141,8 +143,8 @@ def ratio_for_max_drop(
         raise PruneError(f"max_drop {max_drop!r} must be a positive number of accuracy points, e.g. 1.0")
     grid = sorted({0.0, *(round(float(r), 6) for r in ratios)})
     rows = sweep(model, inputs, evaluate, ratios=grid, **shape)
-    base = rows[0]["accuracy"]
-    within = lambda row: (base - row["accuracy"]) * 100 <= max_drop + 1e-9  # noqa: E731
+    base = rows[0][metric]
+    within = lambda row: (base - row[metric]) * 100 <= max_drop + 1e-9  # noqa: E731
     good, bad = 0.0, None
     for row in rows[1:]:
         if not within(row):
@@ -209,11 +211,12 @@ def plan_for_rule(
     rule: Any,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    metric: str = "accuracy",
 ) -> tuple[Any, list[dict[str, Any]] | None]:
     """(plan, sweep rows or None) for a preset plan rule (a prune stage or a target).
 
-    `evaluate(pruned copy) -> {"accuracy": ...}` is needed for `max_drop` only; `progress` hears
-    about building the channel graph (engine/slim/trace.py).
+    `evaluate(pruned copy) -> {metric: ...}` is needed for `max_drop` only (its points are of
+    `metric`); `progress` hears about building the channel graph (engine/slim/trace.py).
     """
     from engine.slim.inputs import precompute
     from engine.slim.plan import plan_from_inputs
@@ -226,16 +229,16 @@ def plan_for_rule(
     if evaluate is None:
         raise PruneError("max_drop needs an evaluation of pruned copies (a dataset): none was given")
     shape = {k: v for k, v in opts.items() if k not in ("percent", "threshold", *COST_KEYS)}
-    ratio, rows = ratio_for_max_drop(model, inputs, evaluate, max_drop, **shape)
+    ratio, rows = ratio_for_max_drop(model, inputs, evaluate, max_drop, metric=metric, **shape)
     plan = plan_from_inputs(inputs, percent=ratio, **shape)
-    base = rows[0]["accuracy"]
+    base = rows[0][metric]
     at = next(r for r in rows if r["ratio"] == ratio)
-    plan.options["target"] = {"max_drop": max_drop, "ratio": ratio, "drop": round((base - at["accuracy"]) * 100, 4)}
+    plan.options["target"] = {"max_drop": max_drop, "ratio": ratio, "drop": round((base - at[metric]) * 100, 4)}
     if ratio == 0.0:
         first = rows[1] if len(rows) > 1 else None
         plan.warnings.append(
-            f"max_drop {max_drop:g}: every ratio tried costs more than {max_drop:g} accuracy points"
-            + (f" (ratio {first['ratio']:g} costs {(base - first['accuracy']) * 100:.1f})" if first else "")
+            f"max_drop {max_drop:g}: every ratio tried costs more than {max_drop:g} {metric} points"
+            + (f" (ratio {first['ratio']:g} costs {(base - first[metric]) * 100:.1f})" if first else "")
             + "; nothing was pruned. Sparse-train longer or with a larger s, or allow a larger drop"
         )
     return plan, rows

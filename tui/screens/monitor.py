@@ -301,7 +301,7 @@ class MonitorScreen(WorkbenchScreen):
     def action_cancel_run(self) -> None:
         if self.run_path is None:
             return
-        from tui.screens.runs import confirm_cancel
+        from tui.widgets.confirm import confirm_cancel
 
         confirm_cancel(self, self.run_path, self._tick)
 

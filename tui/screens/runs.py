@@ -8,7 +8,6 @@ or before this workbench was opened show up the same way.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.markup import escape
@@ -16,13 +15,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from engine import runs
 from tui import launcher
 from tui.screens.base import WorkbenchScreen
 from tui.widgets.ckpt_format import fmt_size
+from tui.widgets.confirm import confirm_cancel
 from tui.widgets.filter_bar import FilterBar, matches
 from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, fmt_map, raw_status, stage_position
 from tui.widgets.table_cells import set_cell
@@ -59,31 +58,6 @@ def row_cells(info: runs.RunInfo, bar: int = 10) -> dict[str, Text | str]:
         "best": fmt_accuracy(info.best_accuracy) if info.best_accuracy is not None else fmt_map(raw_status(info)),
         "elapsed": fmt_elapsed(info.elapsed),
     }
-
-
-def confirm_cancel(screen: Screen, path: Path, then: Callable[[], None] | None = None) -> None:
-    """Ask before cancelling the run at `path` (no is the default), then cancel it."""
-    from tui.widgets.confirm import ConfirmModal
-
-    info = runs.read_run(path)
-    if info.state not in ("running", "queued") and launcher.children().get(path) is None:
-        screen.notify(f"{path.name} is {info.state}, not running", severity="warning", title="Cancel")
-        return
-
-    def answered(yes: bool | None) -> None:
-        if not yes:
-            return
-        try:
-            screen.notify(launcher.cancel(path), title="Cancel")
-        except launcher.LaunchError as e:
-            screen.notify(str(e), severity="warning", title="Cancel")
-        if then is not None:
-            then()
-
-    screen.app.push_screen(ConfirmModal(
-        f"Cancel run {path.name}?",
-        "It stops at the next training step and writes last.pt; R resumes it later from there.",
-        yes="Cancel the run"), answered)
 
 
 def folder_size(path: Path) -> tuple[int, int]:

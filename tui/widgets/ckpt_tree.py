@@ -19,8 +19,8 @@ from textual.widgets import DirectoryTree
 from textual.widgets.directory_tree import DirEntry
 from textual.widgets.tree import TreeNode
 
-from engine.formats import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from engine.runs import RunInfo, read_run
+from engine.sniff import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from tui.widgets.filter_bar import matches
 from tui.widgets.run_tail import raw_status, run_fraction
 

@@ -6,12 +6,18 @@ of keys arriving through tmux) never confirms anything. Only y or the Yes button
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Label, Static
+
+from engine import runs
+from tui import launcher
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -50,3 +56,26 @@ class ConfirmModal(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+def confirm_cancel(screen: Screen, path: Path, then: Callable[[], None] | None = None) -> None:
+    """Ask before cancelling the run at `path` (no is the default), then cancel it."""
+    info = runs.read_run(path)
+    if info.state not in ("running", "queued") and launcher.children().get(path) is None:
+        screen.notify(f"{path.name} is {info.state}, not running", severity="warning", title="Cancel")
+        return
+
+    def answered(yes: bool | None) -> None:
+        if not yes:
+            return
+        try:
+            screen.notify(launcher.cancel(path), title="Cancel")
+        except launcher.LaunchError as e:
+            screen.notify(str(e), severity="warning", title="Cancel")
+        if then is not None:
+            then()
+
+    screen.app.push_screen(ConfirmModal(
+        f"Cancel run {path.name}?",
+        "It stops at the next training step and writes last.pt; R resumes it later from there.",
+        yes="Cancel the run"), answered)

@@ -1,0 +1,149 @@
+"""The seam between the orchestrator (engine/pipeline.py) and a task: classification, or a detection family.
+
+The orchestrator runs the stages of a preset in one run directory: their order and rounds, status
+and resume, each stage's output, `original` (the model before the latest prune), the summary and
+the comparison. Everything that depends on what the model *does* comes from the run's task:
+
+- `kind`: the torch-free description below (its metric, the stage types it runs, its label);
+- models: `fresh(spec_model)` builds the preset's model or adopts its checkpoint as a `Current`;
+  `input_shape()` is the (C, H, W) the model is traced, measured and exported at;
+- training: `runners()` maps the training stage types (train, sparse, finetune, distill, scratch)
+  to the task's own runners; `train(stage, resume, cur, callbacks, ...)` trains one stage with
+  slimlab's callbacks (sparsity penalty, pruned-at-target monitor, teacher);
+- measuring: `evaluate(model)` gives the metric dict of a model on the val split (`metric.key` in
+  it), `calibrate(model)` re-estimates a cut model's BatchNorm statistics, `measure(cur, out)`
+  the figures a stage records (metric, params, FLOPs, size, latency);
+- deploying: `export_shape(input_size)`, `export_file(...)` (the checked ONNX file of a model and
+  its record) and `quantize_data(info, samples)` (calibration batches prepared as the ONNX file
+  expects, and the scorer of ONNX files on the val split) for the export and quantize stages.
+
+Stages that are the same for every task (prune, sweep, evaluate, export, quantize, compress) live
+with their concept (engine/slim/stages.py, engine/deploy/stages.py) and call only these. A stage
+type a task does not run is refused by `TaskKind.refusal`, in the preset check and at run time
+alike, with the same message.
+
+Nothing here imports torch: presets validate, and the workbench labels runs, without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass
+class Current:
+    """A model as the stages hand it on: the module, its arch (how to rebuild it) and its plan."""
+
+    model: nn.Module
+    arch: dict
+    plan: dict | None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The figure a task's stages are judged by (higher is better for both tasks slimlab has)."""
+
+    key: str  # in metrics.jsonl, summary.json and sweep.json rows
+    label: str  # what people call it: accuracy, mAP50-95
+    columns: tuple[str, ...]  # the figures a comparison row carries for a stage
+    record: tuple[str, ...]  # the figures a deployed file's record carries
+    percent: bool  # shown as a percentage (accuracy) or as a 0..1 figure (mAP, as Ultralytics prints it)
+
+    def format(self, value: float) -> str:
+        return f"{value:.2%}" if self.percent else f"{value:.4f}"
+
+    def named(self, value: float) -> str:
+        return f"{self.label} {self.format(value)}"
+
+
+ACCURACY = Metric("accuracy", "accuracy", ("accuracy", "test_accuracy"), ("accuracy",), percent=True)
+MAP = Metric("mAP50_95", "mAP50-95", ("mAP50", "mAP50_95"), ("mAP50", "mAP50_95", "precision", "recall"), percent=False)
+METRICS = {m.key: m for m in (ACCURACY, MAP)}
+
+TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch")
+SHARED_STAGES = ("prune", "sweep", "evaluate", "export", "quantize", "compress")
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One task implementation, described without importing it."""
+
+    name: str  # classify | ultralytics
+    task: str  # the preset's `task`
+    label: str  # in messages: "classification models", "Ultralytics detection models"
+    metric: Metric
+    stages: tuple[str, ...]  # the stage types it runs
+    impl: str  # module:Class of its Task
+    instead: dict[str, str] = field(default_factory=dict)  # stage type -> what to do instead
+    teacher: bool = True  # finetune/distill stages may have a teacher
+
+    def refusal(self, stage: Any) -> str | None:
+        """Why this task cannot run `stage` (a preset stage), or None. One message shape everywhere."""
+        what = None
+        if stage.type not in self.stages:
+            what = f"a {stage.type} stage"
+        elif not self.teacher and (getattr(stage, "teacher", None) or getattr(stage, "kd", None)
+                                   or getattr(stage, "features", None)):
+            what = "distillation (a teacher, kd or feature terms)"
+        if what is None:
+            return None
+        instead = self.instead.get(stage.type, "")
+        return f"stage {stage.name}: {what} is not available for {self.label}" + (f"; {instead}" if instead else "")
+
+    def create(self, run: Any) -> Task:
+        module, _, cls = self.impl.partition(":")
+        return getattr(importlib.import_module(module), cls)(run)
+
+
+CLASSIFY = TaskKind(
+    name="classify", task="classify", label="classification models", metric=ACCURACY,
+    stages=TRAINING_STAGES + SHARED_STAGES, impl="engine.classify.task:ClassifyTask",
+)
+ULTRALYTICS = TaskKind(
+    name="ultralytics", task="detect", label="Ultralytics detection models", metric=MAP,
+    stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export"),
+    impl="engine.detect.task:UltralyticsTask", teacher=False,
+    instead={
+        "quantize": "a detection run deploys with an export stage (ONNX checked on the validation images, with its mAP)",
+        "compress": "a detection run deploys with an export stage (ONNX checked on the validation images, with its mAP)",
+        "distill": "finetune without a teacher",
+        "finetune": "finetune without a teacher",
+        "scratch": "train the pruned architecture from its yaml as a run of its own",
+    },
+)
+KINDS = {k.name: k for k in (CLASSIFY, ULTRALYTICS)}
+
+
+def kind_of(spec: Any) -> TaskKind:
+    """The task implementation a RunSpec runs with."""
+    return ULTRALYTICS if spec.task == "detect" else CLASSIFY
+
+
+def metric_of(task: str | None) -> Metric:
+    """The metric of runs of a preset `task` (a run directory's spec), accuracy when unknown."""
+    return MAP if task == "detect" else ACCURACY
+
+
+class Task(Protocol):
+    """What the orchestrator and the shared stages call (see the module docstring)."""
+
+    kind: TaskKind
+
+    def fresh(self, spec_model: Any) -> Current: ...
+    def input_shape(self) -> tuple[int, int, int]: ...
+    def runners(self) -> dict[str, Callable[[Any, dict | None], dict]]: ...
+    def train(self, stage: Any, resume: dict | None, cur: Current, callbacks: list[Any] = (), *,
+              loss_fn: Any = None, selection: Any = None) -> dict[str, Any]: ...
+    def evaluate(self, model: nn.Module, images: int | None = None) -> dict[str, float]: ...
+    def calibrate(self, model: nn.Module) -> nn.Module: ...
+    def measure(self, cur: Current, out: Any, metrics: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    def export_shape(self, input_size: str | None, where: str) -> tuple[int, int, int]: ...
+    def export_file(self, cur: Current, out: Any, *, shape: tuple[int, int, int], batch: int | None, opset: int,
+                    meta: dict, progress: Callable[[float, str], None]) -> dict[str, Any]: ...
+    def quantize_data(self, info: Any, samples: int, where: str) -> tuple[list[Any], Callable[[Any], float]]: ...
