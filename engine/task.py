@@ -82,6 +82,10 @@ class TaskKind:
     impl: str  # module:Class of its Task
     instead: dict[str, str] = field(default_factory=dict)  # stage type -> what to do instead
     teacher: bool = True  # finetune/distill stages may have a teacher
+    # deployed files are timed at these batch sizes; speed-ups are read at `speedup_batch` (a
+    # classifier serves batches, a detector on a camera one frame at a time)
+    latency_batches: tuple[int, ...] = (1, 32)
+    speedup_batch: int = 32
 
     def refusal(self, stage: Any) -> str | None:
         """Why this task cannot run `stage` (a preset stage), or None. One message shape everywhere."""
@@ -107,11 +111,10 @@ CLASSIFY = TaskKind(
 )
 ULTRALYTICS = TaskKind(
     name="ultralytics", task="detect", label="Ultralytics detection models", metric=MAP,
-    stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export"),
-    impl="engine.detect.task:UltralyticsTask", teacher=False,
+    stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export", "quantize"),
+    impl="engine.detect.task:UltralyticsTask", teacher=False, latency_batches=(1, 8), speedup_batch=1,
     instead={
-        "quantize": "a detection run deploys with an export stage (ONNX checked on the validation images, with its mAP)",
-        "compress": "a detection run deploys with an export stage (ONNX checked on the validation images, with its mAP)",
+        "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
         "distill": "finetune without a teacher",
         "finetune": "finetune without a teacher",
         "scratch": "train the pruned architecture from its yaml as a run of its own",
@@ -146,4 +149,4 @@ class Task(Protocol):
     def export_shape(self, input_size: str | None, where: str) -> tuple[int, int, int]: ...
     def export_file(self, cur: Current, out: Any, *, shape: tuple[int, int, int], batch: int | None, opset: int,
                     meta: dict, progress: Callable[[float, str], None]) -> dict[str, Any]: ...
-    def quantize_data(self, info: Any, samples: int, where: str) -> tuple[list[Any], Callable[[Any], float]]: ...
+    def quantize_data(self, info: Any, samples: int, where: str) -> Any: ...  # engine.deploy.quantize.QuantizeData

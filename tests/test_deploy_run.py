@@ -20,7 +20,7 @@ from engine.cli import ExitCode, main
 from engine.deploy import compressed, onnxfile, runtime
 from engine.deploy.artifacts import export_file
 from engine.deploy.data import Images
-from engine.deploy.quantize import QuantizeOptions, accuracy_scorer, quantize
+from engine.deploy.quantize import QuantizeData, QuantizeOptions, accuracy_scorer, quantize
 from engine.runs import read_run
 
 PRESET = {
@@ -165,8 +165,8 @@ def outlier(model: nn.Module, bn: int, conv: int, through_add: bool = False) -> 
 def guarded(path: Path, tmp_path: Path, model: nn.Module, max_drop: float = 1.0):
     images = _images(path)
     export_file(model, tmp_path / "m.onnx", input_shape=(3, 32, 32), images=images)
-    return quantize(onnxfile.read(tmp_path / "m.onnx"), images.calibration(128), accuracy_scorer(images.val),
-                    QuantizeOptions(max_drop=max_drop))
+    data = QuantizeData(images.calibration(128), accuracy_scorer(images.val))
+    return quantize(onnxfile.read(tmp_path / "m.onnx"), data, QuantizeOptions(max_drop=max_drop))
 
 
 def test_guard_keeps_the_sensitive_layers_in_fp32(run, tmp_path):

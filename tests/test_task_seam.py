@@ -50,7 +50,6 @@ def detect_preset(**stage: object) -> dict:
 
 
 @pytest.mark.parametrize("stage, what", [
-    ({"type": "quantize"}, "a quantize stage"),
     ({"type": "compress"}, "a compress stage"),
     ({"type": "scratch"}, "a scratch stage"),
     ({"type": "distill", "teacher": "train"}, "a distill stage"),
@@ -58,8 +57,6 @@ def detect_preset(**stage: object) -> dict:
 ])
 def test_a_detection_preset_is_refused_the_stages_its_task_cannot_run(stage, what):
     data = detect_preset(**stage)
-    if stage["type"] == "quantize":
-        data["stages"].insert(1, {"type": "export"})
     with pytest.raises(PresetError) as e:
         spec_from_dict(data, source="d.yaml")
     spec = RunSpec.model_validate(data)  # what a run directory's spec.yaml holds, were it edited

@@ -290,15 +290,15 @@ class ClassifyTask:
             log=self.run.writer.log, progress=progress,
         )
 
-    def quantize_data(self, info: Any, samples: int, where: str) -> tuple[list[Any], Callable[[Any], float]]:
+    def quantize_data(self, info: Any, samples: int, where: str) -> Any:
         """Calibration batches normalised as the ONNX file expects, and its accuracy scorer (val split)."""
-        from engine.deploy import runtime
+        from engine.deploy.quantize import QuantizeData, accuracy_scorer
 
         images = self.images()
         if isinstance(info.metadata.get("mean"), list) and isinstance(info.metadata.get("std"), list):
             images.mean, images.std = tuple(info.metadata["mean"]), tuple(info.metadata["std"])
         images.check_fits(info.chw or images.shape, where, info.num_classes)
-        return images.calibration(samples), lambda model: runtime.accuracy(runtime.session(model), images.val())
+        return QuantizeData(images.calibration(samples), accuracy_scorer(images.val))
 
 
 def _num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:

@@ -80,19 +80,28 @@ def export_file(
     }
 
 
+QUALITY_KEYS = ("accuracy", "mAP50", "mAP50_95")  # the measured figures an ONNX file's metadata carries
+
+
 def write_int8(result: Any, fp32_info: onnxfile.OnnxInfo, out: Path) -> dict[str, Any]:
-    """Annotate the guarded INT8 model (the fp32 file's metadata, updated) and write it atomically."""
+    """Annotate the guarded INT8 model (the fp32 file's metadata, updated) and write it atomically.
+
+    Its measured figures (accuracy, or a detector's mAP50-95, mAP50, P and R) replace the fp32 file's."""
     meta = fp32_info.metadata
-    onnxfile.set_metadata(result.model, {k: v for k, v in meta.items() if k not in ("accuracy", "max_abs_diff", "checked_on")})
+    figures = dict(result.figures) or {"accuracy": result.accuracy}
+    quality = {k: v for k, v in figures.items() if k in QUALITY_KEYS}  # metadata "precision" is fp32 | int8
+    onnxfile.set_metadata(result.model, {k: v for k, v in meta.items()
+                                         if k not in ("max_abs_diff", "checked_on", *QUALITY_KEYS)})
     onnxfile.set_metadata(result.model, {
         "precision": "int8",
-        "accuracy": f"{result.accuracy:.6f}",
+        **{k: f"{v:.6f}" for k, v in quality.items() if isinstance(v, float)},
         "slimlab.quantization": {**result.settings, "fp32_accuracy": result.fp32_accuracy,
-                                 "fp32_layers": result.excluded, "source": Path(fp32_info.path).name},
+                                 "fp32_figures": result.fp32_figures, "fp32_layers": result.excluded,
+                                 "source": Path(fp32_info.path).name},
     })
     size = onnxfile.save(result.model, out)
     return {
-        "name": out.name, "file": out.name, "format": "int8", "accuracy": result.accuracy,
+        "name": out.name, "file": out.name, "format": "int8", **figures,
         "params": _int(meta.get("params")), "flops": _int(meta.get("flops")), "size": size,
         "fp32_accuracy": result.fp32_accuracy, "fp32_layers": list(result.excluded),
         **{k: result.settings[k] for k in ("method", "samples", "per_channel", "activations")},

@@ -93,7 +93,7 @@ def export(args: argparse.Namespace) -> int:
     shape = parse_input_size(args.input_size) if args.input_size else None
     loaded = load(args)
     if isinstance(loaded.arch, dict) and loaded.arch.get("task") == "detect":  # Ultralytics YOLO (engine/detect)
-        from engine.detect.export_cli import export as export_detection
+        from engine.detect.cli import export as export_detection
 
         return export_detection(args, loaded)
     if args.format != "onnx":
@@ -158,11 +158,9 @@ def _outputs(model: Any, shape: tuple[int, int, int]) -> int | None:
 
 
 def quantize(args: argparse.Namespace) -> int:
-    from engine.deploy import data as deploy_data
+    import tempfile
+
     from engine.deploy import onnxfile
-    from engine.deploy.artifacts import write_int8
-    from engine.deploy.quantize import QuantizeOptions, accuracy_scorer
-    from engine.deploy.quantize import quantize as run_quantize
 
     if args.samples < 1:
         raise PresetError("--samples must be at least 1")
@@ -170,6 +168,34 @@ def quantize(args: argparse.Namespace) -> int:
     info = onnxfile.describe(fp32, args.model, args.model.stat().st_size)
     if info.precision == "int8":
         raise DeployError(f"{args.model} is already quantized (INT8); give the fp32 model it came from")
+    out = args.out or args.model.with_name(args.model.name.removesuffix(".onnx") + ".int8.onnx")
+    if out.resolve() == args.model.resolve():
+        raise PresetError(f"--out {out} is the input model; give another file name")
+    from engine.detect.data import is_dataset_yaml
+    from engine.task import ACCURACY, MAP
+
+    calib_is_yolo = bool(args.calib) and is_dataset_yaml(Path(args.calib))
+    with tempfile.TemporaryDirectory(prefix="slimlab-quantize-") as work:
+        # slimlab's or Ultralytics' export of a detector, or a file without metadata given a YOLO dataset
+        if info.metadata.get("task") == "detect" or (calib_is_yolo and not info.metadata):
+            from engine.detect.cli import quantize_data
+
+            (data, label), metric = quantize_data(args, info, Path(work)), MAP
+        else:
+            if calib_is_yolo:
+                raise DeployError(f"--calib {args.calib} is a YOLO detection dataset but {args.model} is a "
+                                  "classification model (its metadata says so); give the classifier's data "
+                                  "(a preset or a data folder)")
+            data, label = classification_data(args, info)
+            metric = ACCURACY
+        return run_quantize(args, fp32, info, data, label, metric, out)
+
+
+def classification_data(args: argparse.Namespace, info: Any) -> tuple[Any, str]:
+    """(QuantizeData, label) of a classifier's ONNX file from --calib or the data recorded in it."""
+    from engine.deploy import data as deploy_data
+    from engine.deploy.quantize import QuantizeData, accuracy_scorer
+
     recorded = info.metadata.get("slimlab.meta")
     spec, label = deploy_data.resolve(args.calib, recorded=recorded.get("spec") if isinstance(recorded, dict) else None,
                                       image_size=info.chw[1] if info.chw else None)
@@ -177,22 +203,29 @@ def quantize(args: argparse.Namespace) -> int:
     images = deploy_data.from_spec(spec, label, mean=mean if isinstance(mean, list) else None,
                                    std=std if isinstance(std, list) else None)
     images.check_fits(info.chw or images.shape, str(args.model), info.num_classes)
-    out = args.out or args.model.with_name(args.model.name.removesuffix(".onnx") + ".int8.onnx")
-    if out.resolve() == args.model.resolve():
-        raise PresetError(f"--out {out} is the input model; give another file name")
+    return QuantizeData(images.calibration(args.samples), accuracy_scorer(images.val)), label
+
+
+def run_quantize(args: argparse.Namespace, fp32: Any, info: Any, data: Any, label: str, metric: Any, out: Path) -> int:
+    from engine.deploy.artifacts import write_int8
+    from engine.deploy.quantize import QuantizeOptions
+    from engine.deploy.quantize import quantize as quantize_model
+
     options = QuantizeOptions(samples=args.samples, method=args.method, per_channel=args.per_channel,
                               activations=args.activations, max_drop=args.max_drop)
-    _print(f"quantizing {args.model} to INT8: {args.samples} calibration images from {label} ({args.method}, "
+    for note in data.notes:
+        _print(f"note: {note}")
+    used = sum(len(b) for b in data.calibration)
+    _print(f"quantizing {args.model} to INT8: {used} calibration images from {label} ({args.method}, "
            f"{'per-channel' if args.per_channel else 'per-tensor'} weights)")
-    result = run_quantize(fp32, images.calibration(args.samples), accuracy_scorer(images.val), options,
-                          log=lambda line: _print(f"  {line}"))
+    result = quantize_model(fp32, data, options, log=lambda line: _print(f"  {line}"), metric=metric)
     if result.model is None:
         print(f"error: {result.message}; no INT8 file written", file=sys.stderr)
         return 1
     write_int8(result, info, out)
     drop = result.drop
-    _print(f"accuracy through onnxruntime: fp32 {result.fp32_accuracy:.2%}, INT8 {result.accuracy:.2%} "
-           f"({'loses' if drop >= 0 else 'gains'} {abs(drop):.2f} points)")
+    _print(f"{metric.label} through onnxruntime: fp32 {metric.format(result.fp32_accuracy)}, INT8 "
+           f"{metric.format(result.accuracy)} ({'loses' if drop >= 0 else 'gains'} {abs(drop):.2f} points)")
     if result.excluded:
         _print(f"kept in fp32: {', '.join(result.excluded)}")
     _print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, from {info.size / 2**20:.2f} MiB)")

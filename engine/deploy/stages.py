@@ -99,27 +99,33 @@ def quantize_stage(run: Any, stage: Any) -> dict[str, Any]:
     src_stage, src = export_source(run, stage)
     fp32 = onnxfile.read(src)
     info = onnxfile.describe(fp32, src, src.stat().st_size)
-    calibration, score = run.task.quantize_data(info, stage.samples, src.name)
+    data = run.task.quantize_data(info, stage.samples, src.name)
+    for note in data.notes:
+        run.say([f"{stage.name}: {note}"])
     options = QuantizeOptions(samples=stage.samples, method=stage.method, per_channel=stage.per_channel,
                               activations=stage.activations, max_drop=stage.max_drop)
-    run.writer.log(f"{stage.name}: INT8 of {src.name}, calibrated on {stage.samples} training images ({stage.method})")
-    result = quantize(fp32, calibration, score, options, log=run.writer.log, progress=run.progress(stage),
-                      metric=metric)
+    used = sum(len(b) for b in data.calibration)
+    run.writer.log(f"{stage.name}: INT8 of {src.name}, calibrated on {used} training images ({stage.method})")
+    result = quantize(fp32, data, options, log=run.writer.log, progress=run.progress(stage), metric=metric)
     run.writer.status(activity=None)
     out = run.writer.path / f"{stage.name}.int8.onnx"
-    figures = {"fp32_accuracy": result.fp32_accuracy, "attempts": result.attempts, "source": src.name, **result.settings}
+    figures = {f"fp32_{metric.key}": result.fp32_accuracy, "attempts": result.attempts, "source": src.name,
+               **result.settings, "samples": used}
+    fp32 = {k: v for k, v in result.fp32_figures.items() if k in metric.record}
     if result.model is None:
         out.unlink(missing_ok=True)  # an INT8 file from an earlier attempt is not this run's answer
         run.say([f"{stage.name}: {result.message}"])
-        return {"accuracy": result.fp32_accuracy, "kept": "fp32", "file": src.name, "message": result.message,
+        return {metric.key: result.fp32_accuracy, **fp32, "kept": "fp32", "file": src.name, "message": result.message,
                 **figures, "artifacts": []}
     record = write_int8(result, info, out) | {"from": src_stage}
     drop = result.drop
     run.say([f"{stage.name}: {out.name}: INT8 {metric.label} {metric.format(result.accuracy)} vs fp32 "
              f"{metric.format(result.fp32_accuracy)} ({'loses' if drop >= 0 else 'gains'} {abs(drop):.2f} points) "
              "through onnxruntime" + (f"; {result.message}" if result.message else "")])
-    return {"accuracy": result.accuracy, "params": record["params"], "flops": record["flops"], "size": record["size"],
-            "file": out.name, "fp32_layers": result.excluded, **figures, "artifacts": [record]}
+    measured = {k: v for k, v in result.figures.items() if k in metric.record}
+    return {metric.key: result.accuracy, **measured, "params": record["params"], "flops": record["flops"],
+            "size": record["size"], "file": out.name, "fp32_layers": result.excluded, **figures,
+            "fp32": fp32, "artifacts": [record]}
 
 
 # ---------------------------------------------------------------- the comparison
@@ -143,22 +149,24 @@ def comparison_rows(run: Any, summary: dict[str, Any]) -> dict[str, dict[str, An
     if not records:
         return {}
     cfg = run.spec.latency
+    kind = run.task.kind
+    batches = kind.latency_batches
     run.writer.log(f"latency: timing {len(records)} artifacts with onnxruntime, {cfg.threads} thread(s), "
-                    f"median of {cfg.repeats} interleaved rounds (best of {cfg.runs} runs each) at batch "
-                    f"{' and '.join(map(str, latency.BATCHES))}")
+                   f"median of {cfg.repeats} interleaved rounds (best of {cfg.runs} runs each) at batch "
+                   f"{' and '.join(map(str, batches))}")
     run.writer.status(activity=f"timing {len(records)} files with onnxruntime")
     shape = _input_shape(run, records)
     sessions = {a["name"]: runtime.session(_runnable(run, a, shape), cfg.threads) for a in records}
-    times = latency.measure(sessions, shape, warmup=cfg.warmup, repeats=cfg.repeats, runs=cfg.runs)
+    times = latency.measure(sessions, shape, batches=batches, warmup=cfg.warmup, repeats=cfg.repeats, runs=cfg.runs)
     run.writer.status(activity=None)
     rows = {}
     for a in records:
         t = times[a["name"]]
         rows[a["name"]] = {
-            "accuracy": a.get("accuracy"), "params": a.get("params"), "flops": a.get("flops"), "size": a.get("size"),
-            "latency_b1_ms": t.get(1), "latency_b32_ms": t.get(32), "threads": cfg.threads,
-            "format": a["format"], "file": a["file"], "from": a.get("from"),
-            **{k: a[k] for k in ("mAP50", "mAP50_95") if k in a},  # a detection model's files
+            **{k: a.get(k) for k in kind.metric.columns if k != "test_accuracy"},
+            "params": a.get("params"), "flops": a.get("flops"), "size": a.get("size"),
+            **{f"latency_b{b}_ms": t.get(b) for b in batches}, "threads": cfg.threads,
+            "speedup_batch": kind.speedup_batch, "format": a["format"], "file": a["file"], "from": a.get("from"),
         }
     return rows
 

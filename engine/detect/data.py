@@ -165,6 +165,18 @@ def _check_line(line: str, nc: int) -> str | None:
     return None
 
 
+def is_dataset_yaml(path: Path) -> bool:
+    """True for an Ultralytics dataset yaml (train/val and names or nc), not a slimlab preset."""
+    if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+        return False
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return False
+    return (isinstance(raw, dict) and ("train" in raw or "val" in raw) and ("names" in raw or "nc" in raw)
+            and not {"stages", "model", "task"} & set(raw))
+
+
 def load(path: str | Path, splits: tuple[str, ...] = ("train", "val")) -> YoloData:
     """Read and check a YOLO dataset yaml (every label line of the named splits)."""
     yaml_path = Path(path)

@@ -35,6 +35,13 @@ from engine.errors import DeployError
 BOX_TOLERANCE = 1e-4  # of the image size, on box coordinates in pixels (0.064 px at 640)
 SCORE_TOLERANCE = 1e-3  # on class scores in [0, 1]
 CHECK_IMAGES = 32
+PROBE_PIXELS = 32 * 256 * 256  # the INT8 guard compares outputs on this many pixels of calibration images
+
+
+def probe_images(imgsz: int) -> int:
+    """Calibration images the INT8 guard compares outputs on: 32 up to 256 px, 5 at 640 (a detector's
+    thousands of anchors per image say plenty, and every candidate node is probed on them)."""
+    return max(4, min(32, PROBE_PIXELS // (imgsz * imgsz)))
 # attributes slimlab sets on a DetectionModel (engine/detect/model.py `finish`); a plain Ultralytics
 # model has none of them
 SLIMLAB_ATTRS = ("input_size", "size_multiple", "default_ignore", "inference_settings", "width_attributes")
@@ -49,8 +56,26 @@ def inference_form(model: nn.Module) -> nn.Module:
     return out
 
 
-def check_images(data: YoloData, imgsz: int, n: int = CHECK_IMAGES) -> torch.Tensor:
-    """The first `n` validation images letterboxed to imgsz x imgsz as Ultralytics does, in [0, 1]."""
+def check_detection_file(info: Any, where: str, classes: int | None = None, *, unlabelled: bool = False) -> int:
+    """The square input side of a detection ONNX file (slimlab's or Ultralytics' export, which record
+    task detect; `unlabelled`: a file with no metadata the user says is a detector); DeployError else."""
+    task = info.metadata.get("task")
+    if task != "detect" and not unlabelled:
+        what = "a classification model" if info.metadata.get("class_names") else "not a file slimlab exported"
+        raise DeployError(f"{where} is {what} (no detection metadata); a detection run quantizes the ONNX file "
+                          "of its own export stage")
+    chw = info.chw
+    if not chw or chw[1] != chw[2]:
+        raise DeployError(f"{where}: its input is not a square image ({info.input_shape}); export it again")
+    names = info.metadata.get("class_names")
+    if classes is not None and isinstance(names, list) and len(names) != classes:
+        raise DeployError(f"{where} detects {len(names)} classes but the data has {classes}")
+    return int(chw[1])
+
+
+def letterboxed(data: YoloData, split: str, imgsz: int, n: int) -> Any:
+    """Ultralytics' dataset of `split` (val or train) as an exported model takes it: each image
+    letterboxed to imgsz x imgsz, RGB, uint8, no augmentation, in Ultralytics' (sorted) file order."""
     ultra.load()
     from ultralytics.data import build_yolo_dataset
 
@@ -59,12 +84,60 @@ def check_images(data: YoloData, imgsz: int, n: int = CHECK_IMAGES) -> torch.Ten
 
     args = ultralytics_args(task="detect", mode="val", imgsz=imgsz, rect=False)
     with quiet():
-        dataset = build_yolo_dataset(args, data.ultralytics_dict()["val"], n, data.ultralytics_dict(), mode="val",
-                                     rect=False, stride=32)
+        return build_yolo_dataset(args, data.ultralytics_dict()[split], max(1, min(n, 32)), data.ultralytics_dict(),
+                                  mode="val", rect=False, stride=32)
+
+
+def check_images(data: YoloData, imgsz: int, n: int = CHECK_IMAGES) -> torch.Tensor:
+    """The first `n` validation images letterboxed to imgsz x imgsz as Ultralytics does, in [0, 1]."""
+    dataset = letterboxed(data, "val", imgsz, n)
     count = min(n, len(dataset))
     if not count:
         raise DeployError(f"{data.yaml_path}: the validation split has no images to check the export on")
     return torch.stack([dataset[i]["img"] for i in range(count)]).float() / 255.0
+
+
+def calibration_batches(data: YoloData, imgsz: int, samples: int) -> tuple[list[np.ndarray], int]:
+    """(batches, images available): the first `samples` training images (the same ones every time),
+    prepared exactly as the exported model expects them (letterboxed, RGB, /255), as float32
+    batches small enough that the calibrator's intermediate tensors stay a few hundred MB."""
+    dataset = letterboxed(data, "train", imgsz, samples)
+    available = len(dataset)
+    count = min(samples, available)
+    if not count:
+        raise DeployError(f"{data.yaml_path}: the training split has no images to calibrate INT8 on")
+    batch = max(1, min(32, (256 * 256 * 16) // (imgsz * imgsz)))  # 16 images at 256 px, 2 at 640
+    out = []
+    for start in range(0, count, batch):
+        imgs = [dataset[i]["img"].numpy() for i in range(start, min(count, start + batch))]
+        out.append(np.ascontiguousarray(np.stack(imgs), dtype=np.float32) / 255.0)
+    return out, available
+
+
+def detection_sqnr(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """How close quantized detections stay to fp32's, in dB: the worse of the box rows (pixels) and the
+    class-score rows ([0, 1]) of the (batch, 4 + classes, anchors) output, each its own
+    signal-to-noise ratio, so boxes hundreds of pixels large do not hide scores that fell to zero."""
+    from engine.deploy.guard import sqnr_db
+
+    boxes = sqnr_db([r[:, :4] for r in reference], [g[:, :4] for g in got])
+    scores = sqnr_db([r[:, 4:] for r in reference], [g[:, 4:] for g in got])
+    return min(boxes, scores)
+
+
+def onnx_scorer(data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16) -> Callable[[Any], dict[str, float]]:
+    """score(ONNX file or bytes) -> precision, recall, mAP50, mAP50-95 on the val split through
+    onnxruntime; the validator's dataloader is built once for every file it scores."""
+    from engine.deploy import runtime
+
+    evaluator = Evaluator(data, imgsz=imgsz, batch=batch, device=torch.device("cpu"), work_dir=work_dir, rect=False)
+    names = dict(enumerate(data.names))
+
+    def score(model: Any) -> dict[str, float]:
+        figures = evaluator.run(OnnxDetector(runtime.session(model), names))
+        return {k: v for k, v in figures.items() if not k.startswith("val_")}
+
+    return score
 
 
 def tolerances(imgsz: int, num_classes: int) -> np.ndarray:
@@ -96,11 +169,7 @@ class OnnxDetector(nn.Module):
 def onnx_map(model_bytes: bytes, data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16) -> dict[str, float]:
     """precision, recall, mAP50, mAP50-95 of an exported file through onnxruntime, on the validation
     images letterboxed to its square input size."""
-    from engine.deploy import runtime
-
-    evaluator = Evaluator(data, imgsz=imgsz, batch=batch, device=torch.device("cpu"), work_dir=work_dir, rect=False)
-    figures = evaluator.run(OnnxDetector(runtime.session(model_bytes), dict(enumerate(data.names))))
-    return {k: v for k, v in figures.items() if not k.startswith("val_")}
+    return onnx_scorer(data, imgsz, work_dir, batch=batch)(model_bytes)
 
 
 def ultralytics_metadata(model: nn.Module, imgsz: int, batch: int | None) -> dict[str, str]:
@@ -174,7 +243,7 @@ def export_onnx(
     })
     size = onnxfile.save(done.model, out)
     return {
-        "name": out.name, "file": out.name, "format": "fp32", "accuracy": figures.get("mAP50_95"), **figures,
+        "name": out.name, "file": out.name, "format": "fp32", **figures,
         "params": params, "flops": flops, "size": size, "max_abs_diff": done.max_abs_diff,
         "checked_on": done.checked_on, "opset": done.opset, "batch": done.batch or "dynamic", "imgsz": imgsz,
         "input_shape": list(shape),

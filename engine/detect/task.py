@@ -24,7 +24,7 @@ from engine.data.resources import data_workers
 from engine.detect import data as ydata
 from engine.detect.evaluate import Evaluator, val_subset
 from engine.detect.model import arch_of
-from engine.errors import DataError, DeployError, PresetError
+from engine.errors import DataError, PresetError
 from engine.task import ULTRALYTICS, Current, TaskKind
 
 
@@ -194,5 +194,24 @@ class UltralyticsTask:
                            arch=cur.arch, plan=cur.plan, meta=meta, work_dir=run.writer.path / "ultralytics" / out.stem,
                            log=run.writer.log, progress=progress)
 
-    def quantize_data(self, info: Any, samples: int, where: str) -> tuple[list[Any], Callable[[Any], float]]:
-        raise DeployError(f"{where}: INT8 quantization of detection models is not available")
+    def quantize_data(self, info: Any, samples: int, where: str) -> Any:
+        """The first `samples` training images prepared as the exported file expects (letterboxed to its
+        size, RGB, /255), its mAP through onnxruntime on the val split, and the guard's comparison of
+        boxes and class scores (engine/detect/deploy.py)."""
+        from engine.deploy.quantize import QuantizeData
+        from engine.detect.deploy import (
+            calibration_batches,
+            check_detection_file,
+            detection_sqnr,
+            onnx_scorer,
+            probe_images,
+        )
+
+        imgsz = check_detection_file(info, where, self.data().nc)
+        batches, available = calibration_batches(self.data(), imgsz, samples)
+        notes = []
+        if available < samples:
+            notes.append(f"the training split has {available} images, fewer than samples {samples}: "
+                         f"calibrating on all {available}")
+        score = onnx_scorer(self.data(), imgsz, self.run.writer.path / "ultralytics" / "quantize")
+        return QuantizeData(batches, score, compare=detection_sqnr, probe=probe_images(imgsz), notes=notes)

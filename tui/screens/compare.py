@@ -30,6 +30,7 @@ METRICS = (
     ("params", "params"),
     ("flops", "FLOPs"),
     ("latency_b1_ms", "latency b1"),
+    ("latency_b8_ms", "latency b8"),  # detection files: timed at batch 1 and 8
     ("latency_b32_ms", "latency b32"),
     ("size", "size"),
 )

@@ -1,8 +1,13 @@
-"""`slimlab export` of a detection checkpoint: a checked ONNX file with its mAP, or an Ultralytics .pt.
+"""`slimlab export` and `slimlab quantize` of detection models.
 
-The validation images come from `--data` (an Ultralytics dataset yaml), else from the dataset the
+export: a checked ONNX file with its mAP, or an Ultralytics .pt, from a detection checkpoint. The
+validation images come from `--data` (an Ultralytics dataset yaml), else from the dataset the
 checkpoint was trained on: the `data.yaml` its preset names, or the generated data in its run
 directory. Without either the ONNX check runs on random inputs and says so.
+
+quantize: the calibration images and mAP scorer of a detection ONNX file (slimlab's, or one
+Ultralytics exported: both carry task, image size and class names), from `--calib DATA.yaml` or the
+dataset recorded in the file; engine/deploy/cli.py runs the quantizer with them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ def image_size(args: argparse.Namespace, model: Any) -> int:
     return int(getattr(model, "input_size", (3, 640, 640))[1])
 
 
+def recorded_data(spec: Any, run_dir: Path) -> Path | None:
+    """The dataset yaml a run's spec names: its `data.path`, or the generated data inside `run_dir`."""
+    data = spec.get("data") if isinstance(spec, dict) and isinstance(spec.get("data"), dict) else {}
+    candidates = []
+    if data.get("dataset") == "yolo" and data.get("path"):
+        candidates.append(Path(str(data["path"])))
+    if data.get("dataset") == "yolo_shapes":  # generated into its run directory
+        candidates.append(run_dir / "data" / "data.yaml")
+    return next((p for p in candidates if p.exists()), None)
+
+
 def find_data(args: argparse.Namespace, loaded: Any) -> Any:
     """The YoloData to check and measure on, or None (a note says so)."""
     from engine.detect import data as ydata
@@ -39,18 +55,52 @@ def find_data(args: argparse.Namespace, loaded: Any) -> Any:
     if args.data:
         return ydata.load(Path(args.data))
     spec = (loaded.meta.get("spec") or {}) if isinstance(loaded.meta, dict) else {}
-    data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
-    candidates = []
-    if data.get("dataset") == "yolo" and data.get("path"):
-        candidates.append(Path(str(data["path"])))
-    if data.get("dataset") == "yolo_shapes":  # generated into its run directory: <run>/weights/<stage>.pt
-        candidates.append(Path(args.checkpoint).resolve().parent.parent / "data" / "data.yaml")
-    for path in candidates:
-        if path.exists():
-            return ydata.load(path)
+    found = recorded_data(spec, Path(args.checkpoint).resolve().parent.parent)  # <run>/weights/<stage>.pt
+    if found is not None:
+        return ydata.load(found)
     _print("note: no validation data found for this checkpoint; the ONNX check uses random inputs "
            "(give --data DATA.yaml for real images and mAP)")
     return None
+
+
+def quantize_data(args: argparse.Namespace, info: Any, work_dir: Path) -> tuple[Any, str]:
+    """(QuantizeData, label of the data) for a detection ONNX file: `--calib DATA.yaml`, else the dataset
+    its slimlab metadata records (a run's ONNX files sit at the top of the run directory)."""
+    from engine.deploy.quantize import QuantizeData
+    from engine.detect import data as ydata
+    from engine.detect import ultra
+    from engine.detect.deploy import (
+        calibration_batches,
+        check_detection_file,
+        detection_sqnr,
+        onnx_scorer,
+        probe_images,
+    )
+    from engine.errors import DeployError
+
+    ultra.load()
+    if args.calib:
+        if not ydata.is_dataset_yaml(Path(args.calib)):
+            raise DeployError(f"{args.model} is a detection model: --calib takes the Ultralytics dataset yaml it was "
+                              f"trained on (train/val images and names), and {args.calib} is not one")
+        yaml_path = Path(args.calib)
+    else:
+        meta = info.metadata.get("slimlab.meta")
+        yaml_path = recorded_data(meta.get("spec") if isinstance(meta, dict) else None, Path(args.model).resolve().parent)
+        if yaml_path is None:
+            raise DeployError(f"{args.model}: no dataset is recorded in it (or it is gone); give the images to "
+                              "calibrate and measure on with --calib DATA.yaml (an Ultralytics dataset yaml)")
+    data = ydata.load(yaml_path)
+    imgsz = check_detection_file(info, str(args.model), data.nc, unlabelled=not info.metadata)
+    out = info.output_shape
+    if len(out) == 3 and isinstance(out[1], int) and out[1] != 4 + data.nc:
+        raise DeployError(f"{args.model}: its output has {out[1]} rows per anchor, not 4 box coordinates + "
+                          f"{data.nc} classes of {yaml_path}; use the data it was trained on")
+    batches, available = calibration_batches(data, imgsz, args.samples)
+    notes = [] if available >= args.samples else [
+        f"the training split has {available} images, fewer than --samples {args.samples}: calibrating on all of them"]
+    score = onnx_scorer(data, imgsz, work_dir)
+    return QuantizeData(batches, score, compare=detection_sqnr, probe=probe_images(imgsz), notes=notes), str(yaml_path)
 
 
 def export(args: argparse.Namespace, loaded: Any) -> int:
