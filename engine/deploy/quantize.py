@@ -148,15 +148,14 @@ class Quantizer:
         self.count = 0
 
     def _pre_process(self, src: Path) -> None:
+        # onnx's own shape inference covers every op a CNN exports to; onnxruntime's symbolic
+        # inference (meant for transformer graphs) fails on some detection heads and then saves
+        # its half-inferred model, with uuid-named external data, into the working directory
         try:
             with quiet(self.log, "quantize"):
-                ortq.quant_pre_process(str(src), str(self.pre))
-        except Exception:
-            try:  # symbolic shape inference fails on some graphs; onnx's own inference still runs
-                with quiet(self.log, "quantize"):
-                    ortq.quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
-            except Exception as e:
-                raise DeployError(f"onnxruntime's quantization pre-processing failed: {str(e).splitlines()[0][:300]}") from None
+                ortq.quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
+        except Exception as e:
+            raise DeployError(f"onnxruntime's quantization pre-processing failed: {str(e).splitlines()[0][:300]}") from None
 
     def settings(self) -> dict[str, Any]:
         o = self.options
