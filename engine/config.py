@@ -178,6 +178,7 @@ class TrainStage(StageBase, TrainingStageKeys):
     type: Literal["train"]
     target: TargetSpec | None = None  # log acc_pruned_at_target at every epoch end
     monitor_samples: int = Field(2000, ge=1)  # val images the pruned-at-target accuracy uses
+    monitor_images: int | None = Field(None, ge=1)  # task detect: val images of the pruned-at-target mAP (500)
 
 
 class SparseStage(StageBase, TrainingStageKeys):
@@ -188,6 +189,7 @@ class SparseStage(StageBase, TrainingStageKeys):
     exclude: list[str] = Field(default_factory=list)  # BN name patterns left unpenalised
     target: TargetSpec | None = None  # default: the rule of the next prune stage
     monitor_samples: int = Field(2000, ge=1)  # val images the pruned-at-target accuracy uses
+    monitor_images: int | None = Field(None, ge=1)  # task detect: val images of the pruned-at-target mAP (500)
 
     @field_validator("s", mode="before")
     @classmethod
@@ -209,7 +211,7 @@ class PruneStage(StageBase, PruneRule):
 
 
 class FeatureTerm(Strict):
-    type: Literal["cosine", "hint"]
+    type: Literal["cosine", "hint", "cwd"]  # cwd: channel-wise distillation, task detect
     student: str  # module path in the student
     teacher: str  # module path in the teacher
     weight: float = Field(1.0, ge=0)
@@ -218,9 +220,12 @@ class FeatureTerm(Strict):
 
 
 class KDTerm(Strict):
+    # task detect: unset keys take the detection defaults (engine/detect/distill.py: T 2, w_kd 1,
+    # w_box 1, w_ce 1, w_ce weighing Ultralytics' detection loss)
     T: float = Field(2.0, gt=0)
     w_kd: float = Field(0.25, ge=0)
     w_ce: float = Field(0.75, ge=0)
+    w_box: float | None = Field(None, ge=0)  # task detect: the DFL box-distribution KD
 
 
 class TeacherMixin(Strict):

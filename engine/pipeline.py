@@ -423,6 +423,26 @@ class Pipeline:
             checkpoint.save(path, cur.model, cur.arch, plan=cur.plan)
         return path
 
+    def teacher_path(self, name: str | None, stage: Any) -> Path:
+        """The checkpoint a stage's `teacher` names: original (the model before the latest prune), an
+        earlier stage's output, or a checkpoint file (a run directory: its weights/best.pt)."""
+        from engine.errors import DistillError
+
+        if name is None:
+            raise DistillError(f"stage {stage.name}: kd or feature terms need a teacher (original, a stage name, or a checkpoint)")
+        if name == "original":
+            if self.original is None:
+                raise DistillError(f"stage {stage.name}: teacher 'original' means the model before pruning, but no prune stage ran before it")
+            return self.original
+        if name in self.outputs:
+            return self.outputs[name]
+        path = Path(name)
+        if path.is_dir():
+            path = path / "weights" / "best.pt"
+        if not path.exists():
+            raise DistillError(f"stage {stage.name}: teacher checkpoint {path} does not exist")
+        return path
+
     def current_output(self, stage: Any) -> Path | None:
         """The file holding the model this stage starts from, when it is the pipeline's current one."""
         if stage.model is None and stage.start is None and self.outputs:

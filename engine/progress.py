@@ -26,15 +26,7 @@ class PlainReporter:
         self.message(f"[{stage}] epoch {epoch + 1}/{epochs} batch {batch}/{batches} loss {loss:.4f}")
 
     def epoch_done(self, stage: str, m: dict[str, Any]) -> None:
-        if "mAP50_95" in m:  # detection: Ultralytics' losses and validation figures
-            extra = f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}" if "gamma_lt_1e-2" in m else ""
-            self.message(
-                f"[{stage}] epoch {m['epoch'] + 1} box {m.get('box_loss', 0):.4f} cls {m.get('cls_loss', 0):.4f} "
-                f"dfl {m.get('dfl_loss', 0):.4f} P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f} "
-                f"mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m['mAP50_95']:.4f} ({m.get('epoch_time', 0):.1f}s){extra}"
-            )
-            return
-        self.message(epoch_line(stage, m))
+        self.message(detect_epoch_line(stage, m) if "mAP50_95" in m else epoch_line(stage, m))
 
     def sweep_curve(self, stage: str, rows: list[dict[str, Any]]) -> None:
         from engine.slim.report import sweep_table
@@ -67,6 +59,25 @@ def _is_detection(rows: dict[str, dict[str, Any]]) -> bool:
 
 def _map(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def detect_epoch_line(stage: str, m: dict[str, Any]) -> str:
+    """A detection epoch: Ultralytics' losses (and the KD terms), its validation figures, and what a
+    sparse stage adds (pruned-at-target mAP50-95, s, the share of small gammas)."""
+    losses = " ".join(f"{label} {m[key]:.4f}" for key, label in
+                      (("box_loss", "box"), ("cls_loss", "cls"), ("dfl_loss", "dfl"), ("kd_loss", "kd"),
+                       ("feat_loss", "feat")) if isinstance(m.get(key), int | float))
+    line = (f"[{stage}] epoch {m['epoch'] + 1} {losses} P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f} "
+            f"mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m['mAP50_95']:.4f}")
+    if "mAP50_95_pruned_at_target" in m:
+        line += f" pruned-at-target {m['mAP50_95_pruned_at_target']:.4f}"
+    if "s" in m:
+        line += f" s {m['s']:.2g}"
+    if "gamma_rel_lt_1e-2" in m:
+        line += f" gamma<1%init {m['gamma_rel_lt_1e-2']:.1%}"
+    elif "gamma_lt_1e-2" in m:
+        line += f" gamma<1e-2 {m['gamma_lt_1e-2']:.1%}"
+    return line + f" ({m.get('epoch_time', 0):.1f}s)"
 
 
 def epoch_line(stage: str, m: dict[str, Any]) -> str:

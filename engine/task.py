@@ -86,6 +86,8 @@ class TaskKind:
     # classifier serves batches, a detector on a camera one frame at a time)
     latency_batches: tuple[int, ...] = (1, 32)
     speedup_batch: int = 32
+    feature_types: tuple[str, ...] = ("cosine", "hint")  # the feature terms its distillation takes
+    kd_keys: tuple[str, ...] = ("T", "w_kd", "w_ce")  # the kd weights it reads
 
     def refusal(self, stage: Any) -> str | None:
         """Why this task cannot run `stage` (a preset stage), or None. One message shape everywhere."""
@@ -95,10 +97,23 @@ class TaskKind:
         elif not self.teacher and (getattr(stage, "teacher", None) or getattr(stage, "kd", None)
                                    or getattr(stage, "features", None)):
             what = "distillation (a teacher, kd or feature terms)"
+        elif what is None:
+            what = self._distill_refusal(stage)
         if what is None:
             return None
         instead = self.instead.get(stage.type, "")
         return f"stage {stage.name}: {what} is not available for {self.label}" + (f"; {instead}" if instead else "")
+
+    def _distill_refusal(self, stage: Any) -> str | None:
+        kd = getattr(stage, "kd", None)
+        if kd is not None:
+            extra = [k for k, v in kd.model_dump().items() if k not in self.kd_keys and v is not None]
+            if extra:
+                return f"kd.{extra[0]} (the DFL box-distribution weight of detection KD)"
+        for i, term in enumerate(getattr(stage, "features", None) or []):
+            if term.type not in self.feature_types:
+                return f"features[{i}].type {term.type} (channel-wise distillation is for dense prediction)"
+        return None
 
     def create(self, run: Any) -> Task:
         module, _, cls = self.impl.partition(":")
@@ -111,12 +126,11 @@ CLASSIFY = TaskKind(
 )
 ULTRALYTICS = TaskKind(
     name="ultralytics", task="detect", label="Ultralytics detection models", metric=MAP,
-    stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export", "quantize"),
-    impl="engine.detect.task:UltralyticsTask", teacher=False, latency_batches=(1, 8), speedup_batch=1,
+    stages=("train", "sparse", "finetune", "distill", "prune", "sweep", "evaluate", "export", "quantize"),
+    impl="engine.detect.task:UltralyticsTask", latency_batches=(1, 8), speedup_batch=1,
+    feature_types=("cosine", "hint", "cwd"), kd_keys=("T", "w_kd", "w_ce", "w_box"),
     instead={
         "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
-        "distill": "finetune without a teacher",
-        "finetune": "finetune without a teacher",
         "scratch": "train the pruned architecture from its yaml as a run of its own",
     },
 )

@@ -52,8 +52,6 @@ def detect_preset(**stage: object) -> dict:
 @pytest.mark.parametrize("stage, what", [
     ({"type": "compress"}, "a compress stage"),
     ({"type": "scratch"}, "a scratch stage"),
-    ({"type": "distill", "teacher": "train"}, "a distill stage"),
-    ({"type": "finetune", "teacher": "train"}, "distillation (a teacher, kd or feature terms)"),
 ])
 def test_a_detection_preset_is_refused_the_stages_its_task_cannot_run(stage, what):
     data = detect_preset(**stage)
@@ -64,6 +62,14 @@ def test_a_detection_preset_is_refused_the_stages_its_task_cannot_run(stage, wha
     assert why is not None and str(e.value).endswith(why)
     assert f"{what} is not available for Ultralytics detection models; " in why
     assert why.startswith(f"stage {spec.stages[-1].name}: ")
+
+
+def test_a_detection_preset_takes_a_teacher():
+    for stage in ({"type": "distill", "teacher": "train"}, {"type": "finetune", "teacher": "train",
+                                                             "features": [{"type": "cwd", "student": "detect",
+                                                                           "teacher": "detect"}]}):
+        spec = spec_from_dict(detect_preset(**stage), source="d.yaml")
+        assert ULTRALYTICS.refusal(spec.stages[-1]) is None
 
 
 def test_classification_runs_every_stage_type():

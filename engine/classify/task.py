@@ -18,7 +18,7 @@ from torch import nn
 
 from engine import checkpoint, distributed
 from engine.config import DistillStage, FinetuneStage, SparseStage
-from engine.errors import CheckpointError, DistillError, PresetError, RunError
+from engine.errors import CheckpointError, PresetError, RunError
 from engine.task import CLASSIFY, Current, TaskKind
 from engine.train import Trainer, evaluate
 
@@ -229,22 +229,7 @@ class ClassifyTask:
     # ---------------------------------------------------------- distillation
 
     def _teacher(self, name: str | None, stage: Any) -> nn.Module:
-        run = self.run
-        if name is None:
-            raise DistillError(f"stage {stage.name}: kd or feature terms need a teacher (original, a stage name, or a checkpoint)")
-        if name == "original":
-            if run.original is None:
-                raise DistillError(f"stage {stage.name}: teacher 'original' means the model before pruning, but no prune stage ran before it")
-            path = run.original
-        elif name in run.outputs:
-            path = run.outputs[name]
-        else:
-            path = Path(name)
-            if path.is_dir():
-                path = path / "weights" / "best.pt"
-            if not path.exists():
-                raise DistillError(f"stage {stage.name}: teacher checkpoint {path} does not exist")
-        return checkpoint.load(path, trust=run.trust).model
+        return checkpoint.load(self.run.teacher_path(name, stage), trust=self.run.trust).model
 
     def _distiller(self, stage: Any, cur: Current) -> Any:
         from engine.distill.distiller import Distiller

@@ -92,14 +92,14 @@ class Evaluator:
         return slim_metrics(metrics)
 
 
-def val_subset(data: YoloData, n: int | None) -> list[str] | None:
-    """The first `n` validation images (sorted paths: the same subset every time), or None for all."""
+def val_subset(data: YoloData, n: int | None, split: str = "val") -> list[str] | None:
+    """The first `n` images of a split (sorted paths: the same subset every time), or None for all."""
     if not n:
         return None
     from engine.detect.data import IMAGE_SUFFIXES
 
     images: list[str] = []
-    for src in data.splits["val"].sources:
+    for src in data.splits[split].sources:
         p = Path(src)
         if p.is_dir():
             images += sorted(str(x) for x in p.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES)

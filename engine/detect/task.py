@@ -24,8 +24,28 @@ from engine.data.resources import data_workers
 from engine.detect import data as ydata
 from engine.detect.evaluate import Evaluator, val_subset
 from engine.detect.model import arch_of
-from engine.errors import DataError, PresetError
+from engine.errors import DataError, DistillError, PresetError
 from engine.task import ULTRALYTICS, Current, TaskKind
+
+DEFAULT_MONITOR_IMAGES = 500  # val images of the pruned-at-target mAP, unless a stage sets monitor_images
+UNMOVED_SHARE = 0.5  # pruned at the target below this share of the unpruned mAP: the cut still costs
+
+
+def unmoved_warning(stage: Any, last: dict[str, float], penalty: Any) -> str | None:
+    """What a sparse stage says when, at its end, the model pruned at the target is far below itself."""
+    own, cut = last["acc_unpruned_subset"], last["acc_pruned_at_target"]
+    if own <= 0 or cut >= UNMOVED_SHARE * own:
+        return None
+    share = ""
+    if penalty.weights:
+        from engine.slim.sparse import sparsity_figures
+
+        f = sparsity_figures(penalty.names, penalty.weights, penalty.initial)
+        share = f" (|gamma| < 1% of its initial value: {f.get('gamma_rel_lt_1e-2', f['gamma_lt_1e-2']):.1%})"
+    fix = ("give it more epochs or a larger auto_s.start" if stage.s == "auto"
+           else f"use s: auto, or a larger s than {stage.s:g} (x10), or more epochs")
+    return (f"stage {stage.name}: pruned at the target the model scores mAP50-95 {cut:.4f} against {own:.4f} "
+            f"unpruned: the penalty did not move the gammas the cut removes{share}; {fix}")
 
 
 class UltralyticsTask:
@@ -38,6 +58,7 @@ class UltralyticsTask:
         self.run = run  # the orchestrator (engine/pipeline.py)
         self._data: ydata.YoloData | None = None
         self._evaluators: dict[Any, Evaluator] = {}
+        self._calibration: list[torch.Tensor] | None = None
 
     # ---------------------------------------------------------- data and models
 
@@ -70,15 +91,16 @@ class UltralyticsTask:
                           overwrite=root.exists())
         return root / "data.yaml"
 
-    def evaluator(self, images: list[str] | None = None) -> Evaluator:
+    def evaluator(self, images: list[str] | None = None, rect: bool = True, workers: int | None = None) -> Evaluator:
         """Ultralytics' validator on the val split (or the listed images), its dataloader built once."""
-        key = tuple(images) if images else None
+        key = (tuple(images) if images else None, rect, workers)
         if key not in self._evaluators:
             run = self.run
             bs = run.spec.training.batch_size
-            work = run.writer.path / "ultralytics" / "val"
+            work = run.writer.path / "ultralytics" / ("val" if images is None else f"subset-{len(self._evaluators)}")
             self._evaluators[key] = Evaluator(self.data(), imgsz=self.imgsz, batch=max(1, bs), device=run.device,
-                                              work_dir=work, images=images, workers=data_workers(run.spec.data.workers))
+                                              work_dir=work, images=images, rect=rect,
+                                              workers=data_workers(run.spec.data.workers) if workers is None else workers)
         return self._evaluators[key]
 
     def fresh(self, spec_model: Any) -> Current:
@@ -107,9 +129,24 @@ class UltralyticsTask:
         """precision, recall, mAP50, mAP50-95 (and the val losses) on the val split, or its first `images`."""
         return self.evaluator(val_subset(self.data(), images))(model)
 
+    def calibration_batches(self) -> list[torch.Tensor]:
+        """The first CALIBRATION_IMAGES training images (sorted: the same ones every time), letterboxed
+        to the run's size without augmentation, as [0, 1] float batches."""
+        if self._calibration is None:
+            from engine.detect.monitor import CALIBRATION_IMAGES, image_batches
+
+            n = CALIBRATION_IMAGES
+            images = val_subset(self.data(), n, split="train")
+            # read once, in this process: worker processes would outlive the few batches taken
+            loader = self.evaluator(images, rect=False, workers=0).loader
+            self._calibration = image_batches(loader, n)
+        return self._calibration
+
     def calibrate(self, model: nn.Module) -> nn.Module:
-        """A cut detector is measured with the BatchNorm statistics it had."""
-        return model
+        """A cut detector's BatchNorm statistics re-estimated on training images (engine/detect/monitor.py)."""
+        from engine.detect.monitor import calibrated
+
+        return calibrated(model, self.calibration_batches(), self.run.device)
 
     def measure(self, cur: Current, out: Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         from engine import measure
@@ -126,28 +163,31 @@ class UltralyticsTask:
 
     # ---------------------------------------------------------- training stages
 
-    def runners(self) -> dict[str, Callable[[Any, dict | None], dict]]:
-        return {"train": self.train_stage, "finetune": self.train_stage, "sparse": self.sparse_stage}
+    def trainer_args(self, stage: Any, cur: Current) -> dict[str, Any]:
+        from engine.detect.trainer import trainer_args
+
+        run = self.run
+        return trainer_args(run.spec.training_for(stage), data=self.data(), imgsz=self.imgsz, device=run.device,
+                            save_dir=run.writer.path / "ultralytics" / stage.name, stage=stage.name,
+                            augment=run.spec.data.augment, workers=data_workers(run.spec.data.workers),
+                            model_name=cur.arch["name"].split(":", 1)[-1])  # a label in Ultralytics' args.yaml
 
     def train(self, stage: Any, resume: dict | None, cur: Current, callbacks: list[Any] = (), *,
-              loss_fn: Any = None, selection: Any = None, penalty: Any = None) -> dict:
-        """One training stage inside Ultralytics' trainer; `penalty` is the sparsity penalty
-        (engine/slim/sparse.py) applied after unscaling, before the optimizer step."""
-        from engine.detect.trainer import Session, trainer_args
+              loss_fn: Any = None, selection: Any = None, **parts: Any) -> dict:
+        """One training stage inside Ultralytics' trainer. `parts` are the Session's sparse and KD parts
+        (engine/detect/trainer.py): the penalty (applied after unscaling, before the optimizer step),
+        the pruned-at-target monitor, the s: auto controller, the distiller and the selection rule."""
+        from engine.detect.trainer import Session
         from engine.detect.trainer import train as ultralytics_train
         from engine.train import NullReporter
 
         run = self.run
         cfg = run.spec.training_for(stage)
+        args = parts.pop("args", None) or self.trainer_args(stage, cur)
         model = copy.deepcopy(cur.model)  # Ultralytics trains in place; the run's current model stays as it was
         session = Session(stage=stage.name, writer=run.writer, arch=cur.arch, plan=cur.plan,
                           meta={"spec": run.spec.model_dump(mode="json")}, stop=run.stop,
-                          reporter=run.reporter or NullReporter(), log_every=cfg.log_every, penalty=penalty,
-                          resume=resume)
-        args = trainer_args(cfg, data=self.data(), imgsz=self.imgsz, device=run.device,
-                            save_dir=run.writer.path / "ultralytics" / stage.name, stage=stage.name,
-                            augment=run.spec.data.augment, workers=data_workers(run.spec.data.workers),
-                            model_name=cur.arch["name"].split(":", 1)[-1])  # a label in Ultralytics' args.yaml
+                          reporter=run.reporter or NullReporter(), log_every=cfg.log_every, resume=resume, **parts)
         if cfg.epochs == 0:
             out = run.finish(stage, cur)
             return self.measure(cur, out) | {"epochs": 0}
@@ -156,19 +196,120 @@ class UltralyticsTask:
         loaded = checkpoint.load(best_path, trust=run.trust)
         cur = Current(loaded.model, loaded.arch, loaded.plan)
         out = run.finish(stage, cur, src=best_path)  # last.pt goes once the output is written (the run's commit)
-        return self.measure(cur, out, best) | {"epochs": cfg.epochs, "best_epoch": best.get("epoch")}
+        selected = {k: best[k] for k in ("mAP50_95_pruned_at_target", "mAP50_pruned_at_target", "s") if k in best}
+        return (self.measure(cur, out, best)
+                | {"epochs": cfg.epochs, "best_epoch": best.get("epoch"), "selected_epoch": (best.get("epoch") or 0) + 1}
+                | selected)
+
+    def runners(self) -> dict[str, Callable[[Any, dict | None], dict]]:
+        return {"train": self.train_stage, "finetune": self.finetune_stage, "distill": self.finetune_stage,
+                "sparse": self.sparse_stage}
+
+    def monitor(self, stage: Any) -> tuple[Any, str]:
+        """The pruned-at-target monitor of a train or sparse stage with a target, or (None, why not)."""
+        from engine.detect.monitor import DetectPrunedAtTarget
+        from engine.slim.sparse_stage import target_rule
+
+        index = next(i for i, s in enumerate(self.run.stages) if s.name == stage.name)
+        rule, described = target_rule(self.run.stages, index)
+        if rule is None:
+            return None, described
+        total = self.data().splits["val"].images
+        n = min(total, stage.monitor_images or DEFAULT_MONITOR_IMAGES)
+        images = val_subset(self.data(), n) if n < total else None
+        evaluator = self.evaluator(images)
+        monitor = DetectPrunedAtTarget(rule, self.input_shape(), n, evaluate=evaluator, calibrate=self.calibrate,
+                                       covers_val=images is None)
+        return monitor, f"mAP50_95_pruned_at_target: pruned at {described}, on {n} val images"
 
     def train_stage(self, stage: Any, resume: dict | None) -> dict:
-        return self.train(stage, resume, self.run.start(stage))
+        cur = self.run.start(stage)
+        monitor, note = self.monitor(stage)
+        if monitor is not None:
+            self.run.writer.log(f"{stage.name}: {note}")
+        select = "last" if stage.select == "last" else "fitness"
+        return self.train(stage, resume, cur, monitor=monitor, select=select)
 
     def sparse_stage(self, stage: Any, resume: dict | None) -> dict:
         from engine.slim.gamma import gamma_stats
+        from engine.slim.gamma_ref import initial_gamma
         from engine.slim.sparse import SparsePenalty
 
+        run = self.run
+        cur = run.start(stage)
+        gamma_stats(cur.model)  # fails early, with the reason, on a model without BatchNorm
+        penalty = SparsePenalty(s=0.0 if stage.s == "auto" else stage.s, decay=stage.decay, exclude=stage.exclude,
+                                initial=initial_gamma(cur.arch, cur.model))
+        monitor, note = self.monitor(stage)
+        if monitor is not None:
+            run.writer.log(f"{stage.name}: {note}")
+        args = self.trainer_args(stage, cur)
+        controller = self._controller(stage, penalty, monitor, args) if stage.s == "auto" else None
+        select = stage.select or ("best" if monitor is not None else "last")
+        select = "pruned" if select == "best" and monitor is not None else ("fitness" if select == "best" else "last")
+        run.writer.log(f"{stage.name}: output: " + {"pruned": "the epoch with the best mAP50_95_pruned_at_target "
+                                                               "(ties: the later)",
+                                                    "fitness": "the epoch with the best mAP (Ultralytics' fitness)",
+                                                    "last": "the last epoch"}[select])
+        figures = self.train(stage, resume, cur, penalty=penalty, monitor=monitor, controller=controller,
+                             select=select, args=args)
+        if monitor is not None and monitor.last:
+            warning = unmoved_warning(stage, monitor.last, penalty)
+            if warning:
+                run.say([f"warning: {warning}"])
+        return figures | {"s": figures.get("s", penalty.s), "s_setting": stage.s}
+
+    def _controller(self, stage: Any, penalty: Any, monitor: Any, args: dict[str, Any]) -> Any:
+        from engine.detect.monitor import DetectLrBudget
+        from engine.slim.auto_s import AutoSController
+
+        run = self.run
+        cfg = run.spec.training_for(stage)
+        batches = max(1, -(-self.data().splits["train"].images // cfg.batch_size))
+        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.9
+        return AutoSController(penalty, monitor, stage.auto_s, DetectLrBudget(args, batches), momentum,
+                               log=lambda text: run.writer.log(f"{stage.name}: {text}"))
+
+    def finetune_stage(self, stage: Any, resume: dict | None) -> dict:
         cur = self.run.start(stage)
-        gamma_stats(cur.model)
-        penalty = SparsePenalty(s=stage.s, decay=stage.decay, exclude=stage.exclude)
-        return self.train(stage, resume, cur, penalty=penalty) | {"s": stage.s}
+        distill = None
+        if stage.teacher or stage.kd or stage.features:
+            distill = self.distiller(stage, cur)
+        return self.train(stage, resume, cur, distill=distill, select="last" if stage.select == "last" else "fitness")
+
+    # ---------------------------------------------------------- distillation
+
+    def teacher(self, stage: Any) -> nn.Module:
+        """The stage's teacher: a detection checkpoint with the run's classes and image size."""
+        run = self.run
+        path = run.teacher_path(stage.teacher, stage)
+        loaded = checkpoint.load(path, trust=run.trust)
+        where = f"stage {stage.name}: teacher {path}"
+        if loaded.arch.get("task") != "detect":
+            raise DistillError(f"{where} is a classification model; a detector's teacher is a detection "
+                               "checkpoint (original, a detect stage's name, or a detection best.pt)")
+        nc, names = loaded.arch.get("num_classes"), self.data().nc
+        if nc != names:
+            raise DistillError(f"{where} detects {nc} classes but the run's data has {names}: "
+                               "the teacher must have the student's classes")
+        size = (loaded.arch.get("kwargs") or {}).get("imgsz")
+        if size is not None and size != self.imgsz:
+            raise DistillError(f"{where} was built for {size} px images but the run trains at {self.imgsz} px "
+                               "(data.image_size): use a teacher of the same image size")
+        return loaded.model
+
+    def distiller(self, stage: Any, cur: Current) -> Any:
+        from engine.detect.distill import DetectDistiller
+
+        run = self.run
+        if not stage.teacher:
+            raise DistillError(f"stage {stage.name}: kd or feature terms need a teacher (original, a stage name, "
+                               "or a checkpoint)")
+        distiller = DetectDistiller(copy.deepcopy(cur.model), self.teacher(stage), kd=stage.kd,
+                                    features=list(stage.features), device=run.device, imgsz=self.imgsz)
+        for line in distiller.describe():
+            run.writer.log(f"{stage.name}: {line}")
+        return distiller
 
     # ---------------------------------------------------------- deployment
 

@@ -74,11 +74,16 @@ class Session:
     reporter: Any
     log_every: int
     penalty: Any = None  # engine.slim.sparse.SparsePenalty for a sparse stage
+    monitor: Any = None  # engine.detect.monitor.DetectPrunedAtTarget: the stage has a target
+    controller: Any = None  # engine.slim.auto_s.AutoSController: s: auto
+    distill: Any = None  # engine.detect.distill.DetectDistiller: a teacher
+    select: str = "fitness"  # which epoch is best.pt: fitness (Ultralytics'), pruned (at target), last
     resume: dict | None = None
     step: int = 0
     best: dict[str, Any] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
     epoch_start: float = 0.0
+    train_time: float = 0.0  # the latest epoch's training batches, validation excluded
 
     # ------------------------------------------------------------ checkpoints
 
@@ -91,6 +96,12 @@ class Session:
             "position": {"stage": self.stage, "epoch": epoch, "batch": 0, "step": self.step},
             "best": self.best, "best_fitness": _plain_float(trainer.best_fitness),
         }  # fmt: skip
+        if self.controller is not None:
+            state["auto_s"] = self.controller.state_dict()
+        elif self.penalty is not None:
+            state["s"] = self.penalty.s
+        if self.distill is not None:
+            state["distill"] = self.distill.state_dict()
         meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": self.last}
         checkpoint.save(self.writer.weights / "last.pt", _unwrap(trainer.model), self.arch, plan=self.plan,
                         meta=meta, resume=state)
@@ -112,17 +123,38 @@ class Session:
         trainer.start_epoch = int(r["position"]["epoch"])
         self.step = int(r["position"]["step"])
         self.best = dict(r.get("best") or {})
+        if self.controller is not None and "auto_s" in r:
+            self.controller.load_state_dict(r["auto_s"])
+        elif self.penalty is not None and "s" in r:
+            self.penalty.s = float(r["s"])
+        if self.distill is not None and "distill" in r:
+            self.distill.load_state_dict(r["distill"])
 
     # ------------------------------------------------------------ callbacks
 
+    def view(self, trainer: Any, epoch: int) -> SimpleNamespace:
+        """What slimlab's callbacks read of a trainer: the model, the EMA, the epoch and the figures."""
+        return SimpleNamespace(model=_unwrap(trainer.model), ema=trainer.ema, epoch=epoch, epochs=trainer.epochs,
+                               slim_metrics=slim_metrics(trainer.metrics))
+
     def on_train_start(self, trainer: Any) -> None:
+        view = self.view(trainer, trainer.start_epoch)
         if self.penalty is not None:
-            self.penalty.on_fit_start(SimpleNamespace(model=_unwrap(trainer.model), epoch=trainer.start_epoch,
-                                                      epochs=trainer.epochs))
+            self.penalty.on_fit_start(view)
+        if self.monitor is not None:
+            self.monitor.on_fit_start(view)
+        resumed = self.resume is not None and "auto_s" in self.resume
+        if self.controller is not None and not resumed:
+            self.controller.on_fit_start(SimpleNamespace(**{**vars(view), "slim_metrics": None}))
+        if self.distill is not None:
+            self.distill.attach(_unwrap(trainer.model))  # after the EMA copy: the EMA keeps the plain loss
         self.epoch_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         self.epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self.train_time = time.perf_counter() - self.epoch_start
 
     def on_train_batch_end(self, trainer: Any) -> None:
         self.step += 1
@@ -144,21 +176,36 @@ class Session:
         losses = {k: float(v) for k, v in (trainer.tloss or {}).items()}
         return {"stage": self.stage, "epoch": trainer.epoch, "step": self.step, "loss": sum(losses.values()),
                 **losses, **slim_metrics(trainer.metrics), "lr": trainer.optimizer.param_groups[0]["lr"],
-                "epoch_time": time.perf_counter() - self.epoch_start}  # fmt: skip
+                "epoch_time": time.perf_counter() - self.epoch_start, "train_time": self.train_time}  # fmt: skip
 
     def on_model_save(self, trainer: Any) -> None:
+        """After validation, before the next epoch: the sparse stage's figures, its s for the next
+        epoch, then best.pt by the stage's rule and the resume point."""
         metrics = self.epoch_metrics(trainer)
-        if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
+        view = self.view(trainer, trainer.epoch)
+        if self.penalty is not None:
+            metrics.update(self.penalty.on_epoch_end(view, trainer.epoch))
+        if self.monitor is not None:
+            self.monitor.measure_trainer(view)
+            metrics.update(self.monitor.figures())
+        if self.controller is not None:
+            self.controller.on_epoch_end(view, trainer.epoch)
+        if self._better(trainer, metrics):
             self.best = metrics
             self.save_best(trainer, metrics)
         self.last = metrics
         self.save_last(trainer, trainer.epoch + 1)
 
+    def _better(self, trainer: Any, metrics: dict[str, Any]) -> bool:
+        if self.select == "last":
+            return True
+        if self.select == "pruned":  # ties go to the later, sparser epoch
+            key = "mAP50_95_pruned_at_target"
+            return not self.best or metrics[key] >= self.best.get(key, -1.0)
+        return trainer.fitness is not None and trainer.best_fitness == trainer.fitness
+
     def on_fit_epoch_end(self, trainer: Any) -> None:
-        metrics = self.epoch_metrics(trainer)
-        if self.penalty is not None:
-            metrics.update(self.penalty.on_epoch_end(trainer, trainer.epoch))
-        metrics.update(memory_figures(trainer.device))
+        metrics = {**self.last, **memory_figures(trainer.device)}
         self.writer.metrics(metrics)
         self.writer.status(progress=(trainer.epoch + 1) / max(1, trainer.epochs),
                            best_mAP50_95=self.best.get("mAP50_95"))
@@ -202,6 +249,14 @@ def make_trainer(model: nn.Module, data: YoloData, args: dict[str, Any], session
             finally:
                 del scaler.unscale_
 
+        def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+            optimizer = super().build_optimizer(model, *args, **kwargs)
+            extra = session.distill.parameters() if session.distill is not None else []
+            if extra:  # the KD adapters train with the student, at its learning rate and decay
+                decay = kwargs.get("decay", args[3] if len(args) > 3 else 0.0)
+                optimizer.add_param_group({"params": extra, "weight_decay": decay, "param_group": "adapter"})
+            return optimizer
+
         def save_model(self) -> bool:
             session.on_model_save(self)
             return False  # slimlab wrote its checkpoints; no on_model_save callbacks
@@ -216,7 +271,8 @@ def make_trainer(model: nn.Module, data: YoloData, args: dict[str, Any], session
     with _quiet():
         trainer = SlimDetectionTrainer(overrides=args)
     trainer.model = model
-    for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end"):
+    for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
+                  "on_fit_epoch_end"):
         trainer.add_callback(event, getattr(session, event))
     return trainer
 

@@ -71,22 +71,22 @@ def gain_cap(threshold: float, kept_median: float) -> float:
 
 def next_gain(gain: float, acc: float, acc_pt: float, best: float, *, threshold: float, previous: float,
               acc_before: float | None = None, cap: float = GAIN_MAX, gap: float = 0.01,
-              tolerance: float = 0.02, factor: float = 2.0) -> Decision:
+              tolerance: float = 0.02, factor: float = 2.0, metric: str = "accuracy") -> Decision:
     """The gain for the next epoch from this epoch's accuracies (fractions) and target thresholds.
 
     `best` is the best unpruned accuracy so far (`acc` included), `acc_before` the unpruned
     accuracy one epoch earlier; `previous` is the target threshold one epoch earlier, `threshold`
-    the one now; `cap` bounds the gain (gain_cap).
+    the one now; `cap` bounds the gain (gain_cap); `metric` names the figures in the reasons.
     """
     drop = best - acc
     lag = acc - acc_pt
     recovering = acc_before is not None and acc - acc_before >= tolerance
     if drop > tolerance and recovering:
-        return Decision(min(gain, cap), "hold", f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best "
+        return Decision(min(gain, cap), "hold", f"{metric} {acc:.2%} is {drop * 100:.1f} points below its best "
                                                 f"{best:.2%} but recovering (up {(acc - acc_before) * 100:.1f} points)")
     if drop > tolerance:
         return Decision(max(GAIN_MIN, min(gain, cap) / _step(factor, drop)), "lower",
-                        f"accuracy {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%}")
+                        f"{metric} {acc:.2%} is {drop * 100:.1f} points below its best {best:.2%}")
     fell = 1.0 - threshold / previous if previous > 0 else 1.0
     if lag > gap and fell < gain:
         new = min(cap, gain * min(factor, gain / max(fell, 1e-3)))
@@ -153,8 +153,7 @@ class AutoSController:
         self.decisions: list[Decision] = []
 
     def on_fit_start(self, trainer: Any) -> None:
-        start = self.monitor.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype,
-                                     trainer.dist, calibrate=trainer.data.train)
+        start = self.monitor.measure_trainer(trainer)
         self.best = self.acc = start["acc_unpruned_subset"]
         self.threshold = start["target_threshold"]
         self.gain = min(GAIN0, gain_cap(self.threshold, start["kept_median"]))
@@ -177,7 +176,8 @@ class AutoSController:
         st = self.settings
         cap = gain_cap(thr, m["kept_median"])
         d = next_gain(self.gain, acc, acc_pt, self.best, threshold=thr, previous=self.threshold,
-                      acc_before=self.acc, cap=cap, gap=st.gap, tolerance=st.tolerance, factor=st.factor)
+                      acc_before=self.acc, cap=cap, gap=st.gap, tolerance=st.tolerance, factor=st.factor,
+                      metric=getattr(self.monitor, "metric", "accuracy"))
         d = self._deadline(d, acc - acc_pt, thr, cap, trainer.epochs - epoch - 2)
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc

@@ -138,10 +138,15 @@ class PrunedAtTarget:
         }
         return self.last
 
+    metric = "accuracy"  # what the figures are, in the s: auto controller's reasons
+
+    def measure_trainer(self, trainer: Any, accuracy: float | None = None) -> dict[str, float]:
+        """`measure` on a slimlab Trainer's model and data (`accuracy`: its val accuracy, if known)."""
+        return self.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype, trainer.dist,
+                            calibrate=trainer.data.train if self.calibrate else None, accuracy=accuracy)
+
     def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
-        self.measure(trainer.model, trainer.data.val, trainer.device, trainer.amp_dtype, trainer.dist,
-                     calibrate=trainer.data.train if self.calibrate else None,
-                     accuracy=getattr(trainer, "epoch_metrics", {}).get("accuracy"))
+        self.measure_trainer(trainer, getattr(trainer, "epoch_metrics", {}).get("accuracy"))
         return {k: self.last[k] for k in ("acc_pruned_at_target", "target_threshold")}
 
 

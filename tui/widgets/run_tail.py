@@ -176,6 +176,11 @@ def epoch_line(rec: dict[str, Any], epochs: int | None) -> str | None:
             parts.append(f"{label} {rec[key]:.4f}")
     if isinstance(rec.get("acc_pruned_at_target"), int | float):
         parts.append(f"pruned-at-target {100 * rec['acc_pruned_at_target']:.2f}%")
+    if isinstance(rec.get("mAP50_95_pruned_at_target"), int | float):
+        parts.append(f"pruned-at-target mAP50-95 {rec['mAP50_95_pruned_at_target']:.4f}")
+    for key, label in (("kd_loss", "kd"), ("feat_loss", "feat")):
+        if isinstance(rec.get(key), int | float):
+            parts.append(f"{label} {rec[key]:.4f}")
     if isinstance(rec.get("s"), int | float):
         parts.append(f"s {rec['s']:.2g}")
     if isinstance(rec.get("gamma_rel_lt_1e-2"), int | float):  # relative to the initial gamma
