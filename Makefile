@@ -12,7 +12,7 @@ DETECT_VENV := .venv-detect
 DETECT_BIN := $(DETECT_VENV)/bin
 DETECT_TORCH ?= torch==2.13.0 torchvision==0.28.0
 
-.PHONY: setup setup-detect tools demo demo-detect test test-core test-detect lint bench bench-detect
+.PHONY: setup setup-detect tools demo demo-detect test test-core test-detect lint bench bench-detect gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -62,3 +62,8 @@ bench: setup
 # Detection benchmarks run in the detection environment.
 bench-detect: setup-detect
 	for b in benchmarks/detect/*.py; do $(DETECT_BIN)/python $$b || exit 1; done
+
+# The CUDA paths in one table (AMP, sparse with AMP, memory lines, detection AMP, ORT CUDA, cudnn):
+# the detection environment holds the CUDA build of torch. Without CUDA it says so and exits 0.
+gpu-check: setup-detect
+	$(DETECT_BIN)/python benchmarks/gpu_check.py

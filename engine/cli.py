@@ -132,6 +132,10 @@ def batch(argv: list[str]) -> int:
     from engine import distributed
 
     info = distributed.from_env()
+    if info.enabled and spec.task == "detect":  # each rank would run its own trainer into one run directory
+        raise PresetError(f"{args.preset}: task detect runs as one process, not under torchrun ({info.world_size} "
+                          "processes): start it with `slimlab --batch PRESET` (multi-GPU detection training is not "
+                          "available yet)")
     path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
     prepare_run_dir(path, spec, info.is_main)
     return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec, checked=True)

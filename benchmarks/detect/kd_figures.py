@@ -85,9 +85,10 @@ def main() -> None:
         path.write_text(yaml.safe_dump(preset(name, data_yaml, work / "runs", seed, epochs, a.width, a.size),
                                        sort_keys=False))
         run = work / "runs" / name
-        if not (run / "summary.json").exists():
+        status = run / "status.json"
+        if not status.exists() or json.loads(status.read_text()).get("state") != "done":
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            cmd = [sys.executable, "-m", "engine", "--batch", str(path)] + (["--resume"] if run.exists() else [])
+            cmd = [sys.executable, "-m", "engine", "--batch"] + (["--resume", str(run)] if run.exists() else [str(path)])
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         summary = json.loads((run / "summary.json").read_text())
         print(f"seed {seed}: sparse epochs (s, mAP50-95 unpruned, pruned at target, monitor share of epoch)")

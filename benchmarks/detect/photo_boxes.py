@@ -16,7 +16,7 @@ measures how well a detector learns and keeps these objects, not open-world gene
 Needs scikit-image, scikit-learn and matplotlib (benchmark-only; installed in the detection
 environment as Ultralytics' dependencies or beside them).
 
-    python benchmarks/detect/photo_boxes.py OUT [--size 160] [--train 480] [--val 120] [--seed 0]
+    python benchmarks/detect/photo_boxes.py [OUT] [--size 160] [--train 480] [--val 120] [--seed 0]
 """
 
 from __future__ import annotations
@@ -117,12 +117,16 @@ def write(out: Path, size: int = 160, train: int = 480, val: int = 120, seed: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, nargs="?", help="the folder to write (default: a new temporary one)")
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--train", type=int, default=480)
     p.add_argument("--val", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if a.out is None:
+        import tempfile
+
+        a.out = Path(tempfile.mkdtemp(prefix="photo_boxes-"))
     print(write(a.out, a.size, a.train, a.val, a.seed))
 
 

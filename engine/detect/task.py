@@ -55,6 +55,11 @@ class UltralyticsTask:
         from engine.detect import ultra
 
         ultra.load()
+        if getattr(run.dist, "world_size", 1) > 1:
+            # each rank would run its own Ultralytics trainer and write the same run directory
+            raise PresetError(f"task detect runs as one process: this run was started by torchrun with "
+                              f"{run.dist.world_size} processes; start it with `slimlab --batch PRESET` "
+                              "(multi-GPU detection training is not available yet)")
         self.run = run  # the orchestrator (engine/pipeline.py)
         self._data: ydata.YoloData | None = None
         self._evaluators: dict[Any, Evaluator] = {}
@@ -184,6 +189,7 @@ class UltralyticsTask:
         run = self.run
         cfg = run.spec.training_for(stage)
         args = parts.pop("args", None) or self.trainer_args(stage, cur)
+        run.drop_redone_metrics(stage.name, resume)  # a resumed stage redoes the steps after its resume point
         model = copy.deepcopy(cur.model)  # Ultralytics trains in place; the run's current model stays as it was
         session = Session(stage=stage.name, writer=run.writer, arch=cur.arch, plan=cur.plan,
                           meta={"spec": run.spec.model_dump(mode="json")}, stop=run.stop,
@@ -252,7 +258,7 @@ class UltralyticsTask:
                                                     "fitness": "the epoch with the best mAP (Ultralytics' fitness)",
                                                     "last": "the last epoch"}[select])
         figures = self.train(stage, resume, cur, penalty=penalty, monitor=monitor, controller=controller,
-                             select=select, args=args)
+                             select=select, args=args, recalibrate=self.calibrate)
         if monitor is not None and monitor.last:
             warning = unmoved_warning(stage, monitor.last, penalty)
             if warning:
@@ -267,8 +273,10 @@ class UltralyticsTask:
         cfg = run.spec.training_for(stage)
         batches = max(1, -(-self.data().splits["train"].images // cfg.batch_size))
         momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.9
+        # Ultralytics' loss is the per-image loss times the batch, its gradients summed over the nominal
+        # batch of 64 images: s may go 64 times higher than for a classifier's mean loss
         return AutoSController(penalty, monitor, stage.auto_s, DetectLrBudget(args, batches), momentum,
-                               log=lambda text: run.writer.log(f"{stage.name}: {text}"))
+                               log=lambda text: run.writer.log(f"{stage.name}: {text}"), s_max=64.0)
 
     def finetune_stage(self, stage: Any, resume: dict | None) -> dict:
         cur = self.run.start(stage)

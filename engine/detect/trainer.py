@@ -78,6 +78,9 @@ class Session:
     controller: Any = None  # engine.slim.auto_s.AutoSController: s: auto
     distill: Any = None  # engine.detect.distill.DetectDistiller: a teacher
     select: str = "fitness"  # which epoch is best.pt: fitness (Ultralytics'), pruned (at target), last
+    # re-estimates a model's BatchNorm statistics (engine/slim/bn_calibrate.py): the EMA's, before each
+    # validation of a sparse stage, whose shrinking gammas leave the running averages behind
+    recalibrate: Any = None
     resume: dict | None = None
     step: int = 0
     best: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +158,8 @@ class Session:
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self.train_time = time.perf_counter() - self.epoch_start
+        if self.recalibrate is not None and trainer.ema is not None:
+            self.recalibrate(trainer.ema.ema)
 
     def on_train_batch_end(self, trainer: Any) -> None:
         self.step += 1

@@ -108,11 +108,11 @@ def deadline_gain(threshold: float, goal: float, epochs_left: int) -> float:
     return 1.0 - (goal / threshold) ** (1.0 / epochs_left)
 
 
-def planned_s(gain: float, threshold: float, lr_sum: float, momentum: float) -> float:
-    """s for the next epoch (module docstring), clipped to [S_MIN, S_MAX]."""
+def planned_s(gain: float, threshold: float, lr_sum: float, momentum: float, s_max: float = S_MAX) -> float:
+    """s for the next epoch (module docstring), clipped to [S_MIN, s_max]."""
     if lr_sum <= 0 or threshold <= 0:
         return S_MIN
-    return float(min(S_MAX, max(S_MIN, gain * threshold * (1.0 - momentum) / lr_sum)))
+    return float(min(s_max, max(S_MIN, gain * threshold * (1.0 - momentum) / lr_sum)))
 
 
 class LrBudget:
@@ -139,12 +139,13 @@ class AutoSController:
     """
 
     def __init__(self, penalty: Any, monitor: Any, settings: Any, budget: LrBudget, momentum: float,
-                 log: Any = None) -> None:
+                 log: Any = None, s_max: float = S_MAX) -> None:
         self.penalty = penalty
         self.monitor = monitor
         self.settings = settings
         self.budget = budget
         self.momentum = momentum
+        self.s_max = s_max  # a loss summed over its batch (Ultralytics') has gradients that many times larger
         self.gain = GAIN0
         self.best = 0.0
         self.acc = 0.0
@@ -161,10 +162,10 @@ class AutoSController:
             self.penalty.s = self.settings.start
             how = "as set"
             # the gain that plan would have given, so later epochs follow on from it
-            per = planned_s(1.0, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
+            per = planned_s(1.0, self.threshold, self.budget.epoch(trainer.epoch), self.momentum, self.s_max)
             self.gain = min(GAIN_MAX, max(GAIN_MIN, self.penalty.s / per)) if per > S_MIN else self.gain
         else:
-            self.penalty.s = planned_s(self.gain, self.threshold, self.budget.epoch(trainer.epoch), self.momentum)
+            self.penalty.s = planned_s(self.gain, self.threshold, self.budget.epoch(trainer.epoch), self.momentum, self.s_max)
             how = f"from the target threshold {self.threshold:.3g}"
         self.log(f"s: auto starts at s={self.penalty.s:.3g} ({how}); the starting model scores {self.best:.2%} "
                  f"on the monitor's val images, {start['acc_pruned_at_target']:.2%} pruned at the target")
@@ -182,7 +183,7 @@ class AutoSController:
         self.decisions.append(d)
         self.gain, self.threshold, self.acc = d.gain, thr, acc
         if epoch + 1 < trainer.epochs:
-            planned = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum)
+            planned = planned_s(self.gain, thr, self.budget.epoch(epoch + 1), self.momentum, self.s_max)
             # the last epoch is for settling: s may fall but not rise into it
             settling = epoch + 2 == trainer.epochs
             s = min(planned, self.penalty.s * (1.0 if settling else st.factor))
