@@ -106,9 +106,43 @@ def test_pre_activation_batchnorms_score_the_residual_stream():
     assert {"layers.0.bn1", "layers.1.bn1", "layers.2.bn1"} <= set(stream.layers)
 
 
-def test_dpn_residual_part_stays_and_dense_part_is_cut():
+def test_dpn_cuts_both_paths_and_the_slice_position_it_keeps_follows():
+    """`x[:, :d]` / `x[:, d:]` with d = self.out_planes: both parts are cut, and out_planes becomes
+    the residual part's kept count (a literal d would be a fixed position: see the next test)."""
     model = zoo.randomize(zoo.DPN())
-    groups = precompute(model, (3, 32, 32)).groups
+    inputs = precompute(model, (3, 32, 32))
+    g = next(g for g in inputs.groups if "blocks.0.conv3.0" in g.convs)
+    assert g.prunable and not g.fixed.any()
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    first = pruned.blocks[0]
+    assert first.out_planes < 32 and first.conv3[0].out_channels < 40
+    assert all(b.out_planes == first.out_planes for b in pruned.blocks[:3])  # one stage, one residual width
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = zoo.masked_copy(model, inputs.groups, plan).eval()(x)
+        assert zoo.max_rel_diff(ref, pruned.eval()(x)) <= MASKED_RTOL
+
+
+class _LiteralDPN(zoo.DPN):
+    """The same blocks slicing at a number written in the code: a fixed position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for block in self.blocks:
+            d = block.out_planes
+            del block.out_planes
+            block.forward = lambda x, block=block, d=d: _literal_forward(block, x, d)
+
+
+def _literal_forward(block: nn.Module, x: torch.Tensor, d: int) -> torch.Tensor:
+    out = block.conv3(torch.relu(block.conv2(torch.relu(block.conv1(x)))))
+    x = block.shortcut(x) if block.shortcut is not None else x
+    return torch.relu(torch.cat([x[:, :d] + out[:, :d], x[:, d:], out[:, d:]], 1))
+
+
+def test_dpn_slicing_at_a_literal_position_keeps_the_channels_before_it():
+    groups = precompute(zoo.randomize(_LiteralDPN()), (3, 32, 32)).groups
     g = next(g for g in groups if "blocks.0.conv3.0" in g.convs)
     assert g.prunable and g.fixed.sum() == 32 and "fixed channel positions" in g.note
 

@@ -10,7 +10,8 @@ them cut together (the same position in every group of a grouped conv, the two h
 split): `width` is then the channels each unit stands for.
 
 Some units can never be cut (`fixed`): channels that reach the model output, are reduced over,
-sliced at fixed positions, or have no BatchNorm to score them. A group is prunable when any of its
+sliced at fixed positions, or have no BatchNorm to score them (a BatchNorm is known by what it
+computes, see engine/slim/gamma.py `is_batch_norm`). A group is prunable when any of its
 units is not fixed; the others are always kept.
 """
 
@@ -74,6 +75,9 @@ class ChannelGroup:
     unit_reasons: list[str | None] = field(default_factory=list, repr=False)
     atoms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # class root per unit
     note: str | None = None  # why some units of a prunable group stay
+    # units that must keep at least one channel between them besides each layer's: the parts of a
+    # slice or split by a count attribute (engine/slim/trace.py `Sized`)
+    parts: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     def out_names(self) -> list[str]:
         return [m.name for m in self.members if m.side == "out"]
@@ -213,7 +217,14 @@ def groups_from_trace(trace: Trace, model: nn.Module | None = None, ignore: Sequ
     for u, root in enumerate(units.roots):
         unit_atoms[int(units.group[u])][units.local[u]] = root
     patterns = [*getattr(model, "default_ignore", []), *ignore] if model is not None else list(ignore)
-    return [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(n)]
+    groups = [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(n)]
+    for what, atoms in trace.parts:
+        ids = units.lookup(trace.atoms.find(atoms))
+        ids = ids[ids >= 0]
+        gids = units.group[ids]
+        for g in np.unique(gids):
+            groups[int(g)].parts.append((what, np.unique(units.local[ids[gids == g]])))
+    return groups
 
 
 def _group(gid: int, sources: list[_Source], members: list[Member], unit_atoms: np.ndarray,
