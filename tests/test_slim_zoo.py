@@ -147,6 +147,25 @@ def test_dpn_slicing_at_a_literal_position_keeps_the_channels_before_it():
     assert g.prunable and g.fixed.sum() == 32 and "fixed channel positions" in g.note
 
 
+def test_layers_computing_through_functional_ops_are_those_layers():
+    """BatchNorm + act through F.batch_norm, a frozen BatchNorm in buffers, same-padding and mixed
+    convs through F.conv2d, F.linear: each scores or cuts its channels; split counts follow."""
+    torch.manual_seed(0)
+    model = zoo.randomize(zoo.TimmStyle())
+    inputs = precompute(model, (3, 32, 32))
+    members = {m.name: m.kind for g in inputs.groups for m in g.members}
+    assert members["stem.1"] == members["stage1.block.1"] == "bn"  # BatchNormAct, FrozenBN
+    assert members["stem.0"] == members["stage1.mixed.0.1"] == "conv" and members["fc"] == "linear"
+    assert not any(r for g in inputs.groups if g.prunable for r in g.unit_reasons)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    for stage in (pruned.stage1, pruned.stage2):
+        assert stage.expand_chs == stage.conv_exp[0].out_channels
+        mixed = stage.mixed[0]
+        assert list(mixed.splits) == [c.in_channels for c in mixed.values()]
+    assert pruned.stage2.block[1].weight.numel() == pruned.stage2.block[0].out_channels < 32
+
+
 def test_channel_selection_indexes_are_cut_with_their_channels():
     model = zoo.randomize(zoo.SlimPreResNet())
     inputs = precompute(model, (3, 32, 32))

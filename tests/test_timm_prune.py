@@ -215,3 +215,22 @@ def test_slimlab_prune_takes_a_timm_state_dict(tmp_path, capsys):
     loaded = checkpoint.load(out)  # a registry name: built without --allow-arch
     assert sum(p.numel() for p in loaded.model.parameters()) == plan["totals"]["params_after"]
     assert loaded.model(torch.zeros(1, *SHAPE)).shape == (1, 10)
+
+
+def test_a_preset_trains_and_prunes_a_timm_model(tmp_path, tiny_preset):
+    from engine.cli import prepare_run_dir
+    from engine.config import load_preset
+    from engine.pipeline import Pipeline
+    from engine.runs import create_run_dir
+
+    preset = tiny_preset(model={"arch": "timm:mobilenetv3_small_050", "kwargs": {"drop_rate": 0.1}},
+                         training__epochs=1,
+                         stages=[{"type": "train"}, {"type": "prune", "percent": 0.5, "round_to": 8}])
+    spec = load_preset(preset)
+    path = create_run_dir(tmp_path / "runs", "timm")
+    prepare_run_dir(path, spec)
+    Pipeline(spec, path).run()
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["prune"]["params"] < summary["train"]["params"]
+    pruned = checkpoint.load(path / "weights" / "prune.pt")  # timm: rebuilt from its name, cut to its plan
+    assert sum(p.numel() for p in pruned.model.parameters()) == summary["prune"]["params"]
