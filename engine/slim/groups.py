@@ -187,9 +187,26 @@ class _Units:
 
 def groups_from_trace(trace: Trace, model: nn.Module | None = None, ignore: Sequence[str] = ()) -> list[ChannelGroup]:
     """Every coupled channel group found by `trace`, in the order their first layer ran."""
+    layout = _layout(trace)
+    if layout is None:
+        return []
+    srcs, members, unit_atoms, frozen, parts = layout
+    patterns = [*getattr(model, "default_ignore", []), *ignore] if model is not None else list(ignore)
+    groups = [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(len(srcs))]
+    for g, part in parts:
+        groups[g].parts.append(part)
+    return groups
+
+
+def _layout(trace: Trace) -> tuple | None:
+    """What groups are made of, from the trace alone (no ignore patterns): worked out once per trace,
+    since planning and cutting the same model both ask for it."""
+    if trace.layout is not None:
+        return trace.layout or None
     sources, frozen = _sources(trace)
     if not sources:
-        return []
+        trace.layout = ()
+        return None
     units = _Units(sources)
     n = units.n_groups
     members: list[list[Member]] = [[] for _ in range(n)]
@@ -216,15 +233,14 @@ def groups_from_trace(trace: Trace, model: nn.Module | None = None, ignore: Sequ
     unit_atoms = [np.zeros(int(units.sizes[g]), dtype=np.int64) for g in range(n)]
     for u, root in enumerate(units.roots):
         unit_atoms[int(units.group[u])][units.local[u]] = root
-    patterns = [*getattr(model, "default_ignore", []), *ignore] if model is not None else list(ignore)
-    groups = [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(n)]
+    parts = []
     for what, atoms in trace.parts:
         ids = units.lookup(trace.atoms.find(atoms))
         ids = ids[ids >= 0]
         gids = units.group[ids]
-        for g in np.unique(gids):
-            groups[int(g)].parts.append((what, np.unique(units.local[ids[gids == g]])))
-    return groups
+        parts += [(int(g), (what, np.unique(units.local[ids[gids == g]]))) for g in np.unique(gids)]
+    trace.layout = (srcs, members, unit_atoms, frozen, parts)
+    return trace.layout
 
 
 def _group(gid: int, sources: list[_Source], members: list[Member], unit_atoms: np.ndarray,

@@ -229,6 +229,7 @@ class Trace:
     flops_of: dict[str, int] = field(default_factory=dict)  # per module name, itself and below
     sized: list[Sized] = field(default_factory=list)
     parts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (what, atoms): each keeps a channel
+    layout: tuple | None = field(default=None, repr=False)  # engine/slim/groups.py's, once worked out
 
 
 class ChannelTracer(TorchDispatchMode):
