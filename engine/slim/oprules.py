@@ -9,7 +9,9 @@ That keeps the trace correct for any code, at the price of cutting less.
 A pruned model runs the same Python code with fewer channels. Where that code uses channel counts
 (a view into groups, a split, a slice), the rules assume what public model code does: a view keeps
 every factor but its largest (`view(b, groups, c // groups, h, w)`), an even split or chunk splits
-the pruned tensor evenly, any other slice or split is at fixed positions. The prune is then checked
+the pruned tensor evenly, a slice or split by a count the module keeps in a plain attribute
+(`x[:, :self.num_1x1_c]`, `torch.split(x, self.splits, 1)`) follows that attribute, which the cut
+sets to what each part keeps, and any other slice or split is at fixed positions. The prune is then checked
 on a dummy batch (engine/slim/verify.py), so a model that computes otherwise is refused, not broken.
 """
 
@@ -389,7 +391,7 @@ class Rules:
                 bounds = np.cumsum([0, *sizes])
                 parts = [row[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
                 self.t.note_sized(*hit, parts, True)
-                self.t.parts.extend((f"`{hit[0]}` part {k} of its `{hit[1]}` split", p) for k, p in enumerate(parts))
+                self.t.parts.extend((f"`{hit[0]}` part {k} of its `{hit[1][0]}` split", p) for k, p in enumerate(parts))
             elif not squeeze and even and (len(sizes) <= MAX_PROPORTIONAL_PARTS or self.even_by_count(lab, d, sizes)):
                 self._even(lab, d, len(sizes), what)
                 self.even_counts(self.t.reroot(lab), d, len(sizes))
