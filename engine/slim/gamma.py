@@ -19,8 +19,8 @@ def is_batch_norm(module: object) -> bool:
     as 1-D per-channel tensors (torchvision's and timm's FrozenBatchNorm2d and its Act variant)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return True
-    if not isinstance(module, nn.Module):
-        return False
+    if not isinstance(module, nn.Module) or module._buffers.get("running_var", module._parameters.get("running_var")) is None:
+        return False  # the common case, decided without listing the module's tensors
     own = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
     if own.get("running_mean") is None or own.get("running_var") is None:
         return False

@@ -252,8 +252,9 @@ class ChannelTracer(TorchDispatchMode):
         self.names = {m: n for n, m in model.named_modules()}
         self.owners: dict[int, tuple[str, str, nn.Module]] = {}  # a module's own tensor: (module, attribute)
         for n, m in model.named_modules():
-            for attr, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)):
-                self.owners.setdefault(id(t), (n, attr, m))
+            for attr, t in (*m._parameters.items(), *m._buffers.items()):
+                if t is not None:
+                    self.owners.setdefault(id(t), (n, attr, m))
         self.weight_views: dict[int, tuple[weakref.ref, str, nn.Module]] = {}  # a Linear's transposed weight
         self.sized: dict[tuple[str, str], list[Sized]] = {}
         self.parts: list[tuple[str, np.ndarray]] = []
@@ -502,8 +503,6 @@ class ChannelTracer(TorchDispatchMode):
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             raise TypeError("expected one tensor in and one out")
-        lab = self.rooted(x)
-        shape = tuple(output.shape)
         if kind == "conv":
             self.conv_layer(name, module, x, output)
         elif kind == "linear":
@@ -511,6 +510,7 @@ class ChannelTracer(TorchDispatchMode):
         elif kind == "bn":
             self.bn_layer(name, module, x, output)
         else:  # channel_selection: a gather of the channels whose `indexes` entry is non-zero
+            lab, shape = self.rooted(x), tuple(output.shape)
             chans = self.channel_atoms(lab, 1, name)
             self.slot(self.layer(name, module, kind), "out", chans)
             picked = torch.nonzero(module.indexes.detach().cpu()).reshape(-1).numpy()
