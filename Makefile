@@ -56,12 +56,14 @@ test-detect: setup-detect
 lint: setup
 	$(BIN)/ruff check engine tui tests benchmarks
 
+# timm_prune.py needs timm and torch-pruning: it runs with the detection benchmarks.
 bench: setup
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out benchmarks/timm_prune.py,$(wildcard benchmarks/*.py)); do $(BIN)/python $$b || exit 1; done
 
-# Detection benchmarks run in the detection environment.
+# Detection benchmarks (and timm's CNNs beside Torch-Pruning) run in the detection environment.
 bench-detect: setup-detect
-	for b in benchmarks/detect/*.py; do $(DETECT_BIN)/python $$b || exit 1; done
+	$(DETECT_BIN)/pip install -q --isolated "torch-pruning==1.6.1"
+	for b in benchmarks/detect/*.py benchmarks/timm_prune.py; do $(DETECT_BIN)/python $$b || exit 1; done
 
 # The CUDA paths in one table (AMP, sparse with AMP, memory lines, detection AMP, ORT CUDA, cudnn):
 # the detection environment holds the CUDA build of torch. Without CUDA it says so and exits 0.

@@ -599,13 +599,13 @@ def check_names(spec: RunSpec, source: str) -> None:
     archs = [spec.model.arch] + [s.model.arch for s in spec.stages if s.model is not None]
     for arch in archs:
         if ":" in arch:
-            continue  # torchvision:<name> or module:Class, resolved when built
+            continue  # torchvision:<name>, timm:<name> or module:Class, resolved when built
         if arch not in models.names():
             close = difflib.get_close_matches(arch, models.names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PresetError(
                 f"{source}: model.arch: unknown model {arch!r}{hint}; built-in: {', '.join(models.names())}, "
-                "or torchvision:<name>, or package.module:Class"
+                "or torchvision:<name>, timm:<name>, or package.module:Class"
             )
     ds = spec.data.dataset
     if not ds.startswith("torchvision:") and ds not in data.names():

@@ -106,11 +106,64 @@ def test_pre_activation_batchnorms_score_the_residual_stream():
     assert {"layers.0.bn1", "layers.1.bn1", "layers.2.bn1"} <= set(stream.layers)
 
 
-def test_dpn_residual_part_stays_and_dense_part_is_cut():
+def test_dpn_cuts_both_paths_and_the_slice_position_it_keeps_follows():
+    """`x[:, :d]` / `x[:, d:]` with d = self.out_planes: both parts are cut, and out_planes becomes
+    the residual part's kept count (a literal d would be a fixed position: see the next test)."""
     model = zoo.randomize(zoo.DPN())
-    groups = precompute(model, (3, 32, 32)).groups
+    inputs = precompute(model, (3, 32, 32))
+    g = next(g for g in inputs.groups if "blocks.0.conv3.0" in g.convs)
+    assert g.prunable and not g.fixed.any()
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    first = pruned.blocks[0]
+    assert first.out_planes < 32 and first.conv3[0].out_channels < 40
+    assert all(b.out_planes == first.out_planes for b in pruned.blocks[:3])  # one stage, one residual width
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = zoo.masked_copy(model, inputs.groups, plan).eval()(x)
+        assert zoo.max_rel_diff(ref, pruned.eval()(x)) <= MASKED_RTOL
+
+
+class _LiteralDPN(zoo.DPN):
+    """The same blocks slicing at a number written in the code: a fixed position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for block in self.blocks:
+            d = block.out_planes
+            del block.out_planes
+            block.forward = lambda x, block=block, d=d: _literal_forward(block, x, d)
+
+
+def _literal_forward(block: nn.Module, x: torch.Tensor, d: int) -> torch.Tensor:
+    out = block.conv3(torch.relu(block.conv2(torch.relu(block.conv1(x)))))
+    x = block.shortcut(x) if block.shortcut is not None else x
+    return torch.relu(torch.cat([x[:, :d] + out[:, :d], x[:, d:], out[:, d:]], 1))
+
+
+def test_dpn_slicing_at_a_literal_position_keeps_the_channels_before_it():
+    groups = precompute(zoo.randomize(_LiteralDPN()), (3, 32, 32)).groups
     g = next(g for g in groups if "blocks.0.conv3.0" in g.convs)
     assert g.prunable and g.fixed.sum() == 32 and "fixed channel positions" in g.note
+
+
+def test_layers_computing_through_functional_ops_are_those_layers():
+    """BatchNorm + act through F.batch_norm, a frozen BatchNorm in buffers, same-padding and mixed
+    convs through F.conv2d, F.linear: each scores or cuts its channels; split counts follow."""
+    torch.manual_seed(0)
+    model = zoo.randomize(zoo.TimmStyle())
+    inputs = precompute(model, (3, 32, 32))
+    members = {m.name: m.kind for g in inputs.groups for m in g.members}
+    assert members["stem.1"] == members["stage1.block.1"] == "bn"  # BatchNormAct, FrozenBN
+    assert members["stem.0"] == members["stage1.mixed.0.1"] == "conv" and members["fc"] == "linear"
+    assert not any(r for g in inputs.groups if g.prunable for r in g.unit_reasons)
+    plan = plan_from_inputs(inputs, percent=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    for stage in (pruned.stage1, pruned.stage2):
+        assert stage.expand_chs == stage.conv_exp[0].out_channels
+        mixed = stage.mixed[0]
+        assert list(mixed.splits) == [c.in_channels for c in mixed.values()]
+    assert pruned.stage2.block[1].weight.numel() == pruned.stage2.block[0].out_channels < 32
 
 
 def test_channel_selection_indexes_are_cut_with_their_channels():

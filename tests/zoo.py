@@ -1062,6 +1062,95 @@ class PNASNet(nn.Module):
         return self.linear(F.avg_pool2d(out, 8).view(out.size(0), -1))
 
 
+# ---------------------------------------------------------------------------- layers computing through the functional ops
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """BatchNorm and activation in one module (timm's BatchNormAct2d): the functional batch norm, then the act."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                         self.momentum, self.eps)
+        return F.relu(x)
+
+
+class FrozenBN(nn.Module):
+    """A frozen BatchNorm: gamma, beta and the statistics in buffers, applied elementwise."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.rand(c) + 0.01)
+        self.register_buffer("bias", torch.randn(c) * 0.1)
+        self.register_buffer("running_mean", torch.randn(c) * 0.1)
+        self.register_buffer("running_var", torch.rand(c) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+
+class SameConv(nn.Conv2d):
+    """TensorFlow's 'same' padding, computed in forward, then the functional conv (timm's Conv2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size, k, s = x.shape[-1], self.kernel_size[0], self.stride[0]
+        pad = max((-(-size // s) - 1) * s + k - size, 0)
+        x = F.pad(x, [pad // 2, pad - pad // 2, pad // 2, pad - pad // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MixedConv(nn.ModuleDict):
+    """Depthwise convs of different kernels, each on its part of the channels, split by `self.splits`."""
+
+    def __init__(self, c: int, kernels: tuple[int, ...] = (3, 5)) -> None:
+        super().__init__()
+        splits = [c // len(kernels)] * len(kernels)
+        splits[0] += c - sum(splits)
+        for i, (k, n) in enumerate(zip(kernels, splits, strict=True)):
+            self[str(i)] = SameConv(n, n, k, groups=n, bias=False)
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([conv(p) for conv, p in zip(self.values(), parts, strict=True)], 1)
+
+
+class CrossStage(nn.Module):
+    """CSP: a conv expands, half goes through the blocks and half around, split by `expand_chs // 2`."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.expand_chs = 2 * c2
+        self.conv_exp = nn.Sequential(SameConv(c1, 2 * c2, 1, bias=False), BatchNormAct(2 * c2))
+        self.block = nn.Sequential(SameConv(c2, c2, 3, bias=False), FrozenBN(c2))
+        self.mixed = nn.Sequential(MixedConv(c2), BatchNormAct(c2))
+        self.conv_transition = nn.Sequential(nn.Conv2d(2 * c2, c2, 1, bias=False), BatchNormAct(c2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, xb = self.conv_exp(x).split(self.expand_chs // 2, dim=1)
+        xb = self.mixed(F.relu(self.block(xb)))
+        return self.conv_transition(torch.cat([xs, xb], 1))
+
+
+class FunctionalLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class TimmStyle(nn.Module):
+    """The layers timm builds its CNNs from, written the way timm writes them."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(SameConv(3, 16, 3, 2, bias=False), BatchNormAct(16))
+        self.stage1 = CrossStage(16, 24)
+        self.stage2 = CrossStage(24, 32)
+        self.fc = FunctionalLinear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stage2(self.stage1(self.stem(x))).mean((2, 3)))
+
+
 # ---------------------------------------------------------------------------- no BatchNorm
 
 
@@ -1102,6 +1191,7 @@ ZOO = {
     "RegNetX": RegNetX,
     "DLA": DLA,
     "PNASNet": PNASNet,
+    "TimmStyle": TimmStyle,
 }
 def input_size(name: str) -> tuple[int, int, int]:
     return (3, 64, 64) if name.startswith("Yolo") else (3, 32, 32)

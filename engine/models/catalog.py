@@ -10,9 +10,10 @@ from engine.errors import ModelError
 
 TORCHVISION_PREFIX = "torchvision:"
 ULTRALYTICS_PREFIX = "ultralytics:"  # Ultralytics YOLO model yamls (engine.detect, optional extra)
+TIMM_PREFIX = "timm:"  # timm's model registry (optional extra), random init
 # Prefixed names the registry resolves itself (never by importing a module the name chooses):
 # always safe to build, whoever wrote them. An ultralytics: model dict names only checked layer classes.
-REGISTRY_PREFIXES: tuple[str, ...] = (TORCHVISION_PREFIX, ULTRALYTICS_PREFIX)
+REGISTRY_PREFIXES: tuple[str, ...] = (TORCHVISION_PREFIX, ULTRALYTICS_PREFIX, TIMM_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def unknown_arch_error(arch: str) -> ModelError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return ModelError(
         f"Unknown architecture {arch!r}.{hint} Valid names: {', '.join(names())}; "
-        f"or 'torchvision:<name>', 'ultralytics:<model>.yaml', or an importable 'package.module:Class'."
+        f"or 'torchvision:<name>', 'timm:<name>', 'ultralytics:<model>.yaml', or an importable 'package.module:Class'."
     )
 
 
@@ -94,6 +95,8 @@ def describe(arch: str) -> str:
     if arch.startswith(TORCHVISION_PREFIX):
         name = arch[len(TORCHVISION_PREFIX) :]
         return f"torchvision model {name} (random init, weights are never downloaded)"
+    if arch.startswith(TIMM_PREFIX):
+        return f"timm model {arch[len(TIMM_PREFIX):]} (random init, weights are never downloaded)"
     if arch.startswith(ULTRALYTICS_PREFIX):
         return f"Ultralytics YOLO detector from {arch[len(ULTRALYTICS_PREFIX):]} (random init, weights are never downloaded)"
     if is_external(arch):

@@ -1,7 +1,8 @@
 """Turn an architecture string into a freshly initialised torch model.
 
-Three forms are understood: a built-in name (see `catalog`), `torchvision:<name>`, and an
-importable `package.module:Class`. Every model that comes out carries `default_ignore` (fnmatch
+These forms are understood: a built-in name (see `catalog`), `torchvision:<name>`, `timm:<name>`
+(the optional extra's timm registry), `ultralytics:<model>.yaml` (engine/detect) and an importable
+`package.module:Class`. Every model that comes out carries `default_ignore` (fnmatch
 patterns of layers whose outputs must never be pruned) and `input_size` (C, H, W), which the
 pruning and profiling code rely on.
 
@@ -58,6 +59,8 @@ def build_from(
         return build_builtin(arch, num_classes, in_channels, kwargs)
     if arch.startswith(catalog.TORCHVISION_PREFIX):
         return build_torchvision(arch, num_classes, in_channels, kwargs)
+    if arch.startswith(catalog.TIMM_PREFIX):
+        return build_timm(arch, num_classes, in_channels, kwargs)
     if arch.startswith(catalog.ULTRALYTICS_PREFIX):
         from engine.detect.model import build as build_ultralytics
 
@@ -137,6 +140,51 @@ def build_torchvision(
     return annotate(model, in_channels, TORCHVISION_INPUT_SIDE)
 
 
+# timm arguments that read weights or settings from disk or the network: a timm: arch is always built
+# from its registry name alone, at random init
+TIMM_REFUSED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
+def build_timm(arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    """`timm:<name>`: timm.create_model(name, pretrained=False), its classifier never pruned and its
+    input size the one its configuration names (224 x 224 for most CNNs)."""
+    name = arch[len(catalog.TIMM_PREFIX) :]
+    try:
+        import timm
+    except (ImportError, OSError, RuntimeError) as e:
+        raise ModelError(
+            f"{arch}: timm is not available ({type(e).__name__}: {e}); install the 'detect' extra "
+            "(make setup-detect), or timm into an environment whose torchvision imports."
+        ) from e
+    refused = [k for k in TIMM_REFUSED if k in kwargs]
+    if refused:
+        raise ModelError(
+            f"{arch}: {refused[0]!r} cannot be set; pretrained weights are never downloaded or read, models "
+            "start from random init (start from your own weights with a checkpoint instead)."
+        )
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise ModelError(f"{arch}: timm has no model {name!r}.{hint}")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise ModelError(
+            f"{arch}: cannot build with num_classes={num_classes}, in_chans={in_channels} and {kwargs}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    modules = dict(model.named_modules())
+    heads = cfg.get("classifier")
+    heads = [heads] if isinstance(heads, str) else list(heads or [])
+    if heads and all(h in modules for h in heads):
+        model.default_ignore = heads
+    size = tuple(cfg.get("input_size") or (3, TORCHVISION_INPUT_SIDE, TORCHVISION_INPUT_SIDE))
+    if len(size) == 3:
+        model.input_size = (in_channels, int(size[1]), int(size[2]))
+    return annotate(model, in_channels, TORCHVISION_INPUT_SIDE)
+
+
 def check_trusted(arch: str, kwargs: dict[str, Any], trust: Trust | None, source: str | None) -> None:
     """Refuse, before any import, a `module:Class` the user has not named."""
     if (trust or Trust()).permits_arch(arch):
@@ -146,7 +194,7 @@ def check_trusted(arch: str, kwargs: dict[str, Any], trust: Trust | None, source
         f"{where} {describe_arch(arch, kwargs)}: building it imports {arch.partition(':')[0]!r} and runs its code, "
         f"and slimlab builds a package.module:Class only when you named it yourself. If you trust it, name it: "
         f"--allow-arch {arch} (or model.arch / allow_archs in your preset, or --trust for a file you trust; "
-        f"the workbench asks). Built-in names and torchvision:<name> need no confirmation.",
+        f"the workbench asks). Built-in names, torchvision:<name> and timm:<name> need no confirmation.",
         kind="arch", arch=arch, kwargs=kwargs, source=source,
     )
 

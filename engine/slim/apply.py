@@ -18,6 +18,7 @@ from torch import nn
 
 from engine.errors import PruneError
 from engine.slim.cut import Undo, cut_atoms, cut_model
+from engine.slim.gamma import bn_channels
 from engine.slim.groups import ChannelGroup, groups_from_trace
 from engine.slim.plan import PlanGroup, PrunePlan
 from engine.slim.trace import Progress, TraceBudget, layer_kind, trace_for
@@ -31,7 +32,7 @@ def out_channels(module: nn.Module) -> int | None:
     if kind == "linear":
         return module.out_features
     if kind == "bn":
-        return module.num_features
+        return bn_channels(module)
     weight = getattr(module, "weight", getattr(module, "indexes", None))
     return int(weight.shape[0]) if weight is not None and weight.dim() > 0 else None
 

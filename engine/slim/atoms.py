@@ -158,13 +158,14 @@ def compact(t: torch.Tensor, shape: tuple[int, ...] | None = None) -> Lab:
     """Labels from any (possibly expanded) tensor, shrunk to size 1 along dimensions they do not vary on."""
     shape = tuple(t.shape) if shape is None else tuple(shape)
     t = t.expand(shape) if tuple(t.shape) != shape else t
-    for d in range(t.dim()):
-        if t.shape[d] <= 1:
+    a = t.numpy()  # labels are small int64 arrays: numpy's per-call cost is far below torch's
+    for d in range(a.ndim):
+        if a.shape[d] <= 1:
             continue
-        first = t.narrow(d, 0, 1)
-        if t.stride(d) == 0 or bool((t == first).all()):
-            t = first
-    return Lab(t.contiguous(), shape)
+        first = a[(slice(None),) * d + (slice(0, 1),)]
+        if a.strides[d] == 0 or np.array_equal(np.broadcast_to(first, a.shape), a):
+            a = first
+    return Lab(torch.from_numpy(np.ascontiguousarray(a)), shape)
 
 
 def reroot(lab: Lab, atoms: Atoms) -> Lab:

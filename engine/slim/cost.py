@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from engine.measure import flop_counts, scaled_flop_counts
+from engine.slim.gamma import bn_channels
 from engine.slim.groups import ChannelGroup
 from engine.slim.trace import layer_kind, size_multiple, traceable
 
@@ -125,7 +126,7 @@ class CostModel:
             elif kind == "linear":
                 n_out, n_in, dense = mod.out_features, mod.in_features, True
             elif kind == "bn":
-                n_out = n_in = mod.num_features
+                n_out = n_in = bn_channels(mod)
                 dense = False
             else:
                 n_out = n_in = sizes_of(groups, name) or max(own, 1)

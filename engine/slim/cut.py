@@ -10,7 +10,7 @@ from torch import nn
 
 from engine.errors import PruneError
 from engine.slim.groups import ChannelGroup
-from engine.slim.trace import Trace
+from engine.slim.trace import Sized, Trace
 
 
 def cut_atoms(groups: Iterable[ChannelGroup], cut: dict[int, np.ndarray]) -> np.ndarray:
@@ -85,7 +85,19 @@ def _cut_model(model: nn.Module, trace: Trace, groups: list[ChannelGroup], cut: 
                 rows.setdefault(member.name, (member.dim, []))[1].append(gone)
     for name, (dim, gone) in rows.items():
         _param(model, name, dim, np.concatenate(gone))
+    for sized in trace.sized:
+        _count(model, trace, sized, atoms)
     sync_widths(model)
+
+
+def _count(model: nn.Module, trace: Trace, sized: Sized, atoms: np.ndarray) -> None:
+    """A count attribute a module slices or splits by becomes the kept count of what it covers."""
+    module = model.get_submodule(sized.module)
+    counts = [int(kept(trace, part, atoms).sum()) for part in sized.parts]
+    old = getattr(module, sized.attr)
+    value = type(old)(counts) if sized.as_list else counts[0]
+    if value != old:
+        _set(module, **{sized.attr: value})
 
 
 def sync_widths(model: nn.Module) -> None:
@@ -167,12 +179,13 @@ def _linear(m: nn.Linear, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
     _set(m, out_features=int(keep_out.sum()), in_features=int(keep_in.sum()))
 
 
-def _batch_norm(m: nn.modules.batchnorm._BatchNorm, keep: np.ndarray) -> None:
+def _batch_norm(m: nn.Module, keep: np.ndarray) -> None:
     for attr in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(m, attr, None)
         if t is not None:
             _replace(m, attr, _index(t.detach(), 0, keep))
-    _set(m, num_features=int(keep.sum()))
+    if isinstance(getattr(m, "num_features", None), int):  # a frozen BatchNorm may not keep it
+        _set(m, num_features=int(keep.sum()))
 
 
 def _param(model: nn.Module, name: str, dim: int, gone: np.ndarray) -> None:

@@ -10,6 +10,29 @@ from torch import nn
 
 from engine.errors import PruneError
 
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_batch_norm(module: object) -> bool:
+    """A BatchNorm by what it holds: torch's (and every subclass: BatchNorm followed by an activation
+    in one module, the sync variant), or a frozen one keeping gamma, beta and the running statistics
+    as 1-D per-channel tensors (torchvision's and timm's FrozenBatchNorm2d and its Act variant)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    if not isinstance(module, nn.Module) or module._buffers.get("running_var", module._parameters.get("running_var")) is None:
+        return False  # the common case, decided without listing the module's tensors
+    own = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+    if own.get("running_mean") is None or own.get("running_var") is None:
+        return False
+    size = own["running_var"].shape
+    return all(own[n].dim() == 1 and own[n].shape == size for n in BN_TENSORS if own.get(n) is not None)
+
+
+def bn_channels(module: nn.Module) -> int:
+    """A BatchNorm's channel count (frozen ones may not say it in `num_features`)."""
+    n = getattr(module, "num_features", None)
+    return n if isinstance(n, int) else int(module.running_var.numel())
+
 
 @dataclass
 class GammaStats:
@@ -48,12 +71,13 @@ def _no_bn_error(model: nn.Module) -> PruneError:
 
 
 def gamma_stats(model: nn.Module) -> GammaStats:
-    """|gamma| of every affine BatchNorm of `model`; BatchNorms with affine=False are skipped and reported."""
+    """|gamma| of every affine BatchNorm of `model` (frozen ones too: see `is_batch_norm`); BatchNorms
+    with affine=False are skipped and reported."""
     layers: list[str] = []
     gammas: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
     for name, m in model.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if not is_batch_norm(m):
             continue
         if m.weight is None:
             skipped[name] = "affine=False (no gamma)"

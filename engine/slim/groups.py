@@ -10,7 +10,8 @@ them cut together (the same position in every group of a grouped conv, the two h
 split): `width` is then the channels each unit stands for.
 
 Some units can never be cut (`fixed`): channels that reach the model output, are reduced over,
-sliced at fixed positions, or have no BatchNorm to score them. A group is prunable when any of its
+sliced at fixed positions, or have no BatchNorm to score them (a BatchNorm is known by what it
+computes, see engine/slim/gamma.py `is_batch_norm`). A group is prunable when any of its
 units is not fixed; the others are always kept.
 """
 
@@ -74,6 +75,9 @@ class ChannelGroup:
     unit_reasons: list[str | None] = field(default_factory=list, repr=False)
     atoms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # class root per unit
     note: str | None = None  # why some units of a prunable group stay
+    # units that must keep at least one channel between them besides each layer's: the parts of a
+    # slice or split by a count attribute (engine/slim/trace.py `Sized`)
+    parts: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     def out_names(self) -> list[str]:
         return [m.name for m in self.members if m.side == "out"]
@@ -183,9 +187,26 @@ class _Units:
 
 def groups_from_trace(trace: Trace, model: nn.Module | None = None, ignore: Sequence[str] = ()) -> list[ChannelGroup]:
     """Every coupled channel group found by `trace`, in the order their first layer ran."""
+    layout = _layout(trace)
+    if layout is None:
+        return []
+    srcs, members, unit_atoms, frozen, parts = layout
+    patterns = [*getattr(model, "default_ignore", []), *ignore] if model is not None else list(ignore)
+    groups = [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(len(srcs))]
+    for g, part in parts:
+        groups[g].parts.append(part)
+    return groups
+
+
+def _layout(trace: Trace) -> tuple | None:
+    """What groups are made of, from the trace alone (no ignore patterns): worked out once per trace,
+    since planning and cutting the same model both ask for it."""
+    if trace.layout is not None:
+        return trace.layout or None
     sources, frozen = _sources(trace)
     if not sources:
-        return []
+        trace.layout = ()
+        return None
     units = _Units(sources)
     n = units.n_groups
     members: list[list[Member]] = [[] for _ in range(n)]
@@ -212,8 +233,14 @@ def groups_from_trace(trace: Trace, model: nn.Module | None = None, ignore: Sequ
     unit_atoms = [np.zeros(int(units.sizes[g]), dtype=np.int64) for g in range(n)]
     for u, root in enumerate(units.roots):
         unit_atoms[int(units.group[u])][units.local[u]] = root
-    patterns = [*getattr(model, "default_ignore", []), *ignore] if model is not None else list(ignore)
-    return [_group(g, srcs[g], members[g], unit_atoms[g], frozen, patterns) for g in range(n)]
+    parts = []
+    for what, atoms in trace.parts:
+        ids = units.lookup(trace.atoms.find(atoms))
+        ids = ids[ids >= 0]
+        gids = units.group[ids]
+        parts += [(int(g), (what, np.unique(units.local[ids[gids == g]]))) for g in np.unique(gids)]
+    trace.layout = (srcs, members, unit_atoms, frozen, parts)
+    return trace.layout
 
 
 def _group(gid: int, sources: list[_Source], members: list[Member], unit_atoms: np.ndarray,

@@ -67,7 +67,7 @@ class PlanInputs:
             if not g.prunable:
                 continue
             layers = [(m.name, np.unique(m.root_idxs)) for m in g.members if m.side == "out"]
-            layers = [(name, units) for name, units in layers if units.size < g.total]
+            layers = [(name, units) for name, units in [*layers, *g.parts] if units.size < g.total]
             if layers:
                 self.partial.append((g.id, layers))
         self.arrays(self.score)

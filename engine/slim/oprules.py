@@ -9,7 +9,9 @@ That keeps the trace correct for any code, at the price of cutting less.
 A pruned model runs the same Python code with fewer channels. Where that code uses channel counts
 (a view into groups, a split, a slice), the rules assume what public model code does: a view keeps
 every factor but its largest (`view(b, groups, c // groups, h, w)`), an even split or chunk splits
-the pruned tensor evenly, any other slice or split is at fixed positions. The prune is then checked
+the pruned tensor evenly, a slice or split by a count the module keeps in a plain attribute
+(`x[:, :self.num_1x1_c]`, `torch.split(x, self.splits, 1)`) follows that attribute, which the cut
+sets to what each part keeps, and any other slice or split is at fixed positions. The prune is then checked
 on a dummy batch (engine/slim/verify.py), so a model that computes otherwise is refused, not broken.
 """
 
@@ -116,6 +118,11 @@ class Rules:
         elif name in PERMUTES:
             lab = self.t.get(args[0])
             self.t.set(outs[0], Lab(func(lab.c, *args[1:], **kwargs).contiguous(), tuple(outs[0].shape)))
+            self.t.weight_view(args[0], outs[0])
+        elif name == "convolution" and self.t.conv_op(args, outs[0]):
+            return
+        elif name in ("addmm", "mm") and self.t.linear_op(name, args, kwargs, outs[0]):
+            return
         elif name in ("unsqueeze", "unsqueeze_copy"):
             lab = self.t.get(args[0])
             self.t.set(outs[0], Lab(lab.c.unsqueeze(args[1]), tuple(outs[0].shape)))
@@ -293,23 +300,71 @@ class Rules:
             c = lab.c.squeeze(d) if name in ("select", "select_copy") else lab.c
         self.t.set(out, Lab(c.contiguous(), tuple(out.shape)))
 
-    def slices(self, lab: Lab, d: int, cuts: list[tuple[int, int, int, bool, str]]) -> None:
+    def bound_attrs(self, module: str, start: int, end: int, step: int, one: bool, size: int) -> list | None:
+        """The count attributes a slice's bounds are, as (module, attribute, position), when every
+        bound is 0, the end, or a plain int attribute of the module slicing (DPN's
+        `x[:, :self.num_1x1_c]`, `x[:, self.num_1x1_c:]`); None when a bound is a fixed number."""
+        if step != 1 or one:
+            return None
+        found = []
+        for i, pos in enumerate((start, end)):
+            if pos == 0 or (i == 1 and pos >= size):
+                continue
+            hit = self.t.count_attr(pos, name=module)
+            if hit is None:
+                return None
+            found.append((*hit, pos))
+        return found
+
+    def even_counts(self, lab: Lab, d: int, parts: int, module: str | None = None) -> None:
+        """An even split made by a count attribute (`x.split(self.expand_chs // 2, 1)`): an attribute
+        equal to the whole width or to one part's becomes the kept count of what it covers."""
+        if lab.varying() != [d]:
+            return
+        row = lab.c.reshape(-1).numpy()
+        size = row.size
+        for value, atoms in ((size // parts, row[: size // parts]), (size, row)):
+            hit = self.t.count_attr(value, name=module)
+            if hit is not None:
+                self.t.note_sized(*hit, [atoms], False)
+
+    def even_by_count(self, lab: Lab, d: int, sizes: list[int]) -> bool:
+        """An even split into many parts whose width or total is a count attribute of the module
+        splitting (Res2Net's `torch.split(x, self.width, 1)`): it follows the cut through it."""
+        return lab.varying() == [d] and any(self.t.count_attr(v) for v in (sizes[0], sum(sizes)))
+
+    def sized_slice(self, lab: Lab, d: int, start: int, end: int, attrs: list[tuple[str, list[str], int]]) -> None:
+        """A slice by count attributes: each attribute becomes the kept count before its position."""
+        row = lab.c.reshape(-1).numpy()
+        for module, names, pos in attrs:
+            self.t.note_sized(module, names, [row[:pos]], False)
+        self.t.parts.append((f"`{attrs[0][0]}` x[{start}:{end}]", row[start:end]))
+
+    def slices(self, lab: Lab, d: int, cuts: list[tuple]) -> None:
         """Decide the slices taken of one tensor along its channels, once the whole trace is seen.
 
         Slices that split it into 2..4 equal parts (`x[:, :c]`, `x[:, c:]` with c = C/2) follow the
-        pruned width like a chunk does; any other slice is at fixed positions, so the channels before
-        its end (or before its start, for a slice running to the end) are never cut.
+        pruned width like a chunk does. A slice whose bounds are count attributes of the module
+        slicing (`bound_attrs`) follows them: each part is cut freely and the attribute is set to
+        what it keeps (engine/slim/cut.py). Any other slice is at fixed positions, so the channels
+        before its end (or before its start, for a slice running to the end) are never cut.
         """
         size = lab.shape[d]
-        spans = sorted({(a, b) for a, b, step, one, _ in cuts if step == 1 and not one})
+        along_d = lab.varying() == [d]
+        spans = sorted({(a, b) for a, b, step, one, _, _ in cuts if step == 1 and not one})
         if len(spans) == len(cuts) and len(spans) >= 2:
             width = spans[0][1] - spans[0][0]
             parts = size // width if width else 0
             if (2 <= parts <= MAX_PROPORTIONAL_PARTS and parts * width == size
                     and spans == [(k * width, (k + 1) * width) for k in range(parts)]):
                 self._even(lab, d, parts, "even slices")
+                self.even_counts(self.t.reroot(lab), d, parts, cuts[0][5])
                 return
-        for start, end, step, one, where in cuts:
+        for start, end, step, one, where, module in cuts:
+            attrs = self.bound_attrs(module, start, end, step, one, size) if module else None
+            if attrs is not None and along_d:
+                self.sized_slice(lab, d, start, end, attrs)
+                continue
             upto = size if step != 1 else (end if end < size or one else start)
             self._fixed(lab, d, upto, f"sliced at fixed channel positions ({where})", located=True)
 
@@ -328,8 +383,18 @@ class Rules:
         if lab.c.shape[d] > 1 and len(sizes) > 1:
             what = f"{name} into {tuple(sizes)} along dimension {d}"
             even = len(set(sizes)) == 1 and sizes[0] * len(sizes) == total
-            if not squeeze and even and len(sizes) <= MAX_PROPORTIONAL_PARTS:
+            hit = None
+            if "with_sizes" in name and lab.varying() == [d]:
+                hit = self.t.count_attr(list(args[1]), as_list=True)
+            if hit is not None:  # split by a list the module keeps (a mixed-kernel conv's `splits`)
+                row = lab.c.reshape(-1).numpy()
+                bounds = np.cumsum([0, *sizes])
+                parts = [row[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                self.t.note_sized(*hit, parts, True)
+                self.t.parts.extend((f"`{hit[0]}` part {k} of its `{hit[1][0]}` split", p) for k, p in enumerate(parts))
+            elif not squeeze and even and (len(sizes) <= MAX_PROPORTIONAL_PARTS or self.even_by_count(lab, d, sizes)):
                 self._even(lab, d, len(sizes), what)
+                self.even_counts(self.t.reroot(lab), d, len(sizes))
             else:
                 self._fixed(lab, d, total, f"split into fixed channel counts ({what})")
         lab = self.t.reroot(lab)
@@ -406,7 +471,10 @@ class Rules:
             self.t.set(t, Lab(c, tuple(t.shape)) if t.shape == o.shape else const(tuple(t.shape)))
 
     def batch_norm(self, name: str, args: tuple, outs: list[torch.Tensor]) -> None:
-        """Functional batch norm: per-channel parameters follow the channels of dimension 1."""
+        """Functional batch norm: one BatchNorm's own tensors make it that layer (ChannelTracer.bn_op);
+        any other per-channel parameters follow the channels of dimension 1."""
+        if self.t.bn_op(args, outs):
+            return
         x = args[0]
         nd = x.dim()
         params = [a for a in args[1:5] if isinstance(a, torch.Tensor)]

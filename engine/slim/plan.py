@@ -404,6 +404,9 @@ def plan_from_inputs(
     short = _shortfall(groups, active, reasons, percent, totals_d)
     if short:
         warnings.append(short)
+    held = _flops_held(groups, active, counts, percent, score, totals_d)
+    if held:
+        warnings.append(held)
     return PrunePlan(list(inputs.input_shape), plan_groups, options, totals_d, warnings)
 
 
@@ -435,6 +438,30 @@ def _shortfall(groups, active: np.ndarray, reasons: list[str | None], percent: f
         f"asked to cut {percent:.0%} of the prunable channels, this plan cuts {removed:.1%} of all channels "
         f"({before - after:,} of {before:,}). Channels left whole: " + "; ".join(lines)
         + (f"; and {more} other reason(s)" if more > 0 else "")
+    )
+
+
+LONG_CHAIN = 8  # BatchNorms scoring one group beyond which a max of independent |gamma| is rarely small
+
+
+def _flops_held(groups, active: np.ndarray, counts: np.ndarray, percent: float | None, score: str,
+                totals: dict[str, int]) -> str | None:
+    """When the plan removes less than half of `percent` of the FLOPs and, scored by 'max', groups
+    that many BatchNorms score keep nearly every channel: those groups, and why."""
+    before, after = totals["flops_before"], totals["flops_after"]
+    if percent is None or percent <= 0 or not before or 1 - after / before >= percent / 2 or score != "max":
+        return None
+    held = [g for g in groups if active[g.id] and len(g.layers) >= LONG_CHAIN and counts[g.id] >= 0.9 * g.total]
+    if not held:
+        return None
+    held.sort(key=lambda g: -len(g.layers))
+    named = "; ".join(f"{_label(g)} keeps {int(counts[g.id]) * g.width} of {g.total * g.width} channels, "
+                      f"each scored by the largest |gamma| among the {len(g.layers)} BatchNorms holding it" for g in held[:3])
+    more = f" (and {len(held) - 3} more such groups)" if len(held) > 3 else ""
+    return (
+        f"this plan removes {1 - after / before:.1%} of the FLOPs: {named}{more}. Unless those BatchNorms were "
+        "sparse-trained together, one of them rarely has a small |gamma|; score 'l2' or 'mean' ranks long "
+        "coupled chains (residual stages, re-parameterizable branches) comparably with short ones"
     )
 
 

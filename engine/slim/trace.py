@@ -32,6 +32,7 @@ from torch.utils.flop_counter import flop_registry
 
 from engine.errors import PruneError, SlimlabError
 from engine.slim.atoms import OUTPUT, STRUCTURE, Atoms, Lab, along, const, reroot
+from engine.slim.gamma import BN_TENSORS, is_batch_norm
 from engine.slim.oprules import Rules, op_name, op_outputs
 
 Progress = Callable[[int, int, str], None]
@@ -137,7 +138,7 @@ def layer_kind(module: object) -> str:
         return "conv"
     if isinstance(module, nn.Linear):
         return "linear"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if is_batch_norm(module):
         return "bn"
     if _is_channel_selection(module):
         return "select"
@@ -156,7 +157,9 @@ def followed_kind(module: nn.Module) -> str | None:
     """The kind of a layer the tracer follows as a whole, or None to trace into its ops.
 
     Only layers whose forward and tensors are the standard ones: a subclass with its own forward
-    or extra parameters is traced op by op, so nothing it does is missed.
+    or extra parameters is traced op by op, so nothing it does is missed. There, a convolution,
+    matrix product or batch norm op computing with the layer's own weight is still that layer
+    (`ChannelTracer.conv_op`, `linear_op`, `bn_op`).
     """
     kind = layer_kind(module)
     params = {n for n, _ in module.named_parameters(recurse=False)}
@@ -196,6 +199,21 @@ class ParamUse:
 
 
 @dataclass
+class Sized:
+    """A channel count a module keeps in a plain attribute and slices or splits its input by (DPN's
+    `num_1x1_c`, a mixed-kernel conv's `splits`): after a cut it is the kept count of each part.
+
+    `parts` are the atoms of the channels each count covers: for an int, the channels before the
+    slice position; for a list, each part of the split.
+    """
+
+    module: str
+    attr: str
+    parts: list[np.ndarray]
+    as_list: bool
+
+
+@dataclass
 class Trace:
     """What one traced forward pass found (see module docstring)."""
 
@@ -209,6 +227,9 @@ class Trace:
     memory_mb: float = 0.0
     flops: int = 0  # one forward at batch 1, by torch.utils.flop_counter's formulas
     flops_of: dict[str, int] = field(default_factory=dict)  # per module name, itself and below
+    sized: list[Sized] = field(default_factory=list)
+    parts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (what, atoms): each keeps a channel
+    layout: tuple | None = field(default=None, repr=False)  # engine/slim/groups.py's, once worked out
 
 
 class ChannelTracer(TorchDispatchMode):
@@ -229,6 +250,14 @@ class ChannelTracer(TorchDispatchMode):
         self.rules = Rules(self)
         self.labels: dict[int, tuple[weakref.ref, Lab]] = {}
         self.names = {m: n for n, m in model.named_modules()}
+        self.owners: dict[int, tuple[str, str, nn.Module]] = {}  # a module's own tensor: (module, attribute)
+        for n, m in model.named_modules():
+            for attr, t in (*m._parameters.items(), *m._buffers.items()):
+                if t is not None:
+                    self.owners.setdefault(id(t), (n, attr, m))
+        self.weight_views: dict[int, tuple[weakref.ref, str, nn.Module]] = {}  # a Linear's transposed weight
+        self.sized: dict[tuple[str, str], list[Sized]] = {}
+        self.parts: list[tuple[str, np.ndarray]] = []
         self.tensors: dict[int, tuple[str, torch.Tensor]] = {}
         for n, p in model.named_parameters():
             self.tensors.setdefault(id(p), (n, p))
@@ -238,6 +267,7 @@ class ChannelTracer(TorchDispatchMode):
         self.params: dict[str, ParamUse] = {}
         self.opaque_ops: Counter[str] = Counter()
         self.stack: list[tuple[str, str]] = []  # (name, class) of the modules being run
+        self.running: list[nn.Module] = []  # the same modules
         self.kinds: list[str | None] = []
         self.inside = 0
         self.busy = False
@@ -250,6 +280,7 @@ class ChannelTracer(TorchDispatchMode):
         self.rss0 = _rss_mb()
         self.peak_mb = 0.0
         self.sliced: dict[Any, tuple[weakref.ref, Lab, int, list]] = {}  # channel slices, decided at the end
+        self.settled: list[Sized] = []
         self.flops = 0
         self.flops_of: Counter[str] = Counter()
 
@@ -320,7 +351,8 @@ class ChannelTracer(TorchDispatchMode):
         return int(atom[0])
 
     def note_slice(self, src: torch.Tensor, lab: Lab, d: int, start: int, end: int, step: int, one: bool) -> None:
-        """Remember a slice along channels; all slices of a tensor are decided together (Rules.slices)."""
+        """Remember a slice along channels; all slices of a tensor are decided together (Rules.slices),
+        with the module that sliced (its count attributes may be the bounds)."""
         where = f"x[{start}:{end}{'' if step == 1 else f':{step}'}] on dimension {d}, in {self.where()}"
         key = (id(src), d)
         entry = self.sliced.get(key)
@@ -328,7 +360,7 @@ class ChannelTracer(TorchDispatchMode):
             if entry is not None:  # the id was reused by a new tensor: keep the old record
                 self.sliced[(key, len(self.sliced))] = entry
             entry = self.sliced[key] = (weakref.ref(src), lab, d, [])
-        entry[3].append((start, end, step, one, where))
+        entry[3].append((start, end, step, one, where, self.stack[-1][0] if self.stack else ""))
 
     def count_opaque(self, name: str) -> None:
         self.opaque_ops[f"{name} in {self.where()}"] += 1
@@ -399,6 +431,7 @@ class ChannelTracer(TorchDispatchMode):
     def pre_hook(self, module: nn.Module, args: Any) -> None:
         name = self.names.get(module)
         self.stack.append((name or "", type(module).__name__))
+        self.running.append(module)
         kind = followed_kind(module) if name is not None and not self.inside else None
         self.kinds.append(kind)
         if kind:
@@ -424,6 +457,7 @@ class ChannelTracer(TorchDispatchMode):
                 self.busy = False
         if self.stack:
             self.stack.pop()
+            self.running.pop()
         self.modules_done += 1
 
     def layer(self, name: str, module: nn.Module, kind: str) -> Layer:
@@ -448,10 +482,14 @@ class ChannelTracer(TorchDispatchMode):
             self.freeze_ids(np.concatenate([prev[mixed], atoms[mixed]]),
                             f"{layer.name} runs twice and one run reads fixed channels there")
 
-    def channel_atoms(self, lab: Lab, cdim: int, name: str) -> np.ndarray:
+    def channel_atoms(self, lab: Lab, cdim: int, name: str, conv: bool = False) -> np.ndarray:
         """The atom of each channel along `cdim` (freezing them when they also vary elsewhere)."""
         c = lab.c
-        if any(d != cdim for d in lab.varying()):
+        other = [d for d in lab.varying() if d != cdim]
+        if other and conv and all(d > cdim for d in other):
+            self.freeze(lab, f"conv {name} slides its kernel across them (they lie along its spatial dimensions, "
+                             "as in ECA attention), so cutting one changes what its neighbours compute")
+        elif other:
             self.freeze(lab, f"{name} reads channels that are spread over other dimensions too")
         for d in reversed(range(c.dim())):
             if d != cdim:
@@ -465,38 +503,176 @@ class ChannelTracer(TorchDispatchMode):
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             raise TypeError("expected one tensor in and one out")
-        lab = self.rooted(x)
-        shape = tuple(output.shape)
         if kind == "conv":
-            cdim = x.dim() - (module.weight.dim() - 2) - 1
-            inp = self.channel_atoms(lab, cdim, name)
-            layer = self.layer(name, module, kind)
-            if layer.out is None:
-                layer.out = self.atoms.new(module.out_channels)
-            self.slot(layer, "inp", inp)
-            if module.groups > 1:
-                self.conv_groups(layer, module, inp)
-            self.set(output, along(layer.out, cdim, shape))
+            self.conv_layer(name, module, x, output)
         elif kind == "linear":
-            cdim = x.dim() - 1
-            inp = self.channel_atoms(lab, cdim, name)
-            layer = self.layer(name, module, kind)
-            if layer.out is None:
-                layer.out = self.atoms.new(module.out_features)
-            self.slot(layer, "inp", inp)
-            self.set(output, along(layer.out, output.dim() - 1, shape))
+            self.linear_layer(name, module, x, output)
         elif kind == "bn":
-            cdim = 1 if x.dim() > 1 else 0
-            chans = self.channel_atoms(lab, cdim, name)
-            self.slot(self.layer(name, module, kind), "out", chans)
-            self.set(output, self.reroot(Lab(lab.c, shape)))
+            self.bn_layer(name, module, x, output)
         else:  # channel_selection: a gather of the channels whose `indexes` entry is non-zero
+            lab, shape = self.rooted(x), tuple(output.shape)
             chans = self.channel_atoms(lab, 1, name)
             self.slot(self.layer(name, module, kind), "out", chans)
             picked = torch.nonzero(module.indexes.detach().cpu()).reshape(-1).numpy()
             if output.dim() < 2 or output.shape[1] != picked.size:
                 raise ValueError("its output does not have one channel per non-zero index")
             self.set(output, along(chans[picked], 1, shape))
+
+    def conv_layer(self, name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        cdim = x.dim() - (module.weight.dim() - 2) - 1
+        inp = self.channel_atoms(self.rooted(x), cdim, name, conv=True)
+        layer = self.layer(name, module, "conv")
+        if layer.out is None:
+            layer.out = self.atoms.new(module.out_channels)
+        self.slot(layer, "inp", inp)
+        if module.groups > 1:
+            self.conv_groups(layer, module, inp)
+        self.set(output, along(layer.out, cdim, tuple(output.shape)))
+
+    def linear_layer(self, name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        inp = self.channel_atoms(self.rooted(x), x.dim() - 1, name)
+        layer = self.layer(name, module, "linear")
+        if layer.out is None:
+            layer.out = self.atoms.new(module.out_features)
+        self.slot(layer, "inp", inp)
+        self.set(output, along(layer.out, output.dim() - 1, tuple(output.shape)))
+
+    def bn_layer(self, name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        lab = self.rooted(x)
+        chans = self.channel_atoms(lab, 1 if x.dim() > 1 else 0, name)
+        self.slot(self.layer(name, module, "bn"), "out", chans)
+        self.set(output, self.reroot(Lab(lab.c, tuple(output.shape))))
+
+    # ------------------------------------------------------------------ layers met as ops
+
+    def owner(self, t: Any, attr: str) -> tuple[str, nn.Module] | None:
+        """(name, module) of the module holding `t` as its own `attr`, else None."""
+        entry = self.owners.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if entry is None or entry[1] != attr or getattr(entry[2], attr, None) is not t:
+            return None
+        return entry[0], entry[2]
+
+    def runs(self, module: nn.Module) -> bool:
+        """Whether `module` is the innermost module running (its own forward makes the current op)."""
+        return bool(self.running) and self.running[-1] is module
+
+    def conv_op(self, args: tuple, out: torch.Tensor) -> bool:
+        """aten.convolution with a conv layer's own weight, in its own forward (a same-padding conv
+        pads, then calls the functional conv): followed as that layer. False when it is not one."""
+        hit = self.owner(args[1], "weight")
+        if hit is None:
+            return False
+        name, module = hit
+        bias = args[2] if len(args) > 2 else None
+        if layer_kind(module) != "conv" or not self.runs(module) or (bias is not None and bias is not module.bias):
+            return False
+        if len(args) < 9 or bool(args[6]) != bool(module.transposed) or int(args[8]) != module.groups:
+            return False
+        self.conv_layer(name, module, args[0], out)
+        return True
+
+    def weight_view(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        """Remember the transpose of a Linear's weight: the functional linear multiplies by it."""
+        hit = self.owner(src, "weight")
+        if hit is not None and layer_kind(hit[1]) == "linear" and src.dim() == 2:
+            self.weight_views = {k: v for k, v in self.weight_views.items() if v[0]() is not None}
+            self.weight_views[id(out)] = (weakref.ref(out), *hit)
+
+    def linear_op(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> bool:
+        """aten.addmm / mm by a Linear layer's transposed weight, in its own forward: that layer."""
+        bias, x, w = (args[0], args[1], args[2]) if name == "addmm" else (None, args[0], args[1])
+        entry = self.weight_views.get(id(w)) if isinstance(w, torch.Tensor) else None
+        if entry is None or entry[0]() is not w or any(kwargs.get(k, 1) != 1 for k in ("alpha", "beta")):
+            return False
+        _, lname, module = entry
+        if not self.runs(module) or x.dim() != 2 or (bias is not None and bias is not module.bias):
+            return False
+        self.linear_layer(lname, module, x, out)
+        return True
+
+    def bn_op(self, args: tuple, outs: list[torch.Tensor]) -> bool:
+        """A batch norm op normalising with one BatchNorm's own tensors (gamma, beta, running
+        statistics), wherever it is called from (a BatchNorm subclass applying its activation after
+        the functional batch norm): followed as that BatchNorm. False when it is not one."""
+        x = args[0]
+        tensors = [a for a in args[1:5] if isinstance(a, torch.Tensor)]
+        if not tensors or not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return False
+        entries = [self.owners.get(id(t)) for t in tensors]
+        if any(e is None for e in entries):
+            return False
+        name, _, module = entries[0]
+        for (_, attr, m), t in zip(entries, tensors, strict=True):
+            if m is not module or attr not in BN_TENSORS or getattr(m, attr) is not t:
+                return False
+            if t.dim() != 1 or t.numel() != x.shape[1]:
+                return False
+        if layer_kind(module) != "bn":
+            return False
+        self.bn_layer(name, module, x, outs[0])
+        for o in outs[1:]:
+            self.set(o, const(tuple(o.shape)))
+        return True
+
+    def frozen_norms(self) -> None:
+        """Frozen BatchNorms computing elementwise (x * gamma / sqrt(var + eps) + ...): their four
+        tensors each follow the channels one to one, so the module is that BatchNorm layer."""
+        for name, module in self.model.named_modules():
+            if name in self.layers or layer_kind(module) != "bn":
+                continue
+            keys = [f"{name}.{a}" if name else a for a in BN_TENSORS if getattr(module, a, None) is not None]
+            uses = [self.params.get(k) for k in keys]
+            if any(u is None or u.atoms.ndim != 1 for u in uses):
+                continue
+            roots = [self.atoms.find(u.atoms) for u in uses]
+            if any(not np.array_equal(r, roots[0]) for r in roots[1:]) or np.unique(roots[0]).size != roots[0].size:
+                continue
+            self.layers[name] = Layer(name, module, "bn", min(u.order for u in uses), out=uses[0].atoms.copy())
+            for k in keys:
+                del self.params[k]
+
+    # ------------------------------------------------------------------ channel counts kept in attributes
+
+    def count_attr(self, value: Any, as_list: bool = False, name: str | None = None) -> tuple[str, list[str]] | None:
+        """(module, attributes) of the plain attributes equal to `value` (an int > 1, or a list of
+        them) of module `name` (default: the innermost one running), else None: the count a slice or
+        split is made by. All of them follow the cut: the code may read either of two that are
+        equal (a block's in_channels and out_channels), and one it does not read is left unused."""
+        if name is None:
+            name = self.stack[-1][0] if self.stack else ""
+        if not name:
+            return None
+        module = self.model.get_submodule(name)
+        if as_list:
+            want = [int(v) for v in value]
+            hits = [a for a, v in vars(module).items() if not a.startswith("_") and isinstance(v, (list, tuple))
+                    and len(v) == len(want) and all(type(i) is int for i in v) and list(v) == want]
+        else:
+            if type(value) is not int or value <= 1:
+                return None
+            hits = [a for a, v in vars(module).items() if not a.startswith("_") and type(v) is int and v == value]
+        return (name, hits) if hits else None
+
+    def note_sized(self, module: str, attrs: list[str], parts: list[np.ndarray], as_list: bool) -> None:
+        for attr in attrs:
+            self.sized.setdefault((module, attr), []).append(Sized(module, attr, [p.copy() for p in parts], as_list))
+
+    def settle_sized(self) -> list[Sized]:
+        """One record per attribute; an attribute whose uses would get different counts is frozen."""
+        out = []
+        for (module, attr), records in self.sized.items():
+            first = [np.sort(self.atoms.find(p)) for p in records[0].parts]
+            agree = all(len(r.parts) == len(first) and all(np.array_equal(np.sort(self.atoms.find(p)), f)
+                                                          for p, f in zip(r.parts, first, strict=True))
+                        for r in records[1:])
+            if agree:
+                out.append(records[0])
+                continue
+            for r in records:
+                for p in r.parts:
+                    self.atoms.freeze(p, f"`{module}` slices or splits them by its `{attr}`, and its uses of it "
+                                         "would keep different counts")
+        return out
 
     def conv_groups(self, layer: Layer, module: nn.Module, inp: np.ndarray) -> None:
         """A grouped conv keeps its groups equal: DepGraph's rule, the same positions cut in every group.
@@ -534,6 +710,8 @@ class ChannelTracer(TorchDispatchMode):
     def finish(self, out: Any) -> None:
         for _, lab, d, cuts in self.sliced.values():
             self.rules.slices(self.reroot(lab), d, cuts)
+        self.frozen_norms()
+        self.settled = self.settle_sized()
         for t in flatten_tensors(out):
             self.atoms.freeze(self.rooted(t).atoms(), "they are model outputs", OUTPUT)
 
@@ -541,6 +719,7 @@ class ChannelTracer(TorchDispatchMode):
         return Trace(
             type(self.model).__name__, input_shape, self.atoms, self.layers, self.params,
             dict(self.opaque_ops), time.monotonic() - self.t0, self.peak_mb, self.flops, dict(self.flops_of),
+            self.settled, self.parts,
         )
 
 
