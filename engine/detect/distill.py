@@ -255,4 +255,5 @@ class DetectDistiller:
         bs = img.shape[0]
         total = loss * st["w_ce"]
         total = torch.cat([total.reshape(-1), ((kd + feat) * bs).reshape(1)])
-        return total, {**items, "kd_loss": kd.detach(), "feat_loss": feat.detach()}
+        extra = {"kd_loss": kd.detach()} | ({"feat_loss": feat.detach()} if self.features else {})
+        return total, {**items, **extra}
