@@ -86,6 +86,7 @@ class TaskKind:
     # classifier serves batches, a detector on a camera one frame at a time)
     latency_batches: tuple[int, ...] = (1, 32)
     speedup_batch: int = 32
+    export_formats: bool = False  # the export stage's `formats` (other runtimes than onnxruntime)
 
     def refusal(self, stage: Any) -> str | None:
         """Why this task cannot run `stage` (a preset stage), or None. One message shape everywhere."""
@@ -95,6 +96,10 @@ class TaskKind:
         elif not self.teacher and (getattr(stage, "teacher", None) or getattr(stage, "kd", None)
                                    or getattr(stage, "features", None)):
             what = "distillation (a teacher, kd or feature terms)"
+        elif stage.type == "export" and getattr(stage, "formats", None) and not self.export_formats:
+            what = f"export formats ({', '.join(stage.formats)})"
+            return (f"stage {stage.name}: {what} are not available for {self.label}; they write Ultralytics "
+                    "detection models (a classifier deploys as ONNX, with a quantize stage for INT8)")
         if what is None:
             return None
         instead = self.instead.get(stage.type, "")
@@ -113,6 +118,7 @@ ULTRALYTICS = TaskKind(
     name="ultralytics", task="detect", label="Ultralytics detection models", metric=MAP,
     stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export", "quantize"),
     impl="engine.detect.task:UltralyticsTask", teacher=False, latency_batches=(1, 8), speedup_batch=1,
+    export_formats=True,
     instead={
         "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
         "distill": "finetune without a teacher",
