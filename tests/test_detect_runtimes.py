@@ -124,7 +124,7 @@ def missing(monkeypatch):
 
 
 def test_a_runtime_whose_packages_are_missing_is_refused_with_the_install_step(run, tmp_path, capsys, missing):
-    missing.update({"nncf", "litert_torch"})
+    missing.update({"nncf", "litert_torch", "ai_edge_litert", "ai_edge_quantizer"})
     assert "nncf" in formats.unavailable("openvino-int8") and "make setup-detect" in formats.unavailable("openvino-int8")
     assert "make setup-litert" in formats.unavailable("litert-int8")
     preset = write_preset(tmp_path, stages=[{"type": "train"}, {"type": "export", "formats": ["openvino-int8"]}])

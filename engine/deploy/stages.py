@@ -53,9 +53,7 @@ def export_stage(run: Any, stage: Any) -> dict[str, Any]:
     if why:
         raise DeployError(why)
     if stage.formats:  # refused before anything is written: a missing package, with its install step
-        from engine.detect.formats import refuse_unavailable
-
-        refuse_unavailable(stage.formats, f"stage {stage.name}")
+        task.refuse_formats(stage.formats, f"stage {stage.name}")
     cur = run.start(stage)
     shape = task.export_shape(stage.input_size, f"stage {stage.name}")
     batch = None if stage.batch == "dynamic" else int(stage.batch)
@@ -195,10 +193,8 @@ def _timed(run: Any, record: dict[str, Any], shape: tuple[int, int, int], thread
     """What times an artifact: an onnxruntime session, or the runner of its own runtime."""
     from engine.deploy import runtime
 
-    if record.get("runtime", "onnxruntime") != "onnxruntime":
-        from engine.detect.runtimes import runner
-
-        return runner(run.writer.path / record["file"], record["runtime"], threads)
+    if record.get("runtime", "onnxruntime") != "onnxruntime":  # another runtime: the task that wrote it times it
+        return run.task.runner(run.writer.path / record["file"], record["runtime"], threads)
     return runtime.session(_runnable(run, record, shape), threads)
 
 
