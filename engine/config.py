@@ -295,6 +295,17 @@ class ExportStage(StageBase):
     batch: int | str = "dynamic"  # "dynamic" (a batch axis of any size) or a fixed batch size
     input_size: InputSize = None  # CxHxW; default: the data's
     original: bool = True  # also export the model before the run's first prune
+    # task detect: the current model also written for other runtimes by Ultralytics' exporters
+    # (engine/detect/runtimes.py), each with its mAP and a row in the comparison
+    formats: list[Literal["openvino", "openvino-int8", "ncnn", "litert-int8"]] = []
+    samples: int = Field(256, ge=1)  # calibration images (training split) of the INT8 formats
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each format once")
+        return v
 
     @field_validator("batch")
     @classmethod

@@ -88,6 +88,7 @@ class TaskKind:
     speedup_batch: int = 32
     feature_types: tuple[str, ...] = ("cosine", "hint")  # the feature terms its distillation takes
     kd_keys: tuple[str, ...] = ("T", "w_kd", "w_ce")  # the kd weights it reads
+    export_formats: bool = False  # the export stage's `formats` (other runtimes than onnxruntime)
 
     def refusal(self, stage: Any) -> str | None:
         """Why this task cannot run `stage` (a preset stage), or None. One message shape everywhere."""
@@ -97,7 +98,11 @@ class TaskKind:
         elif not self.teacher and (getattr(stage, "teacher", None) or getattr(stage, "kd", None)
                                    or getattr(stage, "features", None)):
             what = "distillation (a teacher, kd or feature terms)"
-        elif what is None:
+        elif stage.type == "export" and getattr(stage, "formats", None) and not self.export_formats:
+            what = f"export formats ({', '.join(stage.formats)})"
+            return (f"stage {stage.name}: {what} are not available for {self.label}; they write Ultralytics "
+                    "detection models (a classifier deploys as ONNX, with a quantize stage for INT8)")
+        else:
             what = self._distill_refusal(stage)
         if what is None:
             return None
@@ -129,6 +134,7 @@ ULTRALYTICS = TaskKind(
     stages=("train", "sparse", "finetune", "distill", "prune", "sweep", "evaluate", "export", "quantize"),
     impl="engine.detect.task:UltralyticsTask", latency_batches=(1, 8), speedup_batch=1,
     feature_types=("cosine", "hint", "cwd"), kd_keys=("T", "w_kd", "w_ce", "w_box"),
+    export_formats=True,
     instead={
         "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
         "scratch": "train the pruned architecture from its yaml as a run of its own",
@@ -164,3 +170,8 @@ class Task(Protocol):
     def export_file(self, cur: Current, out: Any, *, shape: tuple[int, int, int], batch: int | None, opset: int,
                     meta: dict, progress: Callable[[float, str], None]) -> dict[str, Any]: ...
     def quantize_data(self, info: Any, samples: int, where: str) -> Any: ...  # engine.deploy.quantize.QuantizeData
+    # only where kind.export_formats (an export stage's `formats`: other runtimes than onnxruntime)
+    def refuse_formats(self, names: list[str], where: str) -> None: ...
+    def export_runtime(self, cur: Current, fmt: str, *, stem: str, imgsz: int, samples: int,
+                       progress: Callable[[float, str], None]) -> dict[str, Any]: ...
+    def runner(self, path: Any, runtime: str, threads: int) -> Any: ...  # engine.deploy.latency.Runner

@@ -6,6 +6,10 @@ its own pipeline (train -> prune 50% -> finetune). Then, at each image size, the
 pruned model are exported to ONNX (checked against PyTorch), the pruned one is quantized to INT8 with
 the mAP guard (max_drop 1 point of mAP50-95), and every file is timed through onnxruntime side by side
 (1 thread, batch 1 and 8, interleaved rounds, median) and measured: mAP50-95 and mAP50 on the val split.
+The pruned model is also written by Ultralytics' exporters for the other runtimes installed here
+(OpenVINO fp32 and NNCF INT8, ncnn, LiteRT INT8: engine/detect/runtimes.py; `--formats none` skips
+them), each timed in its own runtime with the same thread count, in the same interleaved rounds, and
+its mAP measured by Ultralytics' validator through its own backend.
 
 Prints one table per model and size with the speed-ups against the original at batch 1 and 8, and the
 INT8 mAP change against the pruned fp32 file. Last line: `detect_int8_speedup_b1: X` (pruned INT8 vs
@@ -57,6 +61,7 @@ def deploy_at(run: Path, imgsz: int, data: object, args: argparse.Namespace) -> 
     from engine.deploy import latency, onnxfile, runtime
     from engine.deploy.artifacts import write_int8
     from engine.deploy.quantize import QuantizeData, QuantizeOptions, quantize
+    from engine.detect import runtimes
     from engine.detect.deploy import (
         calibration_batches,
         detection_sqnr,
@@ -89,25 +94,56 @@ def deploy_at(run: Path, imgsz: int, data: object, args: argparse.Namespace) -> 
     else:
         print(f"  {result.message}")
     sessions = {name: runtime.session(path, args.threads) for name, path in files.items()}
+    figures = {name: score(path) for name, path in files.items()}
+    pruned = checkpoint.load(run / "weights" / "finetune.pt")
+    for fmt in formats(args):
+        t0 = time.perf_counter()
+        path = out / runtimes.artifact_name("pruned", fmt)
+        try:
+            record = runtimes.export(pruned.model, fmt, path, data=data, imgsz=imgsz, samples=args.samples,
+                                     log=lambda line: print(f"  {line}", flush=True))
+        except Exception as e:  # a runtime that fails here is reported, the others still measured
+            print(f"  {fmt}: {e}", flush=True)
+            continue
+        name = f"pruned {fmt}"
+        print(f"  {name}: exported and validated in {time.perf_counter() - t0:.0f} s", flush=True)
+        files[name] = path
+        figures[name] = record
+        sessions[name] = runtimes.runner(path, record["runtime"], args.threads)
     times = latency.measure(sessions, (3, imgsz, imgsz), batches=(1, 8), warmup=3, repeats=args.repeats, runs=2)
     rows = {}
     for name, path in files.items():
-        figures = score(path)
-        rows[name] = {"mAP50_95": figures["mAP50_95"], "mAP50": figures["mAP50"], "b1": times[name][1],
-                      "b8": times[name][8], "size": path.stat().st_size,
-                      "flops": onnxfile.peek(path).metadata.get("flops")}
+        rows[name] = {"mAP50_95": figures[name]["mAP50_95"], "mAP50": figures[name]["mAP50"], "b1": times[name][1],
+                      "b8": times[name][8], "size": runtimes.size_of(path)}
     rows["pruned int8"] = rows.get("pruned int8", {}) | {"fp32_layers": len(result.excluded), "quantize_s": seconds}
     return rows
+
+
+def formats(args: argparse.Namespace) -> list[str]:
+    """The runtimes beside onnxruntime to measure: those asked for that are installed here."""
+    from engine.detect import runtimes
+
+    if args.formats == "none":
+        return []
+    wanted = list(runtimes.NAMES) if args.formats == "all" else args.formats.split(",")
+    found = []
+    for fmt in wanted:
+        reason = runtimes.unavailable(fmt)
+        if reason:
+            print(f"  skipped: {reason}", flush=True)
+        else:
+            found.append(fmt)
+    return found
 
 
 def show(model: str, imgsz: int, rows: dict[str, dict]) -> None:
     base = rows["original"]
     print(f"\n{model} at {imgsz} px (onnxruntime, 1 thread; speed-up vs the original fp32 file)")
-    print(f"{'file':<12} {'mAP50-95':>8} {'mAP50':>7} {'ms b1':>8} {'ms b8':>8} {'x b1':>6} {'x b8':>6} {'MiB':>6}")
+    print(f"{'file':<22} {'mAP50-95':>8} {'mAP50':>7} {'ms b1':>8} {'ms b8':>8} {'x b1':>6} {'x b8':>6} {'MiB':>6}")
     for name, r in rows.items():
         if "b1" not in r:
             continue
-        print(f"{name:<12} {r['mAP50_95']:>8.4f} {r['mAP50']:>7.4f} {r['b1']:>8.2f} {r['b8']:>8.2f} "
+        print(f"{name:<22} {r['mAP50_95']:>8.4f} {r['mAP50']:>7.4f} {r['b1']:>8.2f} {r['b8']:>8.2f} "
               f"{base['b1'] / r['b1']:>5.2f}x {base['b8'] / r['b8']:>5.2f}x {r['size'] / 2**20:>6.2f}")
     q = rows["pruned int8"]
     if "b1" in q:
@@ -126,6 +162,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64, help="INT8 calibration images")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--formats", default="all",
+                   help="other runtimes for the pruned model: all (those installed), none, or a list "
+                        "(openvino,openvino-int8,ncnn,litert-int8)")
     p.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

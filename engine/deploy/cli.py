@@ -9,6 +9,8 @@ from typing import Any
 
 from engine.errors import DeployError, PresetError
 
+RUNTIME_FORMATS = ("openvino", "openvino-int8", "ncnn", "litert-int8")  # engine/detect/formats.py
+
 EXPORT_HELP = """\
 Export a checkpoint to ONNX (torch.onnx's dynamo exporter) and check it before writing: onnx's
 checker, then onnxruntime against PyTorch on a batch of validation images (max |difference|
@@ -38,9 +40,13 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PRESET_OR_DATA",
                    help="validation images for the check: a preset, a built-in preset name or a data folder "
                         "(a detection checkpoint: an Ultralytics dataset yaml)")
-    p.add_argument("--format", choices=["onnx", "ultralytics"], default="onnx",
-                   help="onnx (default), or ultralytics: a .pt that Ultralytics' YOLO() and the yolo CLI load "
-                        "(detection checkpoints)")
+    p.add_argument("--format", choices=["onnx", "ultralytics", *RUNTIME_FORMATS], default="onnx",
+                   help="onnx (default); for detection checkpoints also ultralytics (a .pt that Ultralytics' YOLO() "
+                        "and the yolo CLI load) and, through Ultralytics' exporters, openvino, openvino-int8 (NNCF), "
+                        "ncnn, litert-int8, each with its mAP through its own runtime (those whose packages are "
+                        "installed; the others are refused with the install step)")
+    p.add_argument("--samples", type=int, default=256,
+                   help="calibration images from the training split for openvino-int8 and litert-int8 (default 256)")
     return p
 
 
@@ -97,7 +103,8 @@ def export(args: argparse.Namespace) -> int:
 
         return export_detection(args, loaded)
     if args.format != "onnx":
-        raise PresetError(f"--format {args.format}: writes Ultralytics detection models; {args.checkpoint} holds a "
+        raise PresetError(f"--format {args.format}: writes Ultralytics detection models (a classifier exports as onnx, "
+                          f"then `slimlab quantize` for INT8); {args.checkpoint} holds a "
                           f"{loaded.arch.get('name')} classification model (export it with --format onnx)")
     images = None
     recorded = (loaded.meta.get("spec") or {}) if isinstance(loaded.meta, dict) else {}

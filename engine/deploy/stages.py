@@ -1,7 +1,8 @@
 """The export, quantize and compress stages of a run, and the run's artifact comparison.
 
 Files land in the run directory: `<stage>.onnx` for an export stage (and `original.onnx`, the
-model before the run's first prune, for the comparison), `<stage>.int8.onnx` for a quantize
+model before the run's first prune, for the comparison; a detection run's `formats` beside them,
+e.g. `<stage>_openvino_model/`, see engine/detect/runtimes.py), `<stage>.int8.onnx` for a quantize
 stage, `<stage>.zip` for a compress stage. Each stage's summary entry lists its artifacts;
 `comparison_rows` times them all side by side at the end of the run.
 """
@@ -48,6 +49,11 @@ def export_stage(run: Any, stage: Any) -> dict[str, Any]:
     PyTorch on the run's validation images and measured through onnxruntime by the task."""
     task = run.task
     metric = task.kind.metric
+    why = task.kind.refusal(stage)
+    if why:
+        raise DeployError(why)
+    if stage.formats:  # refused before anything is written: a missing package, with its install step
+        task.refuse_formats(stage.formats, f"stage {stage.name}")
     cur = run.start(stage)
     shape = task.export_shape(stage.input_size, f"stage {stage.name}")
     batch = None if stage.batch == "dynamic" else int(stage.batch)
@@ -57,8 +63,9 @@ def export_stage(run: Any, stage: Any) -> dict[str, Any]:
         todo.append((source[0], checkpoint.load(source[1], trust=run.trust), run.writer.path / ORIGINAL))
     todo.append((run.last_name() or "model", cur, run.writer.path / f"{stage.name}.onnx"))
     artifacts = []
+    steps = len(todo) + len(stage.formats)
     for i, (from_stage, model, out) in enumerate(todo):
-        step = run.progress(stage, i / len(todo), 1 / len(todo))
+        step = run.progress(stage, i / steps, 1 / steps)
         run.writer.log(f"{stage.name}: exporting the {'unpruned' if out.name == ORIGINAL else 'current'} model "
                        f"({from_stage}) to {out.name}")
         meta = {"stage": from_stage, "run": run.writer.path.name, "spec": run.spec.model_dump(mode="json")}
@@ -69,8 +76,16 @@ def export_stage(run: Any, stage: Any) -> dict[str, Any]:
             if record.get(metric.key) is not None else ""
         run.writer.log(f"{stage.name}: {out.name} reproduces PyTorch within {record['max_abs_diff']:.2g} on "
                        f"{record['checked_on']}{measured}")
-    run.writer.status(activity=None)
     main = artifacts[-1]
+    for j, fmt in enumerate(stage.formats):
+        step = run.progress(stage, (len(todo) + j) / steps, 1 / steps)
+        record = task.export_runtime(todo[-1][1], fmt, stem=stage.name, imgsz=shape[1], samples=stage.samples,
+                                     progress=step)
+        record["from"] = todo[-1][0]
+        artifacts.append(record)
+        run.say([f"{stage.name}: {record['file']} ({record['format']}): {metric.label} "
+                 f"{metric.format(record[metric.key])} through Ultralytics' {record['runtime']} backend"])
+    run.writer.status(activity=None)
     keys = (*metric.record, "params", "flops", "size", "max_abs_diff", "opset")
     return {k: main[k] for k in keys if k in main} | {"file": main["file"], "artifacts": artifacts}
 
@@ -141,9 +156,10 @@ def artifacts(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def comparison_rows(run: Any, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Artifact rows for summary.json's comparison: figures plus onnxruntime latency at batch 1 and 32,
-    all artifacts timed back to back, interleaved, with the run's fixed thread count."""
-    from engine.deploy import latency, runtime
+    """Artifact rows for summary.json's comparison: figures plus latency at the task's batch sizes, each
+    artifact in its own runtime (onnxruntime for ONNX files), all timed back to back, interleaved, with
+    the run's fixed thread count."""
+    from engine.deploy import latency
 
     records = [a for a in artifacts(summary) if (run.writer.path / a["file"]).exists()]
     if not records:
@@ -151,12 +167,13 @@ def comparison_rows(run: Any, summary: dict[str, Any]) -> dict[str, dict[str, An
     cfg = run.spec.latency
     kind = run.task.kind
     batches = kind.latency_batches
-    run.writer.log(f"latency: timing {len(records)} artifacts with onnxruntime, {cfg.threads} thread(s), "
+    engines = sorted({a.get("runtime", "onnxruntime") for a in records})
+    run.writer.log(f"latency: timing {len(records)} artifacts with {', '.join(engines)}, {cfg.threads} thread(s), "
                    f"median of {cfg.repeats} interleaved rounds (best of {cfg.runs} runs each) at batch "
                    f"{' and '.join(map(str, batches))}")
-    run.writer.status(activity=f"timing {len(records)} files with onnxruntime")
+    run.writer.status(activity=f"timing {len(records)} files with {', '.join(engines)}")
     shape = _input_shape(run, records)
-    sessions = {a["name"]: runtime.session(_runnable(run, a, shape), cfg.threads) for a in records}
+    sessions = {a["name"]: _timed(run, a, shape, cfg.threads) for a in records}
     times = latency.measure(sessions, shape, batches=batches, warmup=cfg.warmup, repeats=cfg.repeats, runs=cfg.runs)
     run.writer.status(activity=None)
     rows = {}
@@ -167,8 +184,18 @@ def comparison_rows(run: Any, summary: dict[str, Any]) -> dict[str, dict[str, An
             "params": a.get("params"), "flops": a.get("flops"), "size": a.get("size"),
             **{f"latency_b{b}_ms": t.get(b) for b in batches}, "threads": cfg.threads,
             "speedup_batch": kind.speedup_batch, "format": a["format"], "file": a["file"], "from": a.get("from"),
+            "runtime": a.get("runtime", "onnxruntime"),
         }
     return rows
+
+
+def _timed(run: Any, record: dict[str, Any], shape: tuple[int, int, int], threads: int) -> Any:
+    """What times an artifact: an onnxruntime session, or the runner of its own runtime."""
+    from engine.deploy import runtime
+
+    if record.get("runtime", "onnxruntime") != "onnxruntime":  # another runtime: the task that wrote it times it
+        return run.task.runner(run.writer.path / record["file"], record["runtime"], threads)
+    return runtime.session(_runnable(run, record, shape), threads)
 
 
 def _runnable(run: Any, record: dict[str, Any], shape: tuple[int, int, int]) -> Any:

@@ -43,10 +43,18 @@ def columns(rows: dict[str, dict[str, Any]]) -> list[str]:
             *(f"ms b{b}" for b in batches(rows)), "speed-up"]
 
 
+def runtimes(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The runtimes that timed the files, onnxruntime first (rows before this field: onnxruntime)."""
+    found = {str(r.get("runtime") or "onnxruntime") for r in rows.values()}
+    return sorted(found, key=lambda r: (r != "onnxruntime", r))
+
+
 def title(rows: dict[str, dict[str, Any]]) -> str:
     threads = next((r.get("threads") for r in rows.values() if r.get("threads")), None)
     timed = " and ".join(map(str, batches(rows)))
-    return (f"deployable artifacts: onnxruntime on the CPU, {threads} thread{'s' if threads != 1 else ''}, "
+    engines = runtimes(rows)
+    where = engines[0] if len(engines) == 1 else f"each file in its own runtime ({', '.join(engines)})"
+    return (f"deployable artifacts: {where} on the CPU, {threads} thread{'s' if threads != 1 else ''}, "
             f"median latency at batch {timed}; speed-up at batch {speedup_batch(rows)} vs the first row")
 
 

@@ -3,7 +3,9 @@
 export: a checked ONNX file with its mAP, or an Ultralytics .pt, from a detection checkpoint. The
 validation images come from `--data` (an Ultralytics dataset yaml), else from the dataset the
 checkpoint was trained on: the `data.yaml` its preset names, or the generated data in its run
-directory. Without either the ONNX check runs on random inputs and says so.
+directory. Without either the ONNX check runs on random inputs and says so. `--format openvino`,
+`openvino-int8`, `ncnn` or `litert-int8`: Ultralytics' exporter for that runtime, where its packages
+are installed, with the mAP through it (INT8 formats calibrate on the data's training images).
 
 quantize: the calibration images and mAP scorer of a detection ONNX file (slimlab's, or one
 Ultralytics exported: both carry task, image size and class names), from `--calib DATA.yaml` or the
@@ -103,6 +105,38 @@ def quantize_data(args: argparse.Namespace, info: Any, work_dir: Path) -> tuple[
     return QuantizeData(batches, score, compare=detection_sqnr, probe=probe_images(imgsz), notes=notes), str(yaml_path)
 
 
+def export_runtime(args: argparse.Namespace, loaded: Any, imgsz: int, label: str) -> int:
+    """--format openvino | openvino-int8 | ncnn | litert-int8: Ultralytics' exporter, then the mAP
+    through that runtime (engine/detect/runtimes.py)."""
+    from engine.detect import formats
+    from engine.errors import DeployError
+
+    fmt = formats.get(args.format)
+    formats.refuse_unavailable([fmt.name], f"--format {fmt.name}")
+    if args.samples < 1:
+        raise PresetError("--samples must be at least 1")
+    checkpoint = Path(args.checkpoint)
+    out = args.out or checkpoint.with_name(formats.artifact_name(checkpoint.stem, fmt.name))
+    if out.resolve() == checkpoint.resolve():
+        raise PresetError(f"--out {out}: is the checkpoint being exported; give another name")
+    if fmt.suffix.endswith(".tflite") and out.suffix != ".tflite":
+        raise PresetError(f"--out {out}: a LiteRT file name ends in .tflite")
+    data = find_data(args, loaded)
+    if data is None and fmt.int8:
+        raise DeployError(f"--format {fmt.name} calibrates INT8 on training images: give --data DATA.yaml (an "
+                          "Ultralytics dataset yaml)")
+    from engine.detect import runtimes
+
+    _print(f"exporting {label} for 3x{imgsz}x{imgsz} inputs as {fmt.name} with Ultralytics' exporter")
+    record = runtimes.export(loaded.model, fmt.name, out, data=data, imgsz=imgsz, samples=args.samples,
+                             log=lambda line: _print(f"  {line}"))
+    if record.get("mAP50_95") is not None:
+        _print(f"mAP50 {record['mAP50']:.4f}, mAP50-95 {record['mAP50_95']:.4f} on {data.yaml_path} validation images "
+               f"through Ultralytics' {fmt.runtime} backend")
+    _print(f"wrote {out} ({record['size'] / 2**20:.2f} MiB, {fmt.runtime} {fmt.precision})")
+    return 0
+
+
 def export(args: argparse.Namespace, loaded: Any) -> int:
     from engine.detect import deploy, ultra
 
@@ -121,6 +155,10 @@ def export(args: argparse.Namespace, loaded: Any) -> int:
         _print(f"wrote {out} ({size / 2**20:.2f} MiB) from {label}: an Ultralytics checkpoint (a pickle), for "
                f"`yolo predict model={out}` or YOLO('{out}')")
         return 0
+    from engine.detect import formats
+
+    if args.format in formats.FORMATS:
+        return export_runtime(args, loaded, imgsz, label)
     from engine.models.sizing import parse_batch
 
     batch = parse_batch(args.batch)

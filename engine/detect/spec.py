@@ -19,6 +19,13 @@ def check_detect_names(spec: Any, source: str) -> None:
                 f"{source}: {key}.arch: task detect builds Ultralytics models: {PREFIX}<model yaml> "
                 f"(e.g. {PREFIX}yolov8n.yaml), or set {key}.checkpoint to an Ultralytics or slimlab checkpoint"
             )
+    for i, stage in enumerate(spec.stages):
+        if stage.type == "export" and stage.formats:
+            from engine.detect.formats import unavailable
+
+            reasons = [r for r in (unavailable(f) for f in stage.formats) if r]
+            if reasons:
+                raise PresetError(f"{source}: stages[{i}].formats: " + "; ".join(reasons))
     if spec.data.dataset not in DATASETS:
         raise PresetError(
             f"{source}: data.dataset: task detect reads YOLO-format data: dataset: yolo with path: <data.yaml>, "

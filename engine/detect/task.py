@@ -343,6 +343,31 @@ class UltralyticsTask:
                            arch=cur.arch, plan=cur.plan, meta=meta, work_dir=run.writer.path / "ultralytics" / out.stem,
                            log=run.writer.log, progress=progress)
 
+    def export_runtime(self, cur: Current, fmt: str, *, stem: str, imgsz: int, samples: int,
+                       progress: Callable[[float, str], None]) -> dict[str, Any]:
+        """`cur` written by Ultralytics' exporter for another runtime (OpenVINO, ncnn, LiteRT) as
+        `<stem><suffix>` in the run directory, its mAP through that runtime (engine/detect/runtimes.py)."""
+        from engine.detect import runtimes
+
+        run = self.run
+        out = run.writer.path / runtimes.artifact_name(stem, fmt)
+        run.writer.log(f"{stem}: writing {out.name} ({fmt}) with Ultralytics' exporter")
+        progress(0.0, f"exporting {out.name}")
+        return runtimes.export(cur.model, fmt, out, data=self.data(), imgsz=imgsz, samples=samples,
+                               log=lambda line: run.writer.log(f"{stem}: {line}"))
+
+    def refuse_formats(self, names: list[str], where: str) -> None:
+        """DeployError naming each of `names` whose packages are not installed here, and the install step."""
+        from engine.detect.formats import refuse_unavailable
+
+        refuse_unavailable(names, where)
+
+    def runner(self, path: Path, runtime: str, threads: int) -> Any:
+        """What times an artifact of `export_runtime` in its own runtime (engine/deploy/latency.py)."""
+        from engine.detect.runtimes import runner
+
+        return runner(path, runtime, threads)
+
     def quantize_data(self, info: Any, samples: int, where: str) -> Any:
         """The first `samples` training images prepared as the exported file expects (letterboxed to its
         size, RGB, /255), its mAP through onnxruntime on the val split, and the guard's comparison of

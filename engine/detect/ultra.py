@@ -6,7 +6,8 @@ Ultralytics reaches out to the network in several places; slimlab closes each be
 - analytics events and the Platform/hub upload callbacks every trainer and validator adds:
   `add_integration_callbacks` replaced by one that adds nothing
 - the AMP check, which downloads a model to compare fp16 with fp32: replaced by the setting itself
-- fonts for plots (`plots=False` everywhere), dataset auto-download (slimlab validates the dataset
+- fonts for plots (`plots=False` everywhere; and `check_det_dataset`, which the exporters' INT8
+  calibration calls with a dataset yaml, fetches a font first: `check_font` there does nothing), dataset auto-download (slimlab validates the dataset
   yaml itself and hands Ultralytics the resolved dict), pretrained weights (`pretrained=False`; models
   are built from their yaml)
 - model yamls built from checkpoints go through the restricted (no eval) model parser
@@ -47,6 +48,7 @@ def load() -> ModuleType:
         os.environ.setdefault(key, value)
     try:
         import ultralytics
+        from ultralytics.data import utils as data_utils
         from ultralytics.engine import trainer as trainer_mod
         from ultralytics.utils import callbacks
     except ImportError as e:
@@ -59,6 +61,7 @@ def load() -> ModuleType:
 
     callbacks.add_integration_callbacks = no_integrations
     trainer_mod.check_amp = _amp_as_asked
+    data_utils.check_font = _no_font
     _loaded = ultralytics
     return ultralytics
 
@@ -66,6 +69,10 @@ def load() -> ModuleType:
 def _amp_as_asked(model: object) -> bool:
     """AMP is used when the preset asks for it on CUDA; Ultralytics' check would download a model."""
     return True
+
+
+def _no_font(font: str = "") -> None:
+    """Fonts are for plots, which slimlab never draws; Ultralytics would download one."""
 
 
 def version() -> str:
