@@ -238,7 +238,7 @@ class ClassifyTask:
         teacher = self._teacher(stage.teacher, stage).to(run.device)
         d = self.data(run.spec.training_for(stage).batch_size)
         x, _ = next(iter(d.val))
-        kd = stage.kd.model_dump() if stage.kd is not None else (None if stage.features else {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75})
+        kd = stage.kd.model_dump(exclude_none=True) if stage.kd is not None else (None if stage.features else {"T": 2.0, "w_kd": 0.25, "w_ce": 0.75})
         distiller = Distiller(
             cur.model.to(run.device), teacher, kd=kd, features=[f.model_dump() for f in stage.features],
             example_input=x[:8].to(run.device), device=run.device,
