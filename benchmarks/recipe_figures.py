@@ -3,10 +3,10 @@
 Data (nothing downloaded):
 - `photos`: colour photographs shipped inside installed packages (scikit-learn's sample images,
   matplotlib's sample data, Ultralytics' assets: at least two sources must be found). Each photo is
-  cut into cells of 144x144 pixels; a cell is a class (texture and colour of one image region, so
-  capacity matters as classes grow). Every cell is split into disjoint regions: the left two thirds
-  give the training crops, the right third's top half the val crops and its bottom half the test
-  crops, all 48x48: no pixel of a test image was ever seen in training.
+  resized to two cells on its short side and cut into cells of 192x192 pixels; a cell is a class
+  (texture and colour of one image region, so capacity matters as classes grow). Every cell is 3x3 blocks of 64 pixels: five blocks give the
+  training crops, two the val crops and two (the centre and a corner) the test crops, all 48x48,
+  the blocks interleaved over the cell: no pixel of a test image was ever seen in training.
 - `cifar`: the generated CIFAR-10-format batch files of benchmarks/cifar_like.py (32x32, its own
   test batch).
 
@@ -52,8 +52,11 @@ PHOTOS = (
     ("ultralytics", "assets/bus.jpg"),
     ("ultralytics", "assets/zidane.jpg"),
 )
-CELL = 144  # pixels per class cell (after the photo is resized)
+BLOCK = 64  # a class cell is 3x3 blocks of BLOCK pixels (after the photo is resized)
 CROP = 48
+# the blocks of a cell each split crops from: interleaved, so val and test sample the whole cell, and
+# disjoint, so no test pixel was seen in training
+SPLIT_BLOCKS = {"train": (0, 1, 3, 5, 7), "val": (2, 6), "test": (4, 8)}
 MODELS = {"vgg": {"depth": 11, "width": 0.25}, "resnet_cifar": {"depth": 14, "width": 0.5}}
 
 
@@ -79,31 +82,29 @@ def write_photo_folder(root: Path, photos: list[tuple[str, Path]], classes: int,
 
     rng = np.random.default_rng(seed)
     cells: list[tuple[str, np.ndarray]] = []
+    cell = 3 * BLOCK
     for package, path in photos:
         img = Image.open(path).convert("RGB")
-        scale = 2 * CELL / min(img.size)  # two rows (or columns) of cells on the short side
+        scale = 2 * cell / min(img.size)  # two rows (or columns) of cells on the short side
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.BILINEAR)
         a = np.asarray(img)
-        for r in range(a.shape[0] // CELL):
-            for c in range(a.shape[1] // CELL):
-                cells.append((f"{package}_{path.stem}_r{r}c{c}", a[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]))
+        for r in range(a.shape[0] // cell):
+            for c in range(a.shape[1] // cell):
+                cells.append((f"{package}_{path.stem}_r{r}c{c}", a[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]))
     if len(cells) < classes:
         raise SystemExit(f"only {len(cells)} photo cells for {classes} classes; ask for fewer (--classes)")
     # spread the classes over the photos: every k-th cell
     chosen = [cells[i] for i in np.linspace(0, len(cells) - 1, classes).round().astype(int)]
-    split_x = 2 * CELL // 3
-    regions = {"train": (slice(0, CELL), slice(0, split_x)),
-               "val": (slice(0, CELL // 2), slice(split_x, CELL)),
-               "test": (slice(CELL // 2, CELL), slice(split_x, CELL))}
-    for (name, cell) in chosen:
+    for name, pixels in chosen:
+        blocks = [pixels[(b // 3) * BLOCK:(b // 3 + 1) * BLOCK, (b % 3) * BLOCK:(b % 3 + 1) * BLOCK] for b in range(9)]
         for split, n in zip(("train", "val", "test"), per_class, strict=True):
-            region = cell[regions[split]]
             out = root / split / name
             out.mkdir(parents=True, exist_ok=True)
-            h, w = region.shape[:2]
+            where = SPLIT_BLOCKS[split]
             for i in range(n):
-                y, x = rng.integers(0, h - CROP + 1), rng.integers(0, w - CROP + 1)
-                Image.fromarray(region[y:y + CROP, x:x + CROP]).save(out / f"{i:04d}.png")
+                block = blocks[where[i % len(where)]]
+                y, x = rng.integers(0, BLOCK - CROP + 1, 2)
+                Image.fromarray(np.ascontiguousarray(block[y:y + CROP, x:x + CROP])).save(out / f"{i:04d}.png")
     return root
 
 
@@ -185,7 +186,7 @@ def best_arm(summary: dict, arms: tuple[str, ...]) -> str:
 
 def table(results: list[dict]) -> list[str]:
     cols = ("case", "baseline", "old", "old-kd", "rewind", "rewind-kd", "rewind-50", "scratch", "uniform",
-            "FLOPs removed", "uniform width", "old wins", "new wins")
+            "FLOPs removed (target / percent 0.5)", "uniform width", "old wins", "new wins")
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for r in results:
         s = r["summary"]
@@ -199,7 +200,7 @@ def table(results: list[dict]) -> list[str]:
         removed_50 = 1 - s["rewind-50"]["flops"] / s["train"]["flops"]
         lines.append(" | ".join([
             r["case"], cell("train"), *(cell(a) for a in ("old", "old-kd", "rewind", "rewind-kd", "rewind-50")),
-            cell("scratch"), cell("uniform"), f"{removed:.1%} / {removed_50:.1%} (50%)",
+            cell("scratch"), cell("uniform"), f"{removed:.1%} / {removed_50:.1%}",
             f"{s['uniform'].get('width', float('nan')):.3f}", verdict(s, ARMS_OLD), verdict(s, ARMS_NEW)]))
     return lines
 
@@ -224,7 +225,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--jobs", type=int, default=2, help="cases run side by side, one torch thread each")
     ap.add_argument("--classes", type=int, default=16)
-    ap.add_argument("--per-class", type=int, nargs=3, default=[32, 12, 24], metavar=("TRAIN", "VAL", "TEST"))
+    ap.add_argument("--per-class", type=int, nargs=3, default=[48, 16, 64], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--cifar-per-batch", type=int, default=200, help="images per training batch file (5 files)")
     ap.add_argument("--cifar-test", type=int, default=500)
     ap.add_argument("--train-epochs", type=int, default=8)
@@ -234,7 +235,12 @@ def main() -> None:
                     help="more site-packages folders to find the photos in")
     ap.add_argument("--keep", type=Path, default=None, help="keep the data and runs here")
     ap.add_argument("--quick", action="store_true", help="one small case: photos, vgg, seed 0, 2 epochs per stage")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="print the tables of the finished cases under this --keep folder, training nothing")
     args = ap.parse_args()
+    if args.report is not None:
+        report(finished(args.report))
+        return
     if args.quick:
         args.datasets, args.models, args.seeds = "photos", "vgg", "0"
         args.classes, args.per_class = 8, [16, 8, 8]
@@ -253,6 +259,24 @@ def main() -> None:
         for r in pool.map(run_case, jobs):
             print(f"{r['case']}: {r['minutes']:.1f} min ({r['path']})", flush=True)
             results.append(r)
+    report(results)
+
+
+def finished(root: Path) -> list[dict]:
+    """The cases whose runs are done under `root`/runs (cases run by several invocations sharing --keep)."""
+    out = []
+    for path in sorted((root / "runs").iterdir()):
+        status = json.loads((path / "status.json").read_text()) if (path / "status.json").exists() else {}
+        if status.get("state") != "done":
+            continue
+        dataset, _, rest = path.name.partition("-")
+        arch, _, seed = rest.rpartition("-")
+        out.append({"case": f"{dataset}/{arch}/{seed}", "summary": json.loads((path / "summary.json").read_text()),
+                    "path": str(path)})
+    return out
+
+
+def report(results: list[dict]) -> None:
     print("\ntest accuracy (Δ vs baseline in points); slimming arms at target_flops 0.5 except rewind-50 "
           "(percent 0.5); controls at rewind's FLOPs")
     print("\n".join(table(results)))

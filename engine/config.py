@@ -241,8 +241,9 @@ REWOUND = ("lr", "schedule", "warmup_epochs")  # the settings a rewinding finetu
 class FinetuneStage(StageBase, TeacherMixin, TrainingStageKeys):
     type: Literal["finetune"]
     # learning-rate rewinding (Renda et al. 2020): the original schedule's lr and shape (its warm-up
-    # in proportion) replayed over this stage's epochs, instead of a small constant lr
-    rewind: bool = False
+    # in proportion) replayed over this stage's epochs, instead of a small constant lr. Unset: rewind
+    # unless the stage sets its own training.lr, schedule or warmup_epochs
+    rewind: bool | None = None
 
     @model_validator(mode="after")
     def _rewind_owns_the_lr(self) -> FinetuneStage:
@@ -253,6 +254,16 @@ class FinetuneStage(StageBase, TeacherMixin, TrainingStageKeys):
                 f"training.{own[0]}. Remove it (the original's applies), or set rewind: false to use your own"
             )
         return self
+
+
+def rewinds(stage: Any) -> bool:
+    """Whether a stage replays the original schedule: a finetune with rewind true, or unset and no lr,
+    schedule or warm-up of its own."""
+    if stage.type != "finetune":
+        return False
+    if stage.rewind is None:
+        return not any(getattr(stage.training, k) is not None for k in REWOUND)
+    return stage.rewind
 
 
 class DistillStage(StageBase, TeacherMixin, TrainingStageKeys):
@@ -454,7 +465,7 @@ class RunSpec(Strict):
         takes the original schedule's lr, shape and (proportional) warm-up over its own epochs."""
         changes = stage.training.model_dump(exclude_none=True)
         cfg = self.training.model_copy(update=changes)
-        if getattr(stage, "rewind", False):
+        if rewinds(stage):
             original = self.original_training()
             warmup = original.warmup_epochs * cfg.epochs / original.epochs if original.epochs else 0.0
             cfg = cfg.model_copy(update={"lr": original.lr, "schedule": original.schedule,

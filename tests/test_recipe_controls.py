@@ -60,12 +60,18 @@ def test_rewind_takes_the_original_schedule_and_refuses_its_own_lr(tiny_preset):
                                    stages=[{"type": "train", "training": {"lr": 0.05, "schedule": "step"}},
                                            {"type": "prune", "percent": 0.5},
                                            {"type": "finetune", "rewind": True, "training": {"epochs": 2}},
-                                           {"type": "finetune", "name": "plain", "training": {"epochs": 2}}]))
+                                           {"type": "finetune", "name": "own", "training": {"epochs": 2, "lr": 0.01}},
+                                           {"type": "finetune", "name": "default", "training": {"epochs": 2}},
+                                           {"type": "finetune", "name": "off", "rewind": False,
+                                            "training": {"epochs": 2}}]))
     rewound = spec.training_for(spec.stages[2])
     # the train stage's lr and shape, over the finetune's 2 epochs; the warm-up in proportion (1.5 of 6)
     assert (rewound.lr, rewound.schedule, rewound.epochs, rewound.warmup_epochs) == (0.05, "step", 2, 0.5)
-    plain = spec.training_for(spec.stages[3])
-    assert (plain.lr, plain.schedule, plain.warmup_epochs) == (0.1, "cosine", 1.5)
+    own = spec.training_for(spec.stages[3])  # an lr of its own: no rewinding
+    assert (own.lr, own.schedule, own.warmup_epochs) == (0.01, "cosine", 1.5)
+    assert spec.training_for(spec.stages[4]) == rewound  # unset and no lr of its own: rewinding, the default
+    off = spec.training_for(spec.stages[5])
+    assert (off.lr, off.schedule, off.warmup_epochs) == (0.1, "cosine", 1.5)
     with pytest.raises(PresetError) as e:
         load_preset(tiny_preset(stages=[{"type": "train"}, {"type": "prune", "percent": 0.5},
                                         {"type": "finetune", "rewind": True, "training": {"lr": 0.01}}]))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint, distributed
-from engine.config import CONTROL_STAGES, DistillStage, FinetuneStage, SparseStage
+from engine.config import CONTROL_STAGES, DistillStage, FinetuneStage, SparseStage, rewinds
 from engine.errors import CheckpointError, PresetError, RunError
 from engine.task import CLASSIFY, Current, TaskKind
 from engine.train import Trainer, evaluate
@@ -200,11 +200,12 @@ class ClassifyTask:
         distiller = self._distiller(stage, cur) if (stage.teacher or stage.kd or stage.features) else None
         callbacks = [distiller] if distiller else []
         cfg = run.spec.training_for(stage)
-        if stage.rewind:
+        rewound = rewinds(stage)
+        if rewound:
             run.writer.log(f"{stage.name}: rewind: the original schedule over {cfg.epochs} epochs: lr {cfg.lr:g}, "
                            f"{cfg.schedule}, warm-up {cfg.warmup_epochs:g} epochs")
         figures = self.train(stage, resume, cur, callbacks, loss_fn=distiller)
-        return figures | ({"rewind": True, "lr": cfg.lr} if stage.rewind else {})
+        return figures | {"rewind": rewound, "lr": cfg.lr}
 
     def distill_stage(self, stage: DistillStage, resume: dict | None) -> dict:
         cur = self.run.start(stage)
