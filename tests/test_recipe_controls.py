@@ -218,3 +218,25 @@ def test_uniform_plan_is_one_width_at_the_flops_goal():
     assert abs(reached - goal) < 0.08 and plan["options"]["round_to"] == 2
     kept = [len(g["kept_idxs"]) / g["total"] for g in plan["groups"] if not g["ignored"] and g["total"] >= 8]
     assert max(kept) - min(kept) < 0.3  # one width (up to rounding to 2 channels)
+
+
+def test_the_prune_headline_counts_the_prunable_channels():
+    """A classifier's outputs (and the channels tied to them) are never cut: they stay out of the
+    headline's figure, and the whole count follows in brackets."""
+    from engine.slim.plan import make_plan
+    from engine.slim.report import prune_lines, share
+
+    arch = checkpoint.arch_dict("vgg", 100, 3, {"depth": 11, "width": 0.125})
+    model = checkpoint.build_model(arch).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape))
+    plan = make_plan(model, percent=0.5, input_shape=(3, 32, 32))
+    t = plan.totals
+    assert t["channels_before"] > t["prunable_before"]  # the 100 classifier outputs at least
+    line = next(x for x in prune_lines("prune", plan) if "channels" in x)
+    prunable = share(t["prunable_before"], t["prunable_after"])
+    assert line.startswith(f"[prune] prunable channels {t['prunable_before']:,} -> {t['prunable_after']:,} "
+                           f"({prunable} removed) [all channels {t['channels_before']:,} -> {t['channels_after']:,}]")
+    assert prunable != share(t["channels_before"], t["channels_after"])
