@@ -173,7 +173,7 @@ def test_status_headline_is_the_deployed_model_not_a_control(control_run):
     assert f"{100 * summary['finetune']['accuracy']:.2f}% (finetune)" in console.export_text()
 
 
-def test_a_control_stage_that_scores_higher_never_becomes_the_headline(tmp_path, tiny_preset):
+def test_a_control_stage_never_writes_the_headline(tmp_path, tiny_preset):
     """The control's epochs write no best_accuracy while it trains; its commit leaves the headline alone."""
     data = yaml.safe_load(tiny_preset(training__epochs=1).read_text())
     data["stages"] = [{"type": "train"}, {"type": "prune", "percent": 0.5},
