@@ -235,8 +235,35 @@ class TeacherMixin(Strict):
     features: list[FeatureTerm] = Field(default_factory=list)
 
 
+REWOUND = ("lr", "schedule", "warmup_epochs")  # the settings a rewinding finetune takes from the original
+
+
 class FinetuneStage(StageBase, TeacherMixin, TrainingStageKeys):
     type: Literal["finetune"]
+    # learning-rate rewinding (Renda et al. 2020): the original schedule's lr and shape (its warm-up
+    # in proportion) replayed over this stage's epochs, instead of a small constant lr. Unset: rewind
+    # unless the stage sets its own training.lr, schedule or warmup_epochs
+    rewind: bool | None = None
+
+    @model_validator(mode="after")
+    def _rewind_owns_the_lr(self) -> FinetuneStage:
+        own = [k for k in REWOUND if getattr(self.training, k) is not None]
+        if self.rewind and own:
+            raise ValueError(
+                f"rewind: true replays the original schedule's {', '.join(REWOUND)}; this stage also sets "
+                f"training.{own[0]}. Remove it (the original's applies), or set rewind: false to use your own"
+            )
+        return self
+
+
+def rewinds(stage: Any) -> bool:
+    """Whether a stage replays the original schedule: a finetune with rewind true, or unset and no lr,
+    schedule or warm-up of its own."""
+    if stage.type != "finetune":
+        return False
+    if stage.rewind is None:
+        return not any(getattr(stage.training, k) is not None for k in REWOUND)
+    return stage.rewind
 
 
 class DistillStage(StageBase, TeacherMixin, TrainingStageKeys):
@@ -277,14 +304,34 @@ class EvaluateStage(StageBase):
     type: Literal["evaluate"]
 
 
-class ScratchStage(StageBase, TrainingStageKeys):
+class ControlKeys(Strict):
+    """How long a control trains (engine/slim/scratch.py, `control_epochs`), unless training.epochs says.
+
+    epochs: as many epochs as the stages that made the current model (Liu et al.'s Scratch-E);
+    flops: as many training FLOPs as those stages spent (Scratch-B): their epochs weighted by the
+    FLOPs of the model each trained (and the teacher's forward passes), over the control's FLOPs.
+    Both numbers are reported whichever rule ran."""
+
+    epochs_rule: Literal["epochs", "flops"] = "epochs"
+
+
+class ScratchStage(StageBase, TrainingStageKeys, ControlKeys):
     """The control of pruning papers: the pruned architecture trained from random initialisation.
 
-    Runs as many epochs as the stages that made the current model (training.epochs overrides);
-    its output is reported beside the others but does not become the current model.
+    Runs the epochs of `epochs_rule`; its output is reported beside the others but does not
+    become the current model.
     """
 
     type: Literal["scratch"]
+
+
+class UniformStage(StageBase, TrainingStageKeys, ControlKeys):
+    """The other control: the unpruned architecture at one width multiplier for every layer, chosen so
+    the model has about the pruned model's FLOPs, trained from random initialisation. If it matches
+    the finetuned model, slimming found no better architecture than shrinking every layer alike.
+    Its output is reported beside the others but does not become the current model."""
+
+    type: Literal["uniform"]
 
 
 class ExportStage(StageBase):
@@ -347,13 +394,13 @@ class LatencySpec(Strict):
 
 Stage = Annotated[
     TrainStage | SparseStage | PruneStage | FinetuneStage | DistillStage | SweepStage | EvaluateStage
-    | ScratchStage | ExportStage | QuantizeStage | CompressStage,
+    | ScratchStage | UniformStage | ExportStage | QuantizeStage | CompressStage,
     Field(discriminator="type"),
 ]
-STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate", "scratch", "export", "quantize",
-               "compress")
-TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch")
-CONTROL_STAGES = ("scratch",)  # stages whose output never becomes the current model
+STAGE_TYPES = ("train", "sparse", "prune", "finetune", "distill", "sweep", "evaluate", "scratch", "uniform", "export",
+               "quantize", "compress")
+TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch", "uniform")
+CONTROL_STAGES = ("scratch", "uniform")  # stages whose output never becomes the current model
 
 
 class OutputSpec(Strict):
@@ -414,9 +461,21 @@ class RunSpec(Strict):
         return self
 
     def training_for(self, stage: StageBase) -> TrainingSpec:
-        """The top-level training settings with the stage's overrides applied."""
+        """The top-level training settings with the stage's overrides applied; a rewinding finetune
+        takes the original schedule's lr, shape and (proportional) warm-up over its own epochs."""
         changes = stage.training.model_dump(exclude_none=True)
-        return self.training.model_copy(update=changes)
+        cfg = self.training.model_copy(update=changes)
+        if rewinds(stage):
+            original = self.original_training()
+            warmup = original.warmup_epochs * cfg.epochs / original.epochs if original.epochs else 0.0
+            cfg = cfg.model_copy(update={"lr": original.lr, "schedule": original.schedule,
+                                         "warmup_epochs": round(warmup, 4)})
+        return cfg
+
+    def original_training(self) -> TrainingSpec:
+        """The schedule that trained the unpruned model: the first train stage's, else the top-level one."""
+        first = next((s for s in self.stages if s.type == "train"), None)
+        return self.training_for(first) if first is not None else self.training
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -462,6 +521,7 @@ _STAGE_CLASSES: dict[str, type[BaseModel]] = {
     "sweep": SweepStage,
     "evaluate": EvaluateStage,
     "scratch": ScratchStage,
+    "uniform": UniformStage,
     "export": ExportStage,
     "quantize": QuantizeStage,
     "compress": CompressStage,

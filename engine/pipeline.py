@@ -191,7 +191,7 @@ class Pipeline:
         w.summary(name, figures)
         done.append(name)
         w.status(completed=done, outputs={k: str(v) for k, v in self.outputs.items()},
-                 original=str(self.original) if self.original else None)
+                 original=str(self.original) if self.original else None, **self._headline(stage, figures))
         w.log(f"stage {name} done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
 
     def _recover(self, stage: Any, done: list[str]) -> bool:
@@ -223,6 +223,16 @@ class Pipeline:
                   "complete when the run stopped; marked complete now, not redone")
         self._commit(stage, figures, done)
         return True
+
+    def _headline(self, stage: Any, figures: dict[str, Any]) -> dict[str, Any]:
+        """status.json's headline figure (`best_accuracy`, `best_mAP50_95`) is the current model's: the
+        stage output the run hands on and deploys. A control stage (scratch, uniform) is reported
+        beside it in summary.json but never becomes the headline, whatever it scored."""
+        key = self.kind.metric.key
+        value = figures.get(key)
+        if stage.type in CONTROL_STAGES or "artifacts" in figures or not isinstance(value, int | float):
+            return {}
+        return {f"best_{key}": value, "model_stage": stage.name}
 
     def _record_for_lost_main(self, reason: str) -> None:
         """A rank that outlived rank 0 writes the failed status rank 0 could not: only when run.lock
@@ -280,6 +290,7 @@ class Pipeline:
         summary = json.loads(path.read_text())
         metric = self.kind.metric
         rows = {name: {k: fig.get(k) for k in (*metric.columns, "params", "flops", "latency_b1_ms")}
+                | ({"control": fig["control"]} if fig.get("control") else {})
                 for name, fig in summary.items()
                 if isinstance(fig, dict) and metric.key in fig and "artifacts" not in fig and name != "comparison"}
         if any(isinstance(fig, dict) and fig.get("artifacts") for fig in summary.values()):

@@ -46,6 +46,9 @@ class PlainReporter:
             for r in table:
                 lines.append("".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
             self.message("\n".join(lines))
+            said = verdict(rows)
+            if said:
+                self.message(said)
         if artifacts:
             self.message("\n".join(deploy_table.lines(artifacts)))
 
@@ -128,6 +131,30 @@ def summary_table(rows: dict[str, dict[str, Any]], cols: list[str]) -> list[list
         }
         out.append([cells[c] for c in cols])
     return out
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> str | None:
+    """Which arm won, in words: the run's model (the last stage that is not a control) against its
+    controls, on test accuracy (val accuracy when a row has no test figure). None without controls."""
+    controls = {k: r for k, r in rows.items() if r.get("control")}
+    models = [k for k, r in rows.items() if not r.get("control")]
+    if not controls or not models or _is_detection(rows):
+        return None
+    name = models[-1]
+    arms = {name: rows[name], **controls}
+    key = "test_accuracy" if all(r.get("test_accuracy") is not None for r in arms.values()) else "accuracy"
+    if any(r.get(key) is None for r in arms.values()):
+        return None
+    split = "test" if key == "test_accuracy" else "val"
+    ranked = sorted(arms, key=lambda k: arms[k][key], reverse=True)
+    figures = ", ".join(f"{k} {arms[k][key]:.2%}" for k in ranked)
+    top = [k for k in ranked if arms[k][key] == arms[ranked[0]][key]]
+    if len(top) > 1:
+        return f"on {split} accuracy {' and '.join(top)} tie ({figures})"
+    if ranked[0] == name:
+        return f"on {split} accuracy the slimmed model {name} won against its controls ({figures})"
+    return (f"on {split} accuracy the control {ranked[0]} won: training that architecture from scratch beat "
+            f"the slimmed model {name} ({figures})")
 
 
 def _delta(v: float | None, base: float | None) -> str:
@@ -213,6 +240,9 @@ class RichReporter(PlainReporter):
             for cells in summary_table(rows, cols):
                 t.add_row(*cells)
             self.progress.console.print(t)
+            said = verdict(rows)
+            if said:
+                self.progress.console.print(said, highlight=False)
         for part in deploy_table.rich(artifacts):
             self.progress.console.print(part, highlight=False)
 

@@ -7,7 +7,7 @@ the comparison. Everything that depends on what the model *does* comes from the 
 - `kind`: the torch-free description below (its metric, the stage types it runs, its label);
 - models: `fresh(spec_model)` builds the preset's model or adopts its checkpoint as a `Current`;
   `input_shape()` is the (C, H, W) the model is traced, measured and exported at;
-- training: `runners()` maps the training stage types (train, sparse, finetune, distill, scratch)
+- training: `runners()` maps the training stage types (train, sparse, finetune, distill, scratch, uniform)
   to the task's own runners; `train(stage, resume, cur, callbacks, ...)` trains one stage with
   slimlab's callbacks (sparsity penalty, pruned-at-target monitor, teacher);
 - measuring: `evaluate(model)` gives the metric dict of a model on the val split (`metric.key` in
@@ -66,7 +66,7 @@ ACCURACY = Metric("accuracy", "accuracy", ("accuracy", "test_accuracy"), ("accur
 MAP = Metric("mAP50_95", "mAP50-95", ("mAP50", "mAP50_95"), ("mAP50", "mAP50_95", "precision", "recall"), percent=False)
 METRICS = {m.key: m for m in (ACCURACY, MAP)}
 
-TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch")
+TRAINING_STAGES = ("train", "sparse", "finetune", "distill", "scratch", "uniform")
 SHARED_STAGES = ("prune", "sweep", "evaluate", "export", "quantize", "compress")
 
 
@@ -138,6 +138,7 @@ ULTRALYTICS = TaskKind(
     instead={
         "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
         "scratch": "train the pruned architecture from its yaml as a run of its own",
+        "uniform": "train the model at a smaller width multiplier as a run of its own",
     },
 )
 KINDS = {k.name: k for k in (CLASSIFY, ULTRALYTICS)}

@@ -233,8 +233,11 @@ class Trainer:
         stop: StopFlag | None = None,
         reporter: Reporter | None = None,
         selection: Selection | None = None,
+        headline: bool = True,
     ):
         self.selection = selection or Selection()
+        # False for a control stage: its epochs never become status.json's best_accuracy, the run's headline
+        self.headline = headline
         self.dist = dist_info or distributed.DistInfo()
         self.device = device or resolve_device(cfg.device, self.dist)
         self.cfg = cfg
@@ -380,7 +383,8 @@ class Trainer:
                         meta = {**self.meta, "stage": self.stage, "epoch": epoch, "metrics": metrics}
                         checkpoint.save(self.writer.weights / "best.pt", model, self.arch, plan=self.plan, meta=meta)
                 self.writer.metrics(metrics)
-                self.writer.status(progress=(epoch + 1) / max(1, cfg.epochs), best_accuracy=result.best["accuracy"])
+                self.writer.status(progress=(epoch + 1) / max(1, cfg.epochs),
+                                   **({"best_accuracy": result.best["accuracy"]} if self.headline else {}))
                 self.reporter.epoch_done(self.stage, metrics)
                 save_last(epoch + 1, 0)
         finally:

@@ -87,7 +87,7 @@ def test_slimming_a_yolo_offline_end_to_end(tmp_path, no_network):
     assert (path / "ultralytics" / "train" / "results.csv").exists()  # Ultralytics' own per-epoch table
     assert json.loads((path / "status.json").read_text())["state"] == "done"
     log = (path / "log.txt").read_text()  # what the prune printed headless: the rule, totals and groups
-    assert "[prune] percent 0.5 -> |gamma| threshold" in log and "[prune] channels " in log
+    assert "[prune] percent 0.5 -> |gamma| threshold" in log and "[prune] prunable channels " in log
     assert "group(s) kept whole" in log
 
 

@@ -34,7 +34,7 @@ def test_a_bad_s_names_auto_and_how_s_scales(tiny_preset, s):
     assert "'auto'" in text and "1 / (epochs * lr)" in text and "1e-5" not in text
 
 
-def test_demo_runs_s_auto_against_its_prune_target_and_ends_with_the_scratch_control():
+def test_demo_runs_s_auto_against_its_prune_target_and_ends_with_the_controls():
     spec = load_preset("demo")
     types = [s.type for s in spec.stages]
     sparse = spec.stages[types.index("sparse")]
@@ -42,4 +42,6 @@ def test_demo_runs_s_auto_against_its_prune_target_and_ends_with_the_scratch_con
     assert sparse.s == "auto" and sparse.target is None and prune.percent == 0.5  # measured at the prune rule
     assert sparse.select in (None, "best")  # best by pruned-at-target accuracy
     trained = [t for t in types if t not in ("export", "quantize", "compress")]
-    assert trained[-2:] == ["finetune", "scratch"]
+    assert trained[-3:] == ["finetune", "scratch", "uniform"]  # the finetune and its two controls
+    finetune = spec.stages[types.index("finetune")]
+    assert finetune.rewind is True and finetune.training.lr is None  # the train stage's schedule, rewound

@@ -106,8 +106,7 @@ async def test_compare_reports_unreadable_results(tmp_path):
         screen = app.screen
         picker = screen.query_one("#compare-runs", SelectionList)
         assert picker.option_count == 1  # the unreadable run is not offered
-        await pilot.press("space")
-        await pilot.pause()
+        await pilot.pause()  # the only run is selected on opening
         note = str(screen.query_one("#compare-note", Static).render())
         assert "summary.json unreadable" in note and "sweep.json unreadable" in note
         await pilot.resize_terminal(30, 8)  # squeezed: nothing raises
@@ -129,9 +128,27 @@ async def test_compare_keeps_up_with_runs_selected_while_they_finish(tmp_path):
     app = HostApp(CompareScreen, runs_dir)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = app.screen
-        await pilot.press("space")
         await pilot.pause()
+        assert [Path(p).name for p in screen.selected_paths()] == ["growing"]  # the only run: selected
         assert screen.query_one("#compare-table", DataTable).row_count == 0
         runs.write_json(path / "summary.json", {"train": {"accuracy": 0.5, "params": 10}})
         screen.reload_runs()  # what the timer does every few seconds
         await wait_for(pilot, lambda: screen.query_one("#compare-table", DataTable).row_count == 2, what="rows")
+
+
+@run_async
+async def test_compare_opened_with_one_run_lists_its_stages_at_once(tmp_path):
+    runs_dir = tmp_path / "runs"
+    results_run(runs_dir, "only", 0.90, 1.0, T0)
+    app = HostApp(CompareScreen, runs_dir)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await pilot.pause()
+        assert [Path(p).name for p in screen.selected_paths()] == ["only"]
+        cells = table_cells(screen)
+        assert cells[0] == ["train", "accuracy", "90.00%"] and [c[0] for c in cells if c[0]] == ["train", "prune"]
+        plot = screen.query_one("#compare-plot", MetricPlot)
+        assert [line.label for line in plot._lines] == ["only"]  # its sweep curve, not "no sweep.json"
+        await pilot.press("space")  # the user may still untick it
+        await pilot.pause()
+        assert screen.selected_paths() == [] and screen.query_one("#compare-table", DataTable).row_count == 0

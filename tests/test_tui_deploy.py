@@ -79,8 +79,7 @@ async def test_compare_has_a_row_per_deployable_file(tmp_path):
     app = HostApp(CompareScreen, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
-        await pilot.press("space")
-        await pilot.pause()
+        await pilot.pause()  # the only run: selected on opening
         assert column_labels(screen) == ["stage", "metric", "ship"]
         cells = table_cells(screen)
         assert [c[0] for c in cells if c[0]] == ["train", "export.onnx · fp32", "export.int8.onnx · int8"]
@@ -100,3 +99,37 @@ async def test_monitor_shows_what_an_export_or_quantize_stage_is_doing(tmp_path)
         writer.status(state="failed", error="boom")  # a stopped run shows its state, not a stale activity
         await wait_for(pilot, lambda: "failed" in title(screen), what="the failed state")
         assert "sensitivity" not in title(screen)
+
+
+def as_detector_file(path: Path, mean_ap: float, fp32: float | None = None) -> Path:
+    """An exported file carrying what a detection export writes instead of an accuracy (engine/detect/deploy.py)."""
+    from engine.deploy import onnxfile
+
+    model = onnxfile.read(path)
+    keep = [p for p in model.metadata_props if p.key not in ("accuracy", "class_names")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnxfile.set_metadata(model, {"task": "detect", "class_names": ["box"], "mAP50_95": f"{mean_ap:.6f}",
+                                  "mAP50": f"{mean_ap + 0.2:.6f}", "precision": "int8" if fp32 else "fp32",
+                                  **({"slimlab.quantization": {"fp32_accuracy": fp32, "method": "minmax"}} if fp32 else {})})
+    onnxfile.save(model, path)
+    return path
+
+
+@run_async
+async def test_a_detection_file_is_labelled_in_map_not_accuracy(tmp_path):
+    as_detector_file(exported(tmp_path / "det.onnx"), 0.4123)
+    as_detector_file(exported(tmp_path / "det.int8.onnx"), 0.4011, fp32=0.4123)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await move_to(pilot, screen.tree, "det.onnx")
+        await wait_for(pilot, lambda: "opset" in panel_text(screen), what="the ONNX panel")
+        text = panel_text(screen)
+        assert "mAP50-95" in text and "0.4123 (onnxruntime, validation split)" in text and "0.6123" in text
+        assert "accuracy" not in text and "41.23%" not in text
+        await move_to(pilot, screen.tree, "det.int8.onnx")
+        await wait_for(pilot, lambda: "INT8" in panel_text(screen), what="the INT8 panel")
+        text = panel_text(screen)
+        assert "0.4011 (onnxruntime" in text and "mAP50-95 0.4123 before quantization" in text
+        assert "accuracy" not in text and "%" not in text.split("classes")[1].split("kept")[0]

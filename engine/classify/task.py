@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint, distributed
-from engine.config import DistillStage, FinetuneStage, SparseStage
+from engine.config import CONTROL_STAGES, DistillStage, FinetuneStage, SparseStage, rewinds
 from engine.errors import CheckpointError, PresetError, RunError
 from engine.task import CLASSIFY, Current, TaskKind
 from engine.train import Trainer, evaluate
@@ -130,7 +130,8 @@ class ClassifyTask:
 
     def runners(self) -> dict[str, Callable[[Any, dict | None], dict]]:
         return {"train": self.train_stage, "sparse": self.sparse_stage, "finetune": self.finetune_stage,
-                "distill": self.distill_stage, "scratch": self.scratch_stage}
+                "distill": self.distill_stage, "scratch": self.scratch_stage,
+                "uniform": self.uniform_stage}
 
     def train(self, stage: Any, resume: dict | None, cur: Current, callbacks: list[Any] = (), *,
               loss_fn: Any = None, selection: Any = None) -> dict:
@@ -145,7 +146,7 @@ class ClassifyTask:
             model, self.data(cfg.batch_size), cfg, stage=stage.name, writer=run.writer,
             arch=cur.arch, plan=cur.plan, meta={"spec": run.spec.model_dump(mode="json")},
             loss_fn=loss_fn, callbacks=list(callbacks), device=run.device, dist_info=run.dist,
-            stop=run.stop, reporter=run.reporter, selection=selection,
+            stop=run.stop, reporter=run.reporter, selection=selection, headline=stage.type not in CONTROL_STAGES,
         )
         try:
             result = trainer.fit(resume=resume)
@@ -194,10 +195,17 @@ class ClassifyTask:
         return figures | {"s": figures.get("s", stage.s), "s_setting": stage.s}
 
     def finetune_stage(self, stage: FinetuneStage, resume: dict | None) -> dict:
-        cur = self.run.start(stage)
+        run = self.run
+        cur = run.start(stage)
         distiller = self._distiller(stage, cur) if (stage.teacher or stage.kd or stage.features) else None
         callbacks = [distiller] if distiller else []
-        return self.train(stage, resume, cur, callbacks, loss_fn=distiller)
+        cfg = run.spec.training_for(stage)
+        rewound = rewinds(stage)
+        if rewound:
+            run.writer.log(f"{stage.name}: rewind: the original schedule over {cfg.epochs} epochs: lr {cfg.lr:g}, "
+                           f"{cfg.schedule}, warm-up {cfg.warmup_epochs:g} epochs")
+        figures = self.train(stage, resume, cur, callbacks, loss_fn=distiller)
+        return figures | {"rewind": rewound, "lr": cfg.lr}
 
     def distill_stage(self, stage: DistillStage, resume: dict | None) -> dict:
         cur = self.run.start(stage)
@@ -207,24 +215,78 @@ class ClassifyTask:
     def scratch_stage(self, stage: Any, resume: dict | None) -> dict:
         """The pruned architecture from random initialisation (engine/slim/scratch.py); a control:
         the current model and weights/best.pt stay those of the stage before."""
-        from engine.slim.scratch import chain_epochs, check_pruned, scratch_model
+        return self._control(stage, resume)
+
+    def uniform_stage(self, stage: Any, resume: dict | None) -> dict:
+        """The unpruned architecture at one width multiplier with about the pruned model's FLOPs, from
+        random initialisation (engine/slim/scratch.py); a control, like scratch."""
+        return self._control(stage, resume)
+
+    def _control(self, stage: Any, resume: dict | None) -> dict:
+        from engine import measure
+        from engine.slim.scratch import check_pruned, control_epochs, scratch_model, uniform_plan
         from engine.slim.sparse_stage import selection_for
 
         run = self.run
         src = run.start(stage)
         plan = check_pruned(src.plan, stage.name)
+        extra: dict[str, Any] = {}
+        if stage.type == "uniform":
+            plan, width = uniform_plan(src.arch, plan, self.input_shape())
+            extra = {"width": round(width, 4), "pruned_flops": src.plan.get("totals", {}).get("flops_after")}
+        model = scratch_model(src.arch, plan, run.spec.training.seed + 1)
+        own = measure.count_flops(copy.deepcopy(model).eval(), self.input_shape())
         index = next(i for i, s in enumerate(run.stages) if s.name == stage.name)
-        epochs, chain = chain_epochs(run.stages, index, lambda s: run.spec.training_for(s).epochs)
+        counts = control_epochs(run.stages, index, lambda s: run.spec.training_for(s).epochs,
+                                self._stage_flops, self._teacher_flops, own)
+        rule = stage.epochs_rule
         if stage.training.epochs is None:
-            stage = stage.model_copy(update={"training": stage.training.model_copy(update={"epochs": epochs})})
-        run.writer.log(f"{stage.name}: the pruned architecture from random initialisation, "
-                       f"{run.spec.training_for(stage).epochs} epochs ({' + '.join(chain) or 'no stages'}: {epochs})")
-        cur = Current(scratch_model(src.arch, plan, run.spec.training.seed + 1), src.arch, plan)
+            stage = stage.model_copy(update={"training": stage.training.model_copy(
+                update={"epochs": counts[f"equal_{rule}"]})})
+        what = ("the pruned architecture" if stage.type == "scratch" else
+                f"the unpruned architecture at width {extra['width']:.3f} (FLOPs {own:,} vs the pruned model's "
+                f"{extra['pruned_flops'] or 0:,})")
+        chain = " + ".join(counts["chain"]) or "no stages"
+        run.writer.log(f"{stage.name}: {what} from random initialisation, {run.spec.training_for(stage).epochs} epochs "
+                       f"(rule {rule}; equal epochs of {chain}: {counts['equal_epochs']}, equal training FLOPs: "
+                       f"{counts['equal_flops']})")
+        cur = Current(model, src.arch, plan)
         previous = run.current
         figures = self.train(stage, resume, cur, [], selection=selection_for(stage, monitored=False))
         run.current = previous
         run.restore_best()
-        return figures | {"control": "scratch", "chain_epochs": epochs}
+        return figures | {"control": stage.type, "epochs_rule": rule, "chain_epochs": counts["equal_epochs"],
+                          "equal_flops_epochs": counts["equal_flops"], **extra}
+
+    def _stage_flops(self, stage: Any) -> float:
+        """Forward FLOPs of the model a finished training stage trained (its summary.json figure)."""
+        return float(self._summary().get(stage.name, {}).get("flops") or 0)
+
+    def _teacher_flops(self, stage: Any) -> float:
+        teacher = getattr(stage, "teacher", None)
+        if not teacher:
+            return 0.0
+        summary = self._summary()
+        if teacher == "original":  # the model before the latest prune before this stage
+            names = [s.name for s in self.run.stages]
+            before = [s for s in self.run.stages[: names.index(stage.name)] if s.type == "prune"]
+            if before:
+                prune_at = names.index(before[-1].name)
+                trained = [s.name for s in self.run.stages[:prune_at] if s.name in summary
+                           and s.type not in ("scratch", "uniform")]
+                return float(summary.get(trained[-1], {}).get("flops") or 0) if trained else 0.0
+            return 0.0
+        return float(summary.get(teacher, {}).get("flops") or 0)
+
+    def _summary(self) -> dict[str, Any]:
+        import json
+
+        path = self.run.writer.path / "summary.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     # ---------------------------------------------------------- distillation
 

@@ -214,7 +214,16 @@ def browse(path: str | Path) -> dict[str, Any]:
         "producer": info.producer, "arch": arch.get("name"), "stage": source.get("stage"),
         "fp32_accuracy": quant.get("fp32_accuracy"), "fp32_layers": quant.get("fp32_layers"),
         "method": quant.get("method"), "slimlab": meta.get("slimlab.format") == FORMAT,
+        # a detector's file carries mAP50-95 and mAP50 (Ultralytics' 0..1 figures), never an accuracy
+        "task": meta.get("task"), "mAP50_95": _figure(meta.get("mAP50_95")), "mAP50": _figure(meta.get("mAP50")),
     }
+
+
+def _figure(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _number(v: Any) -> int | None:

@@ -29,8 +29,7 @@ def prune_lines(stage: str, plan: Any) -> list[str]:
     o, t = plan.options, plan.totals
     lines = [f"[{stage}] {_rule(o)}"]
     lines += [f"[{stage}] warning: {w}" for w in plan.warnings]
-    lines.append(f"[{stage}] channels {_n(t['channels_before'])} -> {_n(t['channels_after'])} "
-                 f"({_fewer(t['channels_before'], t['channels_after'])} removed), "
+    lines.append(f"[{stage}] {_channels(t)}, "
                  f"params {_n(t['params_before'])} -> {_n(t['params_after'])} ({_fewer(t['params_before'], t['params_after'])} fewer), "
                  f"FLOPs {_n(t['flops_before'])} -> {_n(t['flops_after'])} ({_fewer(t['flops_before'], t['flops_after'])} fewer)")
     cut = plan.pruned_groups
@@ -51,6 +50,20 @@ def prune_lines(stage: str, plan: Any) -> list[str]:
     if whole:
         lines.append(f"[{stage}] {whole} group(s) kept whole")
     return lines
+
+
+def _channels(t: dict[str, Any]) -> str:
+    """The channel headline counts the prunable channels: those the rule may cut. The fixed ones (a
+    classifier's outputs, a stem's input, channels tied to them) would dilute the figure, so the whole
+    count follows in brackets only when it differs."""
+    before, after = t.get("prunable_before"), t.get("prunable_after")
+    if before is None or after is None:  # a plan written before the totals had them
+        before, after = t["channels_before"], t["channels_after"]
+        return f"channels {_n(before)} -> {_n(after)} ({_fewer(before, after)} removed)"
+    text = f"prunable channels {_n(before)} -> {_n(after)} ({_fewer(before, after)} removed)"
+    if (t["channels_before"], t["channels_after"]) != (before, after):
+        text += f" [all channels {_n(t['channels_before'])} -> {_n(t['channels_after'])}]"
+    return text
 
 
 def _group_name(g: Any) -> str:

@@ -182,6 +182,10 @@ class CompareScreen(WorkbenchScreen):
         self.query_one("#compare-runs", SelectionList).border_title = "runs (space)"
         self.set_interval(self.REFRESH_S, self._tick, name="compare-refresh")
         self.reload_runs()
+        picker = self.query_one("#compare-runs", SelectionList)
+        if picker.option_count == 1 and not picker.selected:
+            # one run to compare: its stages are what the user came for, without a key press first
+            picker.select(picker.get_option_at_index(0))
         self.show_selected()
 
     def on_screen_resume(self) -> None:

@@ -27,7 +27,7 @@ from tui.widgets.run_tail import fmt_accuracy, fmt_elapsed, fmt_map, raw_status,
 from tui.widgets.table_cells import set_cell
 
 COLUMNS = (("name", "Name"), ("preset", "Preset"), ("stage", "Stage"), ("status", "Status"),
-           ("progress", "Progress"), ("best", "Best acc"), ("elapsed", "Elapsed"))
+           ("progress", "Progress"), ("best", "Accuracy"), ("elapsed", "Elapsed"))
 STATE_STYLE = {"running": "bold green", "done": "", "failed": "bold red", "cancelled": "yellow",
                "unreadable": "bold red", "queued": "cyan"}
 DEFAULT_PRESET_DIRS = (Path("presets"), Path("~/.config/slimlab/presets"))

@@ -97,8 +97,10 @@ def peek_renderable(info: dict[str, Any]) -> Group:
         pt = _table()
         _rows(pt, [
             ("groups", plan.get("groups")),
+            ("prunable", f"{plan.get('prunable_before')} → {plan.get('prunable_after')} channels"
+             if "prunable_before" in plan else None),
             ("channels", f"{plan.get('channels_before')} → {plan.get('channels_after')}"
-             if "channels_before" in plan else None),
+             + (" (all)" if "prunable_before" in plan else "") if "channels_before" in plan else None),
             ("params", f"{fmt_count(plan.get('params_before'))} → {fmt_count(plan.get('params_after'))}"
              if "params_before" in plan else None),
             ("FLOPs", f"{fmt_count(plan.get('flops_before'))} → {fmt_count(plan.get('flops_after'))}"
@@ -120,15 +122,12 @@ def onnx_renderable(info: dict[str, Any]) -> Group:
     classes = (f"{len(names)}: {', '.join(map(str, names[:6]))}{' …' if len(names) > 6 else ''}" if names
                else info.get("num_classes"))
     fp32_layers = info.get("fp32_layers")
-    accuracy = info.get("accuracy")
-    fp32_accuracy = info.get("fp32_accuracy")
     _rows(table, [
         ("format", f"ONNX, opset {info.get('opset')}"),
         ("precision", Text(str(info.get("precision")).upper(), style="bold")),
         ("input", f"{info.get('input')}" + (" (any batch)" if info.get("batch") == "dynamic" else "")),
         ("classes", classes),
-        ("accuracy", f"{100 * accuracy:.2f}% (onnxruntime, validation split)" if isinstance(accuracy, float) else None),
-        ("fp32", f"{100 * fp32_accuracy:.2f}% before quantization" if isinstance(fp32_accuracy, float) else None),
+        *quality_rows(info),
         ("kept fp32", (", ".join(fp32_layers) or "none") if isinstance(fp32_layers, list) else None),
         ("calibration", info.get("method")),
         ("params", f"{fmt_count(info.get('params'))} ({info.get('params')})" if info.get("params") is not None else None),
@@ -142,6 +141,24 @@ def onnx_renderable(info: dict[str, Any]) -> Group:
     return Group(title, table, Text(""), Text(hint, style="dim"))
 
 
+def quality_rows(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """How good an ONNX file is, in its task's words: a classifier's accuracy in %, a detector's
+    mAP50-95 and mAP50 as Ultralytics prints them (0..1); the fp32 figure of an INT8 file beside it."""
+    fp32 = info.get("fp32_accuracy")  # the task's metric of the fp32 file (engine/deploy/quantize.py)
+    if info.get("task") == "detect" or isinstance(info.get("mAP50_95"), float):
+        m = info.get("mAP50_95")
+        return [
+            ("mAP50-95", f"{m:.4f} (onnxruntime, validation split)" if isinstance(m, float) else None),
+            ("mAP50", f"{info['mAP50']:.4f}" if isinstance(info.get("mAP50"), float) else None),
+            ("fp32", f"mAP50-95 {fp32:.4f} before quantization" if isinstance(fp32, float) else None),
+        ]
+    accuracy = info.get("accuracy")
+    return [
+        ("accuracy", f"{100 * accuracy:.2f}% (onnxruntime, validation split)" if isinstance(accuracy, float) else None),
+        ("fp32", f"{100 * fp32:.2f}% before quantization" if isinstance(fp32, float) else None),
+    ]
+
+
 def run_renderable(info: RunInfo) -> Group:
     table = _table()
     pos = stage_position(raw_status(info))
@@ -153,7 +170,7 @@ def run_renderable(info: RunInfo) -> Group:
         ("progress", f"run {100 * run_fraction(info, raw_status(info)):.0f}%"
                      + (f" · stage {info.stage}" + (f" {pos[0]}/{pos[1]}" if pos else "")
                         + f" {100 * info.progress:.0f}%" if info.stage else "")),
-        ("best accuracy", f"{100 * info.best_accuracy:.2f}%" if isinstance(info.best_accuracy, (int, float)) else None),
+        model_row(info),
         ("started", time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) if info.started else None),
         ("elapsed", f"{elapsed:.0f} s" if elapsed is not None else None),
     ])
@@ -162,6 +179,20 @@ def run_renderable(info: RunInfo) -> Group:
         parts += [Text(""), Text(str(info.error), style="red")]
     parts += [Text(""), Text("m: follow it on the monitor screen · expand weights/ for its checkpoints", style="dim")]
     return Group(*parts)
+
+
+def model_row(info: RunInfo) -> tuple[str, Any]:
+    """The run's headline: the metric of the model it hands on (status.json `model_stage`), never a
+    control stage's."""
+    st = raw_status(info)
+    stage = st.get("model_stage")
+    where = f" ({stage})" if isinstance(stage, str) else ""
+    if isinstance(info.best_accuracy, int | float) and not isinstance(info.best_accuracy, bool):
+        return ("accuracy", f"{100 * info.best_accuracy:.2f}%{where}")
+    m = st.get("best_mAP50_95")
+    if isinstance(m, int | float) and not isinstance(m, bool):
+        return ("mAP50-95", f"{m:.4f}{where}")
+    return ("accuracy", None)
 
 
 class CheckpointPanel(VerticalScroll):

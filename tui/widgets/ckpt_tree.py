@@ -211,12 +211,17 @@ class CheckpointTree(DirectoryTree):
 
 
 def run_label(info: RunInfo) -> Text:
-    """A run's state after its name: progress of the whole run and best accuracy, each labelled."""
+    """A run's state after its name: progress of the whole run and the metric of the model it hands on
+    (status.json's headline: the latest stage that is not a control), each labelled."""
     text = Text()
+    status = raw_status(info)
     text.append(f"  {info.state}", style=STATE_STYLES.get(info.state, "dim"))
     if info.state in ("running", "queued", "failed", "cancelled"):
-        text.append(f" {100 * run_fraction(info, raw_status(info)):.0f}%", style="dim")
+        text.append(f" {100 * run_fraction(info, status):.0f}%", style="dim")
     best = info.best_accuracy
+    mean_ap = status.get("best_mAP50_95")
     if isinstance(best, (int, float)) and not isinstance(best, bool):
         text.append(f" · acc {100 * best:.1f}%", style="dim")
+    elif isinstance(mean_ap, (int, float)) and not isinstance(mean_ap, bool):
+        text.append(f" · mAP50-95 {mean_ap:.3f}", style="dim")
     return text
