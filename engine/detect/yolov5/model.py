@@ -150,8 +150,22 @@ class Yolov5Detector(v5yolo.DetectionModel):
             return detections(out[0])
         return detections(out[0]), out[1]
 
-    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ComputeLoss's loss x batch size, its (box, obj, cls) items) on an Ultralytics batch."""
+    def box_extent(self) -> float:
+        """The largest box side the head can output, in pixels: 4 x its largest anchor (the repository's
+        (2 sigmoid)^2 x anchor), which at a small image size (anchors sized for 640) exceeds the image."""
+        head = self.model[-1]
+        return float(4 * (head.anchors * head.stride.view(-1, 1, 1)).max())
+
+    def set_head_attr(self, **kwargs: Any) -> None:
+        """Ultralytics' trainer sets its heads' NMS limits (max_det) here; the repository's Detect only
+        decodes (NMS is the validator's), so only attributes it has are set."""
+        head = self.model[-1]
+        for key, value in kwargs.items():
+            if hasattr(head, key):
+                setattr(head, key, value)
+
+    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(ComputeLoss's loss x batch size, its box, obj and cls terms by name) on an Ultralytics batch."""
         img = batch["img"]
         if preds is None:
             preds = super().forward(img)
@@ -165,7 +179,7 @@ class Yolov5Detector(v5yolo.DetectionModel):
                              batch["cls"].view(-1, 1).to(device).float(),
                              batch["bboxes"].view(-1, 4).to(device).float()], 1)
         loss, items = criterion(list(raw), targets)
-        return loss.sum(), items.detach()
+        return loss.sum(), dict(zip(self.loss_names, items.detach(), strict=True))
 
 
 def detections(z: torch.Tensor) -> torch.Tensor:
