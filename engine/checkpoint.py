@@ -316,8 +316,8 @@ def load(path: str | Path, *, arch: dict | None = None, trust: Trust | bool = Fa
         # a YOLOv5-repository best.pt: rebuilt from its yaml, then held as a slimlab model
         from engine.detect.yolov5.model import adopt as adopt_yolov5
 
-        model, arch_d, meta = adopt_yolov5(module, raw, str(path))
-        return Loaded(model, arch_d, None, meta, {}, "yolov5")
+        model, arch_d, meta, plan = adopt_yolov5(module, raw, str(path))
+        return Loaded(model, arch_d, plan, meta, {}, "yolov5")
     if module is not None and type(module).__module__.startswith("ultralytics."):
         # an Ultralytics best.pt: rebuilt from its yaml, then held as a slimlab model
         from engine.detect.model import adopt

@@ -61,9 +61,12 @@ def repository_model(model: nn.Module) -> nn.Module:
     return out.half()
 
 
-def save_repository(model: nn.Module, out: Path, *, imgsz: int, meta: dict | None = None) -> int:
+def save_repository(model: nn.Module, out: Path, *, imgsz: int, meta: dict | None = None,
+                    plan: dict | None = None) -> int:
     """Write `model` as the repository's train.py writes a finished best.pt (EMA folded into `model`,
-    no optimizer); returns the file size."""
+    no optimizer); returns the file size. A pruned model's `plan` rides along as plain data under
+    `slimlab` (the repository reads only `ema`/`model`), so slimlab reads the file back as the
+    pruned model (its yaml describes the unpruned one)."""
     if not type(model).__module__.startswith("engine.detect.yolov5"):
         raise PresetError(f"--format yolov5 writes YOLOv5-repository checkpoints; {type(model).__name__} is not a "
                           "yolov5: model (an Ultralytics model exports with --format ultralytics)")
@@ -73,7 +76,7 @@ def save_repository(model: nn.Module, out: Path, *, imgsz: int, meta: dict | Non
         "epoch": -1, "best_fitness": None, "model": saved, "ema": None, "updates": None, "optimizer": None,
         "opt": {"imgsz": int(imgsz), "hyp": hyp, "slimlab": {k: v for k, v in (meta or {}).items()
                                                                if isinstance(v, str | int | float)}},
-        "git": None, "date": datetime.datetime.now().isoformat(),
+        "git": None, "date": datetime.datetime.now().isoformat(), "slimlab": {"plan": plan},
     }  # fmt: skip
     with atomic_file(out, "wb", durable=True) as f:  # a crash never leaves half a file
         torch.save(ckpt, f, pickle_module=compat.pickler_module())

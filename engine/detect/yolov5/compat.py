@@ -197,20 +197,31 @@ def pickler_module() -> types.ModuleType:
 
 @contextlib.contextmanager
 def repository_loading() -> Any:
-    """Shim 5: torch 2.6 made `torch.load(weights_only=True)` the default; the repository's
+    """Running the repository's own loader (its val.py / detect.py path) on a file slimlab wrote.
+
+    Shim 5: torch 2.6 made `torch.load(weights_only=True)` the default; the repository's
     `attempt_load` (and so its val.py / detect.py) calls torch.load without it, on files that are
     pickles by design. Inside this block, a load that does not say otherwise unpickles (for files
     the user trusts: slimlab's own `--format yolov5` output in its tests and checks)."""
     import torch
 
-    original = torch.load
+    experimental = sys.modules[f"{PACKAGE}.models.experimental"]
+    original, download = torch.load, experimental.attempt_download
 
     def trusted_load(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("weights_only", False)
         return original(*args, **kwargs)
 
-    torch.load = trusted_load
+    def local_file(file: Any, *args: Any, **kwargs: Any) -> str:
+        """Shim 6: the PyPI package's `attempt_download` asks the Hugging Face hub first, even for a
+        local file (and fails on current huggingface_hub, whose `utils._errors` moved); the repository
+        returns a file that exists as it is, and slimlab never downloads."""
+        if Path(str(file)).is_file():
+            return str(file)
+        raise FileNotFoundError(f"{file}: no such checkpoint (weights are never downloaded)")
+
+    torch.load, experimental.attempt_download = trusted_load, local_file
     try:
         yield
     finally:
-        torch.load = original
+        torch.load, experimental.attempt_download = original, download

@@ -277,8 +277,9 @@ def _imgsz(opt: dict) -> int:
     return size if isinstance(size, int) and size >= 32 and size % 32 == 0 else DEFAULT_IMGSZ
 
 
-def adopt(module: nn.Module, raw: Any, source: str) -> tuple[Yolov5Detector, dict, dict]:
-    """A trusted repository checkpoint's model in slimlab form: (model, arch, meta)."""
+def adopt(module: nn.Module, raw: Any, source: str) -> tuple[Yolov5Detector, dict, dict, dict | None]:
+    """A trusted repository checkpoint's model in slimlab form: (model, arch, meta, plan); the plan of a
+    pruned model that slimlab wrote back (`--format yolov5`), else None."""
     cls = type(module).__name__
     if cls in TASK_MODELS:
         raise CheckpointError(f"{source}: is a YOLOv5 {TASK_MODELS[cls]} model ({cls}); slimlab slims YOLOv5 "
@@ -295,7 +296,16 @@ def adopt(module: nn.Module, raw: Any, source: str) -> tuple[Yolov5Detector, dic
     opt = raw.get("opt") if isinstance(raw, dict) else None
     opt = vars(opt) if hasattr(opt, "__dict__") and not isinstance(opt, dict) else (opt or {})
     hyp = opt.get("hyp") if isinstance(opt.get("hyp"), dict) else None
-    model = build_plain(cfg, nc, int(cfg.get("ch", 3)), source)
+    model = finish(build_plain(cfg, nc, int(cfg.get("ch", 3)), source), names, _imgsz(opt), hyp)
+    plan = (raw.get("slimlab") or {}).get("plan") if isinstance(raw, dict) and isinstance(raw.get("slimlab"), dict) else None
+    if plan:  # written by `slimlab export --format yolov5`: the plan that cut the yaml's model
+        from engine.slim.apply import apply_plan
+        from engine.slim.plan import PrunePlan
+
+        try:
+            apply_plan(model, PrunePlan.from_dict(plan), verify=False)
+        except Exception as e:  # data from the file: a mismatch is the file's problem
+            raise CheckpointError(f"{source}: its slimlab plan does not fit its yaml ({type(e).__name__}: {e})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
     try:
         model.load_state_dict(state)
@@ -305,10 +315,10 @@ def adopt(module: nn.Module, raw: Any, source: str) -> tuple[Yolov5Detector, dic
             f"{source}: its weights do not fit the model its yaml describes ({first[0].strip()}); was it pruned "
             "by another tool? slimlab needs the unpruned YOLOv5 model or a slimlab checkpoint"
         ) from None
-    model = finish(model.eval(), names, _imgsz(opt), hyp)
+    model.eval()
     name = Path(str(cfg.get("yaml_file") or getattr(module, "yaml_file", None) or "model.yaml")).name
     meta = {"yolov5": {k: _plain(raw.get(k)) for k in ("epoch", "best_fitness", "date") if isinstance(raw, dict)}}
-    return model, arch_of(model, name), meta
+    return model, arch_of(model, name), meta, plan
 
 
 def _plain(v: Any) -> Any:
