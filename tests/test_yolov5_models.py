@@ -43,9 +43,11 @@ def repository_checkpoint(path: Path, yaml_name: str = "yolov5s.yaml", nc: int =
     """A best.pt as the repository's train.py writes it: the repository's own DetectionModel (not
     slimlab's subclass) in fp16 as `model` and `ema`, an optimizer state, `opt` with hyp and imgsz;
     pickled under the repository's top-level names (models.yolo.*, models.common.*)."""
+    from engine.detect.yolov5 import compat
+
+    compat.load()  # the package imports only with slimlab's shims
     from yolov5.models.yolo import DetectionModel
 
-    from engine.detect.yolov5 import compat
     from engine.detect.yolov5.model import load_yaml, scaled
 
     torch.manual_seed(0)
