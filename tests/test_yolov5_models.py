@@ -194,7 +194,6 @@ def test_refusals_are_named(v5, tmp_path, capsys):
     from engine.cli import main
     from engine.config import load_preset
     from engine.detect.spec import file_family
-
     from engine.detect.yolov5 import compat
 
     # a class outside the releases slimlab reads

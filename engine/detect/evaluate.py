@@ -48,12 +48,14 @@ class Evaluator:
     """Validates models on one dataset split at one image size; the dataloader is built once."""
 
     def __init__(self, data: YoloData, *, imgsz: int, batch: int, device: torch.device, work_dir: Path,
-                 images: list[str] | None = None, workers: int = 0, rect: bool = True, iou: float | None = None):
+                 images: list[str] | None = None, workers: int = 0, rect: bool = True, iou: float | None = None,
+                 validator: type | None = None):
         ultra.load()
         from ultralytics.data import build_dataloader, build_yolo_dataset
 
         self.data = data
         self.device = device
+        self.validator = validator  # a DetectionValidator subclass (a family's own matching), else Ultralytics'
         self.work_dir = Path(work_dir)
         # rect: each batch letterboxed to its own aspect ratio (Ultralytics' val default); a model with a
         # fixed input size (an exported file) gets square imgsz x imgsz images
@@ -90,7 +92,7 @@ class Evaluator:
             stopper=SimpleNamespace(possible_stop=False), epoch=0, epochs=1, world_size=1,
             label_loss_items=lambda loss, prefix="val": {f"{prefix}/{k}": float(v) for k, v in loss.items()},
         )
-        validator = DetectionValidator(self.loader, save_dir=self.work_dir, args=copy.copy(self.args))
+        validator = (self.validator or DetectionValidator)(self.loader, save_dir=self.work_dir, args=copy.copy(self.args))
         with quiet():
             metrics = validator(trainer=trainer)
         return slim_metrics(metrics)

@@ -8,8 +8,10 @@ What differs from `UltralyticsTask` is the model and how it is judged:
   with the repository's ComputeLoss inside the model (`Yolov5Detector.loss`), so the losses are
   box, obj and cls;
 - mAP is Ultralytics' validator on the model's detections (objectness x class, as the repository's
-  NMS ranks them) at the repository's val.py IoU threshold, 0.6 (Ultralytics' default is 0.7):
-  tests/test_yolov5_models.py checks it against the repository's own NMS and metrics.
+  NMS ranks them) at the repository's val.py IoU threshold, 0.6 (Ultralytics' default is 0.7), its
+  boxes clipped to the image before matching as the repository's val.py clips them
+  (engine/detect/yolov5/repository_metrics.py): tests/test_yolov5_metrics.py checks the figures
+  against the repository's own NMS, matching and AP code.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Yolov5Task(UltralyticsTask):
 
     def evaluator(self, images: list[str] | None = None, rect: bool = True, workers: int | None = None) -> Evaluator:
         from engine.data.resources import data_workers
+        from engine.detect.yolov5.repository_metrics import repository_validator
 
         key = (tuple(images) if images else None, rect, workers)
         if key not in self._evaluators:
@@ -44,7 +47,7 @@ class Yolov5Task(UltralyticsTask):
             self._evaluators[key] = Evaluator(self.data(), imgsz=self.imgsz, batch=max(1, run.spec.training.batch_size),
                                               device=run.device, work_dir=work, images=images, rect=rect,
                                               workers=data_workers(run.spec.data.workers) if workers is None else workers,
-                                              iou=REPOSITORY_IOU)
+                                              iou=REPOSITORY_IOU, validator=repository_validator())
         return self._evaluators[key]
 
     def fresh(self, spec_model: Any) -> Current:
