@@ -135,7 +135,7 @@ def test_the_repository_loss_trains_a_pruned_model(v5, tmp_path):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 

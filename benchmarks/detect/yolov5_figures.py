@@ -12,7 +12,8 @@ models, onnxruntime for the ONNX files). Then the validator check: the finetuned
 Ultralytics' validator (what slimlab reports) and by the repository's own val.py code
 (engine/detect/yolov5/repository_metrics.py), on the same letterboxed val batches.
 
-    .venv-detect/bin/python benchmarks/detect/yolov5_figures.py [--work DIR] [--quick]
+    .venv-detect/bin/python benchmarks/detect/yolov5_figures.py [--work DIR] [--size 128] [--images 160 40]
+        [--epochs 10 4 6] [--quick]
 """
 
 from __future__ import annotations
@@ -87,16 +88,18 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="folder for the data and runs (default: a new temporary one)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--size", type=int, default=160)
+    p.add_argument("--images", type=int, nargs=2, default=[160, 40], metavar=("TRAIN", "VAL"))
+    p.add_argument("--epochs", type=int, nargs=3, default=[10, 4, 6], metavar=("TRAIN", "SPARSE", "FINETUNE"))
     p.add_argument("--quick", action="store_true", help="a few epochs on a small set (checks the script)")
     a = p.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="yolov5-figures-"))
-    epochs = {"train": 2, "sparse": 1, "finetune": 1} if a.quick else {"train": 16, "sparse": 5, "finetune": 8}
+    epochs = {"train": 2, "sparse": 1, "finetune": 1} if a.quick else dict(zip(("train", "sparse", "finetune"), a.epochs, strict=True))
     data_yaml = work / "photos" / "data.yaml"
     if not data_yaml.exists():
         import photo_boxes
 
         photo_boxes.write(work / "photos", size=a.size, **({"train": 64, "val": 32} if a.quick else
-                                                           {"train": 240, "val": 60}))
+                                                           {"train": a.images[0], "val": a.images[1]}))
     runs = work / "runs"
     arms = {"yaml": {"arch": "yolov5:yolov5s.yaml", "kwargs": {"width": a.width}}}
     for name, model in arms.items():
