@@ -32,8 +32,8 @@ def main() -> None:
     from engine.slim.inputs import precompute
     from engine.slim.plan import plan_from_inputs
 
-    name = args.model if ":" in args.model else f"ultralytics:{args.model}"  # or yolov5:yolov5s.yaml
-    base = checkpoint.build_model({"name": name, "num_classes": 80, "in_channels": 3,
+    arch_name = args.model if ":" in args.model else f"ultralytics:{args.model}"  # or yolov5:yolov5s.yaml
+    base = checkpoint.build_model({"name": arch_name, "num_classes": 80, "in_channels": 3,
                                    "kwargs": {"imgsz": args.imgsz}}).eval()
     for m in base.modules():  # sparse-trained-like gammas: spread over decades
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -61,7 +61,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "pruned.pt")
-        arch = {"name": name, "num_classes": 80, "in_channels": 3,
+        arch = {"name": arch_name, "num_classes": 80, "in_channels": 3,
                 "kwargs": {"yaml": base.yaml, "imgsz": args.imgsz}, "task": "detect"}
         checkpoint.save(path, model, arch, plan=plan.to_dict())
         again = checkpoint.load(path).model
