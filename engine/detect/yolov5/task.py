@@ -73,6 +73,12 @@ class Yolov5Task(UltralyticsTask):
                                        trust=run.trust)
         return Current(model, arch_of(model, spec_model.arch), None)
 
+    def measure(self, cur: Current, out: Any, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stage's figures, its mAP always by the repository's val.py rules (`evaluator`): a training
+        stage's best-epoch figures come from the validator inside Ultralytics' trainer, which matches
+        and integrates AP its own way."""
+        return super().measure(cur, out, None)
+
     def trainer_args(self, stage: Any, cur: Current) -> dict[str, Any]:
         args = super().trainer_args(stage, cur)
         args["iou"] = REPOSITORY_IOU  # the validation during training judges as the repository's val.py
