@@ -11,6 +11,12 @@ TORCH ?= torch==2.13.0
 DETECT_VENV := .venv-detect
 DETECT_BIN := $(DETECT_VENV)/bin
 DETECT_TORCH ?= torch==2.13.0 torchvision==0.28.0
+# The YOLOv5 repository's code (the `yolov5` family, AGPL-3.0): its package pins an old
+# huggingface-hub and pulls boto3, sahi, roboflow, tensorboard...; installed with --no-deps, plus
+# the two imports its model code needs that Ultralytics does not bring (engine/detect/yolov5/compat.py
+# stands in for setuptools' removed pkg_resources).
+YOLOV5_PACKAGE ?= yolov5==7.0.14
+YOLOV5_NEEDS ?= pandas seaborn
 
 .PHONY: setup setup-detect setup-litert tools demo demo-detect test test-core test-detect lint bench bench-detect \
 	verify-arm gpu-check
@@ -29,6 +35,8 @@ $(DETECT_VENV)/.installed: pyproject.toml
 	$(DETECT_BIN)/pip install -q --isolated --upgrade pip
 	$(DETECT_BIN)/pip install -q --isolated $(DETECT_TORCH)
 	$(DETECT_BIN)/pip install -q --isolated -e ".[detect,deploy-detect,dev]"
+	$(DETECT_BIN)/pip install -q --isolated --no-deps $(YOLOV5_PACKAGE)
+	$(DETECT_BIN)/pip install -q --isolated $(YOLOV5_NEEDS)
 	touch $@
 
 setup-detect: $(DETECT_VENV)/.installed

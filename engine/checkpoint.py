@@ -22,6 +22,8 @@ from engine.errors import CheckpointError, NeedsTrust, SlimlabError, UntrustedCh
 from engine.trust import Trust
 
 FORMAT = sniff.CHECKPOINT_FORMAT
+# the modules a checkpoint saved by the YOLOv5 repository's train.py names (it runs from the repository root)
+YOLOV5_REPOSITORY_MODULES = ("models.yolo.", "models.common.", "models.experimental.")
 
 
 def arch_dict(arch: str, num_classes: int, in_channels: int = 3, kwargs: dict | None = None,
@@ -145,6 +147,7 @@ def read_raw(path: str | Path, *, trust: bool = False) -> Any:
         raise CheckpointError(f"{path}: {kind.problem}")
     if kind.kind == "safetensors":
         return _read_safetensors(path, kind)
+    code: list[str] = []
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -168,6 +171,11 @@ def read_raw(path: str | Path, *, trust: bool = False) -> Any:
             ) from None
     except Exception as e:  # torch.load on damaged bytes raises almost anything
         raise CheckpointError(f"{path}: damaged PyTorch checkpoint ({_short(e)}); re-save or re-copy it") from None
+    if any(n.startswith(YOLOV5_REPOSITORY_MODULES) for n in code):
+        # a YOLOv5-repository best.pt: its classes are the optional yolov5 package's (engine/detect/yolov5)
+        from engine.detect.yolov5.checkpoint import read_repository_pickle
+
+        return read_repository_pickle(path)
     from engine.models.registry import with_current_folder
 
     with_current_folder()  # the classes a trusted pickle names are found from the project folder
@@ -239,7 +247,7 @@ class Loaded:
     plan: dict | None
     meta: dict
     raw: dict = field(repr=False, default_factory=dict)  # the whole checkpoint, for resume state
-    source: str = "slimlab"  # slimlab | state_dict | module | ultralytics
+    source: str = "slimlab"  # slimlab | state_dict | module | ultralytics | yolov5
 
 
 def is_slimlab(raw: Any) -> bool:
@@ -304,6 +312,12 @@ def load(path: str | Path, *, arch: dict | None = None, trust: Trust | bool = Fa
         model = rebuild(raw["arch"], raw.get("plan"), raw["state_dict"], source=str(path), trust=trust)
         return Loaded(model, raw["arch"], raw.get("plan"), raw.get("meta", {}), raw, "slimlab")
     module = find_module(raw)
+    if module is not None and type(module).__module__.startswith("yolov5.models."):
+        # a YOLOv5-repository best.pt: rebuilt from its yaml, then held as a slimlab model
+        from engine.detect.yolov5.model import adopt as adopt_yolov5
+
+        model, arch_d, meta, plan = adopt_yolov5(module, raw, str(path))
+        return Loaded(model, arch_d, plan, meta, {}, "yolov5")
     if module is not None and type(module).__module__.startswith("ultralytics."):
         # an Ultralytics best.pt: rebuilt from its yaml, then held as a slimlab model
         from engine.detect.model import adopt

@@ -65,10 +65,10 @@ def _map(v: float | None) -> str:
 
 
 def detect_epoch_line(stage: str, m: dict[str, Any]) -> str:
-    """A detection epoch: Ultralytics' losses (and the KD terms), its validation figures, and what a
+    """A detection epoch: the losses (Ultralytics' box/cls/dfl or the YOLOv5 repository's box/obj/cls, and the KD terms), its validation figures, and what a
     sparse stage adds (pruned-at-target mAP50-95, s, the share of small gammas)."""
     losses = " ".join(f"{label} {m[key]:.4f}" for key, label in
-                      (("box_loss", "box"), ("cls_loss", "cls"), ("dfl_loss", "dfl"), ("kd_loss", "kd"),
+                      (("box_loss", "box"), ("obj_loss", "obj"), ("cls_loss", "cls"), ("dfl_loss", "dfl"), ("kd_loss", "kd"),
                        ("feat_loss", "feat")) if isinstance(m.get(key), int | float))
     line = (f"[{stage}] epoch {m['epoch'] + 1} {losses} P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f} "
             f"mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m['mAP50_95']:.4f}")

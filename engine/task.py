@@ -74,7 +74,7 @@ SHARED_STAGES = ("prune", "sweep", "evaluate", "export", "quantize", "compress")
 class TaskKind:
     """One task implementation, described without importing it."""
 
-    name: str  # classify | ultralytics
+    name: str  # classify | ultralytics | yolov5
     task: str  # the preset's `task`
     label: str  # in messages: "classification models", "Ultralytics detection models"
     metric: Metric
@@ -141,12 +141,27 @@ ULTRALYTICS = TaskKind(
         "uniform": "train the model at a smaller width multiplier as a run of its own",
     },
 )
-KINDS = {k.name: k for k in (CLASSIFY, ULTRALYTICS)}
+YOLOV5 = TaskKind(
+    name="yolov5", task="detect", label="YOLOv5-repository detection models", metric=MAP,
+    stages=("train", "sparse", "finetune", "prune", "sweep", "evaluate", "export", "quantize"),
+    impl="engine.detect.yolov5.task:Yolov5Task", latency_batches=(1, 8), speedup_batch=1, teacher=False,
+    instead={
+        "compress": "a detection run deploys with export and quantize stages (ONNX and INT8, each with its mAP)",
+        "scratch": "train the pruned architecture from its yaml as a run of its own",
+        "distill": "detection KD is written for Ultralytics' anchor-free heads; finetune without a teacher",
+    },
+)
+KINDS = {k.name: k for k in (CLASSIFY, ULTRALYTICS, YOLOV5)}
 
 
 def kind_of(spec: Any) -> TaskKind:
-    """The task implementation a RunSpec runs with."""
-    return ULTRALYTICS if spec.task == "detect" else CLASSIFY
+    """The task implementation a RunSpec runs with: for task detect, the family of its model
+    (`yolov5:` archs and YOLOv5-repository checkpoints, else Ultralytics; engine/detect/spec.py)."""
+    if spec.task != "detect":
+        return CLASSIFY
+    from engine.detect.spec import family
+
+    return YOLOV5 if family(spec.model) == "yolov5" else ULTRALYTICS
 
 
 def metric_of(task: str | None) -> Metric:

@@ -23,6 +23,28 @@ def test_only_engine_detect_imports_ultralytics():
     assert offenders == []
 
 
+def test_only_engine_detect_yolov5_imports_the_yolov5_package():
+    offenders = []
+    for root in ("engine", "tui"):
+        for path in Path(root).rglob("*.py"):
+            if path.parts[:3] == ("engine", "detect", "yolov5"):
+                continue
+            for line in path.read_text().splitlines():
+                if re.match(r"\s*(import yolov5|from yolov5)", line):
+                    offenders.append(f"{path}: {line.strip()}")
+    assert offenders == []
+
+
+def test_validating_a_yolov5_preset_imports_neither_torch_nor_the_package(tmp_path):
+    preset = tmp_path / "v5.yaml"
+    preset.write_text("task: detect\nmodel: {arch: 'yolov5:yolov5s.yaml'}\ndata: {dataset: yolo_shapes}\n"
+                      "stages: [{type: train}, {type: sparse, s: 0.001}, {type: prune, percent: 0.5}]\n")
+    code = (f"import sys; from engine.config import load_preset; from engine.task import kind_of; "
+            f"print(kind_of(load_preset({str(preset)!r})).name, ' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "yolov5" and not {"yolov5", "ultralytics", "torch"} & set(out[1:])
+
+
 def test_validating_a_detection_preset_imports_neither_torch_nor_ultralytics(tmp_path):
     code = ("import sys; from engine.config import load_preset; load_preset('presets/yolo_demo.yaml'); "
             "print(' '.join(sys.modules))")

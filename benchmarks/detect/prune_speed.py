@@ -1,10 +1,10 @@
-"""Time to prune a YOLOv8s at 640 px: gamma statistics + plan (trace, groups, costs) + apply.
+"""Time to prune a YOLOv8s (or `--model yolov5:yolov5s.yaml`) at 640 px: gamma statistics + plan + apply.
 
 Wall seconds, and the process's CPU seconds beside them: on a shared machine the wall time of one
 thread stretches with the load, its CPU time does not (run with --threads 1 to compare the two).
 
 Needs the detection environment (make setup-detect). Usage:
-.venv-detect/bin/python benchmarks/detect/prune_speed.py [--model yolov8s.yaml] [--imgsz 640] [--repeats 3]
+.venv-detect/bin/python benchmarks/detect/prune_speed.py [--model yolov8s.yaml | yolov5:yolov5s.yaml] [--imgsz 640] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from engine.detect.model import build
+    from engine import checkpoint
     from engine.slim.apply import apply_plan
     from engine.slim.gamma import gamma_stats
     from engine.slim.inputs import precompute
     from engine.slim.plan import plan_from_inputs
 
-    base = build(f"ultralytics:{args.model}", 80, imgsz=args.imgsz).eval()
+    arch_name = args.model if ":" in args.model else f"ultralytics:{args.model}"  # or yolov5:yolov5s.yaml
+    base = checkpoint.build_model({"name": arch_name, "num_classes": 80, "in_channels": 3,
+                                   "kwargs": {"imgsz": args.imgsz}}).eval()
     for m in base.modules():  # sparse-trained-like gammas: spread over decades
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data = torch.rand(m.num_features) ** 4
@@ -54,7 +56,20 @@ def main() -> None:
     t = plan.totals
     print(f"{args.model} at {args.imgsz}: params {t['params_before']:,} -> {t['params_after']:,}, "
           f"FLOPs {t['flops_before']:,} -> {t['flops_after']:,}")
-    print(f"detect_prune_{args.model.split('.')[0]}_{args.imgsz}_s: {statistics.median(r[3] for r in rows[1:]):.3f}")
+    # the pruned checkpoint reloads to the same model: outputs at the model's size, max |difference|
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "pruned.pt")
+        arch = {"name": arch_name, "num_classes": 80, "in_channels": 3,
+                "kwargs": {"yaml": base.yaml, "imgsz": args.imgsz}, "task": "detect"}
+        checkpoint.save(path, model, arch, plan=plan.to_dict())
+        again = checkpoint.load(path).model
+        x = torch.rand(1, 3, args.imgsz, args.imgsz)
+        with torch.no_grad():
+            diff = (again.eval()(x)[0] - model.eval()(x)[0]).abs().max().item()
+    print(f"reload max |difference| at {args.imgsz} px: {diff}")
+    print(f"detect_prune_{args.model.split(':')[-1].split('.')[0]}_{args.imgsz}_s: {statistics.median(r[3] for r in rows[1:]):.3f}")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,10 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PRESET_OR_DATA",
                    help="validation images for the check: a preset, a built-in preset name or a data folder "
                         "(a detection checkpoint: an Ultralytics dataset yaml)")
-    p.add_argument("--format", choices=["onnx", "ultralytics", *RUNTIME_FORMATS], default="onnx",
+    p.add_argument("--format", choices=["onnx", "ultralytics", "yolov5", *RUNTIME_FORMATS], default="onnx",
                    help="onnx (default); for detection checkpoints also ultralytics (a .pt that Ultralytics' YOLO() "
-                        "and the yolo CLI load) and, through Ultralytics' exporters, openvino, openvino-int8 (NNCF), "
+                        "and the yolo CLI load), yolov5 (a yolov5: model as a YOLOv5-repository best.pt, for its "
+                        "val.py / detect.py) and, through Ultralytics' exporters, openvino, openvino-int8 (NNCF), "
                         "ncnn, litert-int8, each with its mAP through its own runtime (those whose packages are "
                         "installed; the others are refused with the install step)")
     p.add_argument("--samples", type=int, default=256,

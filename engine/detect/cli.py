@@ -144,6 +144,9 @@ def export(args: argparse.Namespace, loaded: Any) -> int:
     imgsz = image_size(args, loaded.model)
     meta = {**(loaded.meta if isinstance(loaded.meta, dict) else {}), "source": str(args.checkpoint)}
     label = f"{args.checkpoint} ({loaded.arch.get('name')}{', pruned' if loaded.plan else ''})"
+    family = loaded.arch.get("family") if isinstance(loaded.arch, dict) else None
+    if args.format == "yolov5" or (family == "yolov5" and args.format in ("ultralytics", *_runtime_formats())):
+        return export_yolov5(args, loaded, imgsz, meta, label, family)
     if args.format == "ultralytics":
         out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.ultralytics.pt")
         if out.suffix != ".pt":
@@ -176,4 +179,33 @@ def export(args: argparse.Namespace, loaded: Any) -> int:
         _print(f"mAP50 {record['mAP50']:.4f}, mAP50-95 {record['mAP50_95']:.4f} on {data.yaml_path} validation images "
                "through onnxruntime")
     _print(f"wrote {out} ({record['size'] / 2**20:.2f} MiB, {record['params']:,} params, {record['flops']:,} FLOPs)")
+    return 0
+
+
+def _runtime_formats() -> tuple[str, ...]:
+    from engine.detect import formats
+
+    return tuple(formats.FORMATS)
+
+
+def export_yolov5(args: argparse.Namespace, loaded: Any, imgsz: int, meta: dict, label: str, family: str | None) -> int:
+    """--format yolov5: a yolov5: model written as the YOLOv5 repository saves a best.pt (a pickle of
+    its classes under their repository names), for its val.py / detect.py and the PyPI package."""
+    if family != "yolov5":
+        raise PresetError(f"--format yolov5: {label} is an Ultralytics model; --format yolov5 writes models of the "
+                          "YOLOv5 family (yolov5: archs, YOLOv5-repository checkpoints): export this one with "
+                          "--format ultralytics")
+    if args.format != "yolov5":
+        raise PresetError(f"--format {args.format}: writes Ultralytics models; {label} is a YOLOv5-repository model: "
+                          "export it with --format onnx (then slimlab quantize for INT8) or --format yolov5")
+    from engine.detect.yolov5.checkpoint import save_repository
+
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.yolov5.pt")
+    if out.suffix != ".pt":
+        raise PresetError(f"--out {out}: a YOLOv5 checkpoint name ends in .pt")
+    if out.resolve() == Path(args.checkpoint).resolve():
+        raise PresetError(f"--out {out}: is the checkpoint being exported; give another file name")
+    size = save_repository(loaded.model, out, imgsz=imgsz, meta=meta, plan=loaded.plan)
+    _print(f"wrote {out} ({size / 2**20:.2f} MiB) from {label}: a YOLOv5-repository checkpoint (a pickle), for "
+           f"the repository's `python val.py --weights {out}` / `detect.py`, or the yolov5 package")
     return 0

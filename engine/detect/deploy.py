@@ -142,7 +142,14 @@ def onnx_scorer(data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16) 
     return score
 
 
-def tolerances(imgsz: int, num_classes: int) -> np.ndarray:
+def box_extent(model: nn.Module, imgsz: int) -> float:
+    """The scale box coordinates are compared at: the image size, or the largest box the model's head
+    can output where it says so (an anchor-based YOLOv5 head's boxes reach 4 x its largest anchor)."""
+    extent = getattr(model, "box_extent", None)
+    return max(float(imgsz), float(extent())) if callable(extent) else float(imgsz)
+
+
+def tolerances(imgsz: float, num_classes: int) -> np.ndarray:
     """Per-output-row tolerance for the (batch, 4 + classes, anchors) detections."""
     tol = np.full((1, 4 + num_classes, 1), SCORE_TOLERANCE, dtype=np.float64)
     tol[:, :4] = max(SCORE_TOLERANCE, BOX_TOLERANCE * imgsz)
@@ -226,8 +233,8 @@ def export_onnx(
     check = check_images(data, imgsz) if data is not None else None
     say(0.0, f"exporting {out.name} and checking it against PyTorch")
     done = exporter.export(deployed, shape, images=check, images_label="validation images (letterboxed)", batch=batch,
-                           opset=opset, tolerance=tolerances(imgsz, int(model.nc)), rtol=RELATIVE_TOLERANCE,
-                           log=log)
+                           opset=opset, tolerance=tolerances(box_extent(model, imgsz), int(model.nc)),
+                           rtol=RELATIVE_TOLERANCE, log=log)
     figures: dict[str, float] = {}
     if data is not None:
         say(0.6, f"mAP of {out.name} through onnxruntime")

@@ -26,7 +26,9 @@ METRIC_KEYS = {  # Ultralytics' names -> slimlab's metrics.jsonl names
     "val/box_loss": "val_box_loss",
     "val/cls_loss": "val_cls_loss",
     "val/dfl_loss": "val_dfl_loss",
+    "val/obj_loss": "val_obj_loss",  # the YOLOv5 repository's objectness loss (engine/detect/yolov5)
 }
+DEFAULT_LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")  # a model's own `loss_names` wins
 
 
 def slim_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
@@ -46,17 +48,20 @@ class Evaluator:
     """Validates models on one dataset split at one image size; the dataloader is built once."""
 
     def __init__(self, data: YoloData, *, imgsz: int, batch: int, device: torch.device, work_dir: Path,
-                 images: list[str] | None = None, workers: int = 0, rect: bool = True):
+                 images: list[str] | None = None, workers: int = 0, rect: bool = True, iou: float | None = None,
+                 validator: type | None = None):
         ultra.load()
         from ultralytics.data import build_dataloader, build_yolo_dataset
 
         self.data = data
         self.device = device
+        self.validator = validator  # a DetectionValidator subclass (a family's own matching), else Ultralytics'
         self.work_dir = Path(work_dir)
         # rect: each batch letterboxed to its own aspect ratio (Ultralytics' val default); a model with a
         # fixed input size (an exported file) gets square imgsz x imgsz images
         self.args = ultralytics_args(task="detect", mode="val", imgsz=imgsz, batch=batch, workers=workers,
-                                     device=str(device), rect=rect, half=False)
+                                     device=str(device), rect=rect, half=False,
+                                     **({} if iou is None else {"iou": iou}))
         self.data_dict = data.ultralytics_dict()
         source: Any = self.data_dict["val"]
         if images is not None:  # a subset: Ultralytics reads a .txt list of image paths
@@ -80,13 +85,14 @@ class Evaluator:
         from ultralytics.models.yolo.detect import DetectionValidator
 
         zero = torch.zeros((), device=self.device)
+        names = getattr(model, "loss_names", None) or DEFAULT_LOSS_NAMES
         trainer = SimpleNamespace(
             ema=SimpleNamespace(ema=model), model=model, device=self.device, data=self.data_dict, amp=False,
-            loss_items={"box_loss": zero, "cls_loss": zero, "dfl_loss": zero},
+            loss_items=dict.fromkeys(names, zero),
             stopper=SimpleNamespace(possible_stop=False), epoch=0, epochs=1, world_size=1,
             label_loss_items=lambda loss, prefix="val": {f"{prefix}/{k}": float(v) for k, v in loss.items()},
         )
-        validator = DetectionValidator(self.loader, save_dir=self.work_dir, args=copy.copy(self.args))
+        validator = (self.validator or DetectionValidator)(self.loader, save_dir=self.work_dir, args=copy.copy(self.args))
         with quiet():
             metrics = validator(trainer=trainer)
         return slim_metrics(metrics)

@@ -116,6 +116,10 @@ class UltralyticsTask:
             loaded = checkpoint.load(spec_model.checkpoint, trust=run.trust)
             if loaded.arch.get("task") != "detect":
                 raise PresetError(f"{spec_model.checkpoint}: is not a detection checkpoint (task detect needs one)")
+            if loaded.arch.get("family") == "yolov5":
+                raise PresetError(f"{spec_model.checkpoint}: is a YOLOv5-repository checkpoint ({loaded.arch['name']}), "
+                                  f"not an Ultralytics one, but model.arch is {spec_model.arch}: give it as "
+                                  "model.arch yolov5:<yaml> (or leave model.arch out) to slim it with the YOLOv5 family")
             if loaded.arch["num_classes"] != d.nc:
                 raise PresetError(
                     f"{spec_model.checkpoint}: the model detects {loaded.arch['num_classes']} classes but "

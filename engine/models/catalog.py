@@ -11,9 +11,10 @@ from engine.errors import ModelError
 TORCHVISION_PREFIX = "torchvision:"
 ULTRALYTICS_PREFIX = "ultralytics:"  # Ultralytics YOLO model yamls (engine.detect, optional extra)
 TIMM_PREFIX = "timm:"  # timm's model registry (optional extra), random init
+YOLOV5_PREFIX = "yolov5:"  # the YOLOv5 repository's model yamls (engine.detect.yolov5, optional extra)
 # Prefixed names the registry resolves itself (never by importing a module the name chooses):
-# always safe to build, whoever wrote them. An ultralytics: model dict names only checked layer classes.
-REGISTRY_PREFIXES: tuple[str, ...] = (TORCHVISION_PREFIX, ULTRALYTICS_PREFIX, TIMM_PREFIX)
+# always safe to build, whoever wrote them. An ultralytics: or yolov5: model dict names only checked layer classes.
+REGISTRY_PREFIXES: tuple[str, ...] = (TORCHVISION_PREFIX, ULTRALYTICS_PREFIX, TIMM_PREFIX, YOLOV5_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def unknown_arch_error(arch: str) -> ModelError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return ModelError(
         f"Unknown architecture {arch!r}.{hint} Valid names: {', '.join(names())}; "
-        f"or 'torchvision:<name>', 'timm:<name>', 'ultralytics:<model>.yaml', or an importable 'package.module:Class'."
+        f"or 'torchvision:<name>', 'timm:<name>', 'ultralytics:<model>.yaml', 'yolov5:<model>.yaml', or an importable 'package.module:Class'."
     )
 
 
@@ -97,6 +98,8 @@ def describe(arch: str) -> str:
         return f"torchvision model {name} (random init, weights are never downloaded)"
     if arch.startswith(TIMM_PREFIX):
         return f"timm model {arch[len(TIMM_PREFIX):]} (random init, weights are never downloaded)"
+    if arch.startswith(YOLOV5_PREFIX):
+        return f"YOLOv5-repository detector from {arch[len(YOLOV5_PREFIX):]} (random init, weights are never downloaded)"
     if arch.startswith(ULTRALYTICS_PREFIX):
         return f"Ultralytics YOLO detector from {arch[len(ULTRALYTICS_PREFIX):]} (random init, weights are never downloaded)"
     if is_external(arch):

@@ -65,6 +65,10 @@ def build_from(
         from engine.detect.model import build as build_ultralytics
 
         return build_ultralytics(arch, num_classes, in_channels, **kwargs)
+    if arch.startswith(catalog.YOLOV5_PREFIX):
+        from engine.detect.yolov5.model import build as build_yolov5
+
+        return build_yolov5(arch, num_classes, in_channels, **kwargs)
     if catalog.is_external(arch):
         return build_external(arch, num_classes, in_channels, class_kwargs(kwargs, trust, source))
     raise catalog.unknown_arch_error(arch)

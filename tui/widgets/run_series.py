@@ -15,7 +15,7 @@ MEMORY_KEYS = ("mem_allocated", "mem_reserved", "mem_peak", "rss")
 # them; the absolute fractions for runs (and detection stages) that log only those.
 GAMMA_KEYS = ("gamma_rel_lt_1e-2", "gamma_rel_lt_1e-3", "gamma_lt_1e-2", "gamma_lt_1e-3")
 # Detection runs: Ultralytics' loss parts per step and mAP per epoch (slimlab's metrics names).
-LOSS_PARTS = {"box_loss": "box", "cls_loss": "cls", "dfl_loss": "dfl", "kd_loss": "kd", "feat_loss": "feat"}  # short: the legend fits 80 columns
+LOSS_PARTS = {"box_loss": "box", "obj_loss": "obj", "cls_loss": "cls", "dfl_loss": "dfl", "kd_loss": "kd", "feat_loss": "feat"}  # short: the legend fits 80 columns
 MAP_KEYS = {"mAP50_95": "mAP50-95 %", "mAP50": "mAP50 %", "mAP50_95_pruned_at_target": "pruned at target %"}
 EPOCH_KEYS = ("accuracy", "val_loss", "mAP50_95")  # a metrics line with one of these ends an epoch
 GAMMA_LABELS = {
