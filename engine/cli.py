@@ -132,13 +132,30 @@ def batch(argv: list[str]) -> int:
     from engine import distributed
 
     info = distributed.from_env()
-    if info.enabled and spec.task == "detect":  # each rank would run its own trainer into one run directory
-        raise PresetError(f"{args.preset}: task detect runs as one process, not under torchrun ({info.world_size} "
-                          "processes): start it with `slimlab --batch PRESET` (multi-GPU detection training is not "
-                          "available yet)")
+    if info.enabled:  # before the run directory exists: one process per GPU, a batch that divides
+        from engine.train import resolve_device
+
+        resolve_device(spec.training.device, info)
+        if spec.task == "detect":
+            check_detect_world(spec, info, str(args.preset))
     path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
     prepare_run_dir(path, spec, info.is_main)
     return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec, checked=True)
+
+
+def check_detect_world(spec: Any, info: Any, source: str) -> None:
+    """A detection run under torchrun: every training stage's batch divides among the processes (Ultralytics
+    gives each rank batch // world_size images: the rest would be dropped without a word)."""
+    from engine import distributed
+    from engine.config import TRAINING_STAGES
+    from engine.pipeline import expand_rounds
+
+    for stage in expand_rounds(spec):
+        if stage.type in TRAINING_STAGES:
+            why = distributed.batch_refusal(spec.training_for(stage).batch_size, info.world_size,
+                                            f"{source}: stage {stage.name}")
+            if why:
+                raise PresetError(why)
 
 
 def allowed_archs(values: list[str]) -> list[str]:
@@ -243,6 +260,8 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
             return ExitCode.USAGE
         if overrides:
             spec, allowed = apply_resume_settings(path, spec, list(overrides), allowed, info.is_main)
+        if resume and info.enabled and spec.task == "detect":
+            check_detect_world(spec, info, str(path / "spec.yaml"))
         pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed, checked=checked)
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")

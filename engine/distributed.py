@@ -37,6 +37,20 @@ def from_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def batch_refusal(batch: int, world: int, where: str) -> str | None:
+    """Why `batch` images per step cannot be shared by `world` processes, naming the nearest settings
+    that can (a batch size that `world` divides, or a process count that divides `batch`); None if it can."""
+    if world <= 1 or batch % world == 0:
+        return None
+    below, above = batch // world * world, -(-batch // world) * world
+    sizes = " or ".join(str(b) for b in (below, above) if b > 0)
+    counts = [n for n in range(2, batch + 1) if batch % n == 0]
+    nearest = sorted(counts, key=lambda n: (abs(n - world), n))[:2]
+    procs = (" or --nproc_per_node " + " or ".join(str(n) for n in sorted(nearest))) if nearest else ""
+    return (f"{where}: batch_size {batch} does not divide among {world} processes (each rank trains on an equal "
+            f"share of the batch): use batch_size {sizes}{procs}")
+
+
 def init(info: DistInfo, device: torch.device) -> None:
     if not info.enabled or dist.is_initialized():
         return
