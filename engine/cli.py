@@ -277,6 +277,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         return ExitCode.USAGE
     except (Cancelled, KeyboardInterrupt) as e:
         reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: {hint}")
+        leave_together(info)
         return ExitCode.INTERRUPTED
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -300,8 +301,23 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         distributed.shutdown()
         if lock is not None:
             lock.release()
-        for sig, old in previous_handlers.items():
-            signal.signal(sig, old)
+        if not info.enabled:
+            # a torchrun rank keeps its handlers to the end: torchrun sends SIGTERM to the ranks still
+            # running as soon as the first one exits, and a rank that has said 130 must not die of it
+            for sig, old in previous_handlers.items():
+                signal.signal(sig, old)
+
+
+def leave_together(info: Any) -> None:
+    """A cancelled torchrun run: every rank stopped at the same batch (or after the same stage); they exit
+    together, once rank 0 has written last.pt, so that none is still at work when the first one's exit
+    makes torchrun stop the rest."""
+    from engine import distributed
+
+    try:
+        distributed.barrier(info)
+    except RuntimeError:  # a rank that is gone already: nothing to wait for
+        pass
 
 
 def check_world_size(path: Path, info: Any, hint: str, accept: bool) -> bool:

@@ -152,7 +152,8 @@ class Pipeline:
                 figures = self.runner(stage)(stage, state)
                 figures["seconds"] = round(time.time() - t0, 2)
                 self._commit(stage, figures, done)
-                if self.stop.requested:
+                # every rank stops after the same stage (a signal may have reached one of them only)
+                if distributed.any_true(self.stop.requested, self.dist, self.device):
                     raise Cancelled(f"{self.stop.signal_name or 'stop'} after stage {stage.name}")
                 resume = False
             self._compare()
