@@ -87,7 +87,9 @@ def spread_start(path: Path) -> Path:
 
 def test_two_gloo_ranks_slim_a_detector_as_one_process_does(tmp_path, capsys):
     start = spread_start(tmp_path / "start.pt")
-    stages = [{"type": "sparse", "s": 1e-3}, {"type": "prune", "percent": 0.3}, {"type": "finetune"}]
+    kd = {"type": "finetune", "name": "kd", "teacher": "original", "kd": {"T": 2.0},
+          "features": [{"type": "cosine", "student": "model.9", "teacher": "model.9"}]}  # a 1x1 adapter: pruned -> full
+    stages = [{"type": "sparse", "s": 1e-3}, {"type": "prune", "percent": 0.3}, {"type": "finetune"}, kd]
     common = {"model": {"checkpoint": str(start)}, "stages": stages,
               "data": {**TINY_DETECT["data"], "augment": False}}
     one = write_preset(tmp_path, name="one", **common)
@@ -98,9 +100,9 @@ def test_two_gloo_ranks_slim_a_detector_as_one_process_does(tmp_path, capsys):
     a, b = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]  # one run directory for 2 ranks
     status = json.loads((b / "status.json").read_text())
-    assert status["state"] == "done" and status["world_size"] == 2 and status["completed"] == ["sparse", "prune", "finetune"]
+    assert status["state"] == "done" and status["world_size"] == 2 and status["completed"] == ["sparse", "prune", "finetune", "kd"]
     # one writer: one line per epoch and stage, not one per rank; Ultralytics' per-rank batch is half the global
-    assert [(r["stage"], r["epoch"]) for r in epoch_lines(b)] == [("sparse", 0), ("finetune", 0)]
+    assert [(r["stage"], r["epoch"]) for r in epoch_lines(b)] == [("sparse", 0), ("finetune", 0), ("kd", 0)]
     batches = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines() if '"mAP50_95"' not in x]
     assert [r["step"] for r in batches if r["stage"] == "sparse"] == [1, 2]  # 32 images, 16 per step, as in one process
     # the same cut, up to the channels whose gammas the two runs leave within a hair of the threshold:
@@ -115,9 +117,11 @@ def test_two_gloo_ranks_slim_a_detector_as_one_process_does(tmp_path, capsys):
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     assert abs(sa["prune"]["params"] - sb["prune"]["params"]) <= 0.02 * sa["prune"]["params"]
     assert abs(sa["finetune"]["mAP50_95"] - sb["finetune"]["mAP50_95"]) <= 0.05
+    assert abs(sa["kd"]["mAP50_95"] - sb["kd"]["mAP50_95"]) <= 0.05 and sb["kd"]["params"] == sb["finetune"]["params"]
+    assert "1 map(s), 1 through a 1x1 adapter" in (b / "log.txt").read_text()
     # every rank left the same model: rank 1 continued from rank 0's files, which are the run's outputs
-    pruned = checkpoint.load(b / "weights" / "finetune.pt")
-    assert sum(p.numel() for p in pruned.model.parameters()) == sb["finetune"]["params"]
+    pruned = checkpoint.load(b / "weights" / "kd.pt")
+    assert sum(p.numel() for p in pruned.model.parameters()) == sb["kd"]["params"]
     assert "Traceback" not in err, err[-4000:]
 
 
