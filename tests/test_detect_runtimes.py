@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 
 import pytest
@@ -168,3 +169,13 @@ def test_the_preset_names_match_the_formats():
 
     (literal,) = get_args(ExportStage.model_fields["formats"].annotation)
     assert get_args(literal) == formats.NAMES == RUNTIME_FORMATS
+
+
+def test_a_converter_run_apart_comes_back_with_its_error_or_as_a_crash():
+    from engine.detect import runtimes
+
+    assert runtimes._in_child("ncnn", int, "42") == 42
+    with pytest.raises(ValueError, match="invalid literal"):
+        runtimes._in_child("ncnn", int, "x")
+    with pytest.raises(DeployError, match="the ncnn export crashed in its converter or runtime"):
+        runtimes._in_child("ncnn", os.abort)

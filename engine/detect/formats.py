@@ -22,6 +22,10 @@ class Format:
     suffix: str  # what Ultralytics names the artifact after the model's stem
     modules: tuple[str, ...]  # the Python packages it needs, as imported
     install: str  # how to get them
+    # converted and validated in a process of its own: pnnx traces with torch.jit and ncnn's bindings
+    # bring their own OpenMP; after a long run in one process (quantize, distillation) that path has
+    # crashed the whole process with SIGSEGV, where a child's crash is one failed export
+    isolated: bool = False
 
     @property
     def precision(self) -> str:
@@ -36,7 +40,7 @@ FORMATS = {
     for f in (
         Format("openvino", "openvino", False, "openvino", "_openvino_model", ("openvino",), SETUP),
         Format("openvino-int8", "openvino", True, "openvino", "_int8_openvino_model", ("openvino", "nncf"), SETUP),
-        Format("ncnn", "ncnn", False, "ncnn", "_ncnn_model", ("ncnn", "pnnx"), SETUP),
+        Format("ncnn", "ncnn", False, "ncnn", "_ncnn_model", ("ncnn", "pnnx"), SETUP, isolated=True),
         Format("litert-int8", "litert", True, "litert", "_int8.tflite",
                ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), LITERT_SETUP),
     )

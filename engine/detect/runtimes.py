@@ -18,10 +18,13 @@ image, as Ultralytics' backend does), and so does a LiteRT file, exported at bat
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +88,43 @@ def export(
             used = calibration_yaml(data, work, samples)
             kwargs.update(quantize=8, data=str(work / "calibration.yaml"), batch=1)
             say(f"{name}: INT8 calibration on the first {used} training images (letterboxed to {imgsz} px)")
-        written = Path(_run_exporter(pt, fmt, imgsz, kwargs, work))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(written, out)
+        args = (pt, name, imgsz, kwargs, work, out, data)
+        try:
+            figures = _in_child(name, convert, *args) if fmt.isolated else convert(*args)
+        except DeployError:
+            if out.exists():  # moved there before its validation failed
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            raise
     deployed = inference_form(model)
     shape = (3, imgsz, imgsz)
-    figures = backend_map(out, data, imgsz, out.parent / "ultralytics" / out.name) if data is not None else {}
     return {
         "name": out.name, "file": out.name, "format": f"{fmt.runtime} {fmt.precision}", "runtime": fmt.runtime,
         "dtype": fmt.precision, "export_format": name, **figures, "params": measure.count_params(deployed),
         "flops": measure.count_flops(deployed, shape), "size": size_of(out), "imgsz": imgsz,
         "input_shape": list(shape),
     }
+
+
+def convert(pt: Path, name: str, imgsz: int, kwargs: dict[str, Any], work: Path, out: Path,
+            data: Any) -> dict[str, float]:
+    """Ultralytics' exporter on the saved model `pt`, its artifact moved to `out`, then the artifact's
+    mAP through its own backend (none without `data`)."""
+    written = Path(_run_exporter(pt, get(name), imgsz, kwargs, work))
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(written, out)
+    return backend_map(out, data, imgsz, out.parent / "ultralytics" / out.name) if data is not None else {}
+
+
+def _in_child(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a spawned process: its exception comes back as raised, a crash as a DeployError."""
+    ctx = multiprocessing.get_context("spawn")  # a fork would inherit this process's threads and runtimes
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise DeployError(f"the {name} export crashed in its converter or runtime (the process died); "
+                              "nothing written") from None
 
 
 def calibration_yaml(data: Any, work: Path, samples: int) -> int:
