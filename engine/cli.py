@@ -138,7 +138,8 @@ def batch(argv: list[str]) -> int:
         resolve_device(spec.training.device, info)
         if spec.task == "detect":
             check_detect_world(spec, info, str(args.preset))
-    path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
+    path = (shared_run_dir(runs_dir, name, info, spec.training.device) if info.enabled
+            else runs.create_run_dir(runs_dir, name))
     prepare_run_dir(path, spec, info.is_main)
     return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec, checked=True)
 
@@ -179,14 +180,15 @@ def prepare_run_dir(path: Path, spec: Any, is_main: bool = True) -> None:
     RunWriter(path).status(state="queued", preset=spec.name, progress=0.0)
 
 
-def shared_run_dir(runs_dir: Path, name: str, info: Any) -> Path:
+def shared_run_dir(runs_dir: Path, name: str, info: Any, device: str = "auto") -> Path:
     """Under torchrun all ranks must agree on one directory: rank 0 creates it and broadcasts."""
     import torch.distributed as dist
 
     from engine import distributed, runs
     from engine.train import resolve_device
 
-    distributed.init(info, resolve_device("auto", info))
+    # the run's process group, on the run's device (nccl for GPUs, gloo for a CPU run on a GPU machine)
+    distributed.init(info, resolve_device(device, info))
     box = [str(runs.create_run_dir(runs_dir, name)) if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return Path(box[0])

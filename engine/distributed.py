@@ -66,6 +66,8 @@ def init(info: DistInfo, device: torch.device) -> None:
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # NCCL collectives run on the current device: this rank's own GPU
+        torch.cuda.set_device(device)
     # the other ranks wait in a barrier while rank 0 alone validates, prunes, exports and quantizes: as
     # long as Ultralytics' own DDP allows (3 h, its _setup_ddp), not torch's 30 min (a rank that dies
     # is noticed at once all the same: its connections close)

@@ -125,6 +125,63 @@ def test_two_gloo_ranks_slim_a_detector_as_one_process_does(tmp_path, capsys):
     assert "Traceback" not in err, err[-4000:]
 
 
+RANK_DUMP = """
+import os, sys
+import torch
+from engine.cli import main
+from engine.detect import trainer as detect_trainer
+
+out, made = sys.argv[1], []
+make, train = detect_trainer.make_trainer, detect_trainer.train
+
+
+def capture(*args, **kwargs):
+    made.append(make(*args, **kwargs))
+    return made[-1]
+
+
+def train_and_dump(model, data, args, session):
+    best = train(model, data, args, session)
+    t = made[-1]
+    state = {"model." + k: v for k, v in detect_trainer._unwrap(t.model).state_dict().items()}
+    state |= {"ema." + k: v for k, v in t.ema.ema.state_dict().items()}
+    if session.distill is not None:
+        state |= {"adapter." + k: v for k, v in session.distill.adapters.state_dict().items()}
+    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, f"{out}/{session.stage}-{os.environ['RANK']}.pt")
+    return best
+
+
+detect_trainer.make_trainer, detect_trainer.train = capture, train_and_dump
+sys.exit(main(["--batch", *sys.argv[2:]]))
+"""
+
+
+def test_every_rank_trains_the_same_weights_penalty_ema_and_kd_adapters(tmp_path):
+    kd = {"type": "finetune", "name": "kd", "teacher": "original", "kd": {"T": 2.0},
+          "features": [{"type": "cosine", "student": "model.9", "teacher": "model.9"}]}
+    stages = [{"type": "sparse", "s": 1e-2}, {"type": "prune", "percent": 0.3}, kd]
+    preset = write_preset(tmp_path, stages=stages, data={**TINY_DETECT["data"], "augment": False},
+                          training={**TINY_DETECT["training"], "epochs": 2, "batch_size": 8})
+    script = tmp_path / "dump.py"
+    script.write_text(RANK_DUMP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), str(tmp_path), str(preset), "--plain"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for stage in ("sparse", "kd"):
+        a, b = (torch.load(tmp_path / f"{stage}-{r}.pt", weights_only=True) for r in (0, 1))
+        assert a.keys() == b.keys()
+        # Ultralytics' DDP keeps each rank's own BatchNorm running statistics in the live model
+        # (broadcast_buffers=False); the EMA's, which are validated and saved, come from rank 0
+        same = [k for k in a if not (k.startswith("model.") and k.rsplit(".", 1)[1] in ("running_mean", "running_var"))]
+        for k in same:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{stage}: {k} differs between the ranks")
+        assert any(k.startswith("adapter.") for k in a) == (stage == "kd")
+    sparse = torch.load(tmp_path / "sparse-0.pt", weights_only=True)  # the gammas moved from their 1.0
+    assert (sparse["model.model.0.bn.weight"] - 1.0).abs().max() > 1e-5
+
+
 def test_a_cancel_stops_both_ranks_and_a_lost_rank_fails_the_run_readably(tmp_path):
     data = {**TINY_DETECT["data"], "train_size": 64, "augment": False}
     training = {**TINY_DETECT["training"], "epochs": 3, "batch_size": 8}

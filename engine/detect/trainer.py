@@ -180,6 +180,11 @@ class Session:
         self.share_s()
         if self.distill is not None:
             self.distill.attach(_unwrap(trainer.model))  # after the EMA copy: the EMA keeps the plain loss
+            if self.ddp:  # each rank drew its own adapters' initial weights: rank 0's for all, as DDP does
+                import torch.distributed as dist
+
+                for t in self.distill.adapters.state_dict().values():
+                    dist.broadcast(t, src=0)
         self.epoch_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
