@@ -132,13 +132,31 @@ def batch(argv: list[str]) -> int:
     from engine import distributed
 
     info = distributed.from_env()
-    if info.enabled and spec.task == "detect":  # each rank would run its own trainer into one run directory
-        raise PresetError(f"{args.preset}: task detect runs as one process, not under torchrun ({info.world_size} "
-                          "processes): start it with `slimlab --batch PRESET` (multi-GPU detection training is not "
-                          "available yet)")
-    path = shared_run_dir(runs_dir, name, info) if info.enabled else runs.create_run_dir(runs_dir, name)
+    if info.enabled:  # before the run directory exists: one process per GPU, a batch that divides
+        from engine.train import resolve_device
+
+        resolve_device(spec.training.device, info)
+        if spec.task == "detect":
+            check_detect_world(spec, info, str(args.preset))
+    path = (shared_run_dir(runs_dir, name, info, spec.training.device) if info.enabled
+            else runs.create_run_dir(runs_dir, name))
     prepare_run_dir(path, spec, info.is_main)
     return execute(path, resume=False, plain=args.plain, trust=args.trust, spec=spec, checked=True)
+
+
+def check_detect_world(spec: Any, info: Any, source: str) -> None:
+    """A detection run under torchrun: every training stage's batch divides among the processes (Ultralytics
+    gives each rank batch // world_size images: the rest would be dropped without a word)."""
+    from engine import distributed
+    from engine.config import TRAINING_STAGES
+    from engine.pipeline import expand_rounds
+
+    for stage in expand_rounds(spec):
+        if stage.type in TRAINING_STAGES:
+            why = distributed.batch_refusal(spec.training_for(stage).batch_size, info.world_size,
+                                            f"{source}: stage {stage.name}")
+            if why:
+                raise PresetError(why)
 
 
 def allowed_archs(values: list[str]) -> list[str]:
@@ -162,14 +180,15 @@ def prepare_run_dir(path: Path, spec: Any, is_main: bool = True) -> None:
     RunWriter(path).status(state="queued", preset=spec.name, progress=0.0)
 
 
-def shared_run_dir(runs_dir: Path, name: str, info: Any) -> Path:
+def shared_run_dir(runs_dir: Path, name: str, info: Any, device: str = "auto") -> Path:
     """Under torchrun all ranks must agree on one directory: rank 0 creates it and broadcasts."""
     import torch.distributed as dist
 
     from engine import distributed, runs
     from engine.train import resolve_device
 
-    distributed.init(info, resolve_device("auto", info))
+    # the run's process group, on the run's device (nccl for GPUs, gloo for a CPU run on a GPU machine)
+    distributed.init(info, resolve_device(device, info))
     box = [str(runs.create_run_dir(runs_dir, name)) if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return Path(box[0])
@@ -243,6 +262,8 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
             return ExitCode.USAGE
         if overrides:
             spec, allowed = apply_resume_settings(path, spec, list(overrides), allowed, info.is_main)
+        if resume and info.enabled and spec.task == "detect":
+            check_detect_world(spec, info, str(path / "spec.yaml"))
         pipeline = Pipeline(spec, path, reporter=reporter, stop=stop, dist_info=info, trust=allowed, checked=checked)
         distributed.init(info, pipeline.device)
         reporter_msg(reporter, f"run {path}")
@@ -258,6 +279,7 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         return ExitCode.USAGE
     except (Cancelled, KeyboardInterrupt) as e:
         reporter_msg(reporter, f"cancelled ({e or 'interrupt'}); resume with: {hint}")
+        leave_together(info)
         return ExitCode.INTERRUPTED
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -281,8 +303,23 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         distributed.shutdown()
         if lock is not None:
             lock.release()
-        for sig, old in previous_handlers.items():
-            signal.signal(sig, old)
+        if not info.enabled:
+            # a torchrun rank keeps its handlers to the end: torchrun sends SIGTERM to the ranks still
+            # running as soon as the first one exits, and a rank that has said 130 must not die of it
+            for sig, old in previous_handlers.items():
+                signal.signal(sig, old)
+
+
+def leave_together(info: Any) -> None:
+    """A cancelled torchrun run: every rank stopped at the same batch (or after the same stage); they exit
+    together, once rank 0 has written last.pt, so that none is still at work when the first one's exit
+    makes torchrun stop the rest."""
+    from engine import distributed
+
+    try:
+        distributed.barrier(info)
+    except RuntimeError:  # a rank that is gone already: nothing to wait for
+        pass
 
 
 def check_world_size(path: Path, info: Any, hint: str, accept: bool) -> bool:

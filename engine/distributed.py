@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,11 +41,60 @@ def from_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def batch_refusal(batch: int, world: int, where: str) -> str | None:
+    """Why `batch` images per step cannot be shared by `world` processes, naming the nearest settings
+    that can (a batch size that `world` divides, or a process count that divides `batch`); None if it can."""
+    if world <= 1 or batch % world == 0:
+        return None
+    below, above = batch // world * world, -(-batch // world) * world
+    sizes = " or ".join(str(b) for b in (below, above) if b > 0)
+    counts = [n for n in range(2, batch + 1) if batch % n == 0]
+    nearest = sorted(counts, key=lambda n: (abs(n - world), n))[:2]
+    procs = (", or --nproc_per_node " + " or ".join(str(n) for n in sorted(nearest))) if nearest else ""
+    return (f"{where}: batch_size {batch} does not divide among {world} processes (each rank trains on an equal "
+            f"share of the batch): use batch_size {sizes}{procs}")
+
+
+PROCESS_GROUP_TIMEOUT = 3 * 3600  # seconds a collective waits for the slowest rank
+
+# each rank's (host, pid), gathered once at init: a rank that outlives another names the one that went
+_peers: list[tuple[str, int]] = []
+
+
 def init(info: DistInfo, device: torch.device) -> None:
+    """The run's one process group (Ultralytics' detection trainer uses it too, engine/detect/trainer.py)."""
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    if device.type == "cuda":  # NCCL collectives run on the current device: this rank's own GPU
+        torch.cuda.set_device(device)
+    # the other ranks wait in a barrier while rank 0 alone validates, prunes, exports and quantizes: as
+    # long as Ultralytics' own DDP allows (3 h, its _setup_ddp), not torch's 30 min (a rank that dies
+    # is noticed at once all the same: its connections close)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT))
+    peers: list[Any] = [None] * info.world_size
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _peers[:] = [tuple(p) for p in peers]
+
+
+def _gone(pid: int) -> bool:
+    """The process is dead or a zombie (killed, not yet reaped by torchrun)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def lost_ranks(info: DistInfo) -> list[int]:
+    """The ranks on this machine that are gone (a rank on another machine cannot be looked at from here)."""
+    host = socket.gethostname()
+    return [r for r, (h, pid) in enumerate(_peers) if r != info.rank and h == host and _gone(pid)]
 
 
 def shutdown() -> None:
@@ -99,5 +152,8 @@ def lost_peer(e: BaseException, info: DistInfo) -> str | None:
     if cause.startswith("[") and "] " in cause:  # "[.../gloo/transport/tcp/pair.cc:537] Read error ..."
         cause = cause.split("] ", 1)[1]
     cause = cause.split(". ", 1)[0].strip()[:160]
-    return (f"another process of this torchrun run stopped (killed, out of memory, or its machine went away), so "
-            f"rank {info.rank} of {info.world_size} cannot go on ({cause})")
+    gone = lost_ranks(info)
+    which = (f"rank {', '.join(map(str, gone))} of this torchrun run stopped" if gone
+             else "another process of this torchrun run stopped")
+    return (f"{which} (killed, out of memory, or its machine went away), so rank {info.rank} of "
+            f"{info.world_size} cannot go on ({cause})")

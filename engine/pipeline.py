@@ -15,9 +15,10 @@ status.json lists the completed stages, so a resumed run skips them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,8 @@ class Pipeline:
                 figures = self.runner(stage)(stage, state)
                 figures["seconds"] = round(time.time() - t0, 2)
                 self._commit(stage, figures, done)
-                if self.stop.requested:
+                # every rank stops after the same stage (a signal may have reached one of them only)
+                if distributed.any_true(self.stop.requested, self.dist, self.device):
                     raise Cancelled(f"{self.stop.signal_name or 'stop'} after stage {stage.name}")
                 resume = False
             self._compare()
@@ -401,6 +403,17 @@ class Pipeline:
         if stage.type not in CONTROL_STAGES:
             self.current = cur
         return out
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Rank 0 running a step by itself under torchrun while the other ranks wait for the whole
+        step in one barrier: the barriers inside it (`finish`'s) are skipped, as in one process."""
+        saved = self.dist
+        self.dist = distributed.DistInfo(rank=saved.rank, world_size=1, local_rank=saved.local_rank)
+        try:
+            yield
+        finally:
+            self.dist = saved
 
     def restore_best(self) -> None:
         """weights/best.pt back to the latest stage output that is not a control's (a control

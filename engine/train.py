@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -85,10 +86,16 @@ def resolve_device(name: str, info: distributed.DistInfo | None = None) -> torch
         if index is not None and index >= count:
             raise PresetError(f"training.device: {name} asked for, but this machine has {count} CUDA device(s), "
                               f"cuda:0 to cuda:{count - 1}")
+        if info is not None and info.enabled:  # one GPU per process: cuda:LOCAL_RANK
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", info.local_rank + 1))
+            if max(local, info.local_rank + 1) > count:
+                raise PresetError(f"torchrun started {max(local, info.local_rank + 1)} processes on this machine "
+                                  f"(--nproc_per_node) but it has {count} CUDA device(s): each process trains on "
+                                  f"its own GPU; use --nproc_per_node {count} (or fewer)")
+            if name == "cuda":
+                name = f"cuda:{info.local_rank}"
     if name == "mps" and not torch.backends.mps.is_available():
         raise PresetError("training.device: mps asked for, but Apple's MPS is not available here; use cpu or auto")
-        if name == "cuda" and info is not None and info.enabled:
-            name = f"cuda:{info.local_rank}"
     return torch.device(name)
 
 

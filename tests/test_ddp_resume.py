@@ -106,9 +106,9 @@ def test_a_torchrun_run_cancels_resumes_and_loses_a_rank_readably(tmp_path, tiny
         second.kill()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed", status
-    assert "\n" not in status["error"] and "another process of this torchrun run stopped" in status["error"]
+    assert "\n" not in status["error"] and "rank 1 of this torchrun run stopped" in status["error"]
     assert "rank 0 of 2 cannot go on" in status["error"] and len(status["error"]) < 400
-    assert "failed: another process of this torchrun run stopped" in (run / "log.txt").read_text()
+    assert "failed: rank 1 of this torchrun run stopped" in (run / "log.txt").read_text()
     assert f"resume with: torchrun --nproc_per_node 2 -m engine --batch --resume {run}" in err
     no_engine_traceback(err)
     assert checkpoint.read_raw(run / "weights" / "last.pt")["position"]["stage"] == "train"  # still resumable

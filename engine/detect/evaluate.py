@@ -69,7 +69,7 @@ class Evaluator:
             listing = self.work_dir / "val_subset.txt"
             listing.write_text("".join(f"{p}\n" for p in images))
             source = str(listing)
-        with quiet():
+        with quiet(), ultra.one_process():
             dataset = build_yolo_dataset(self.args, source, batch, self.data_dict, mode="val", rect=rect, stride=32)
             self.loader = build_dataloader(dataset, batch, workers, shuffle=False, rank=-1)
 
@@ -93,7 +93,7 @@ class Evaluator:
             label_loss_items=lambda loss, prefix="val": {f"{prefix}/{k}": float(v) for k, v in loss.items()},
         )
         validator = (self.validator or DetectionValidator)(self.loader, save_dir=self.work_dir, args=copy.copy(self.args))
-        with quiet():
+        with quiet(), ultra.one_process():  # one rank measures alone, also under torchrun
             metrics = validator(trainer=trainer)
         return slim_metrics(metrics)
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import checkpoint
+from engine import checkpoint, distributed
 from engine.data.resources import data_workers
 from engine.detect import data as ydata
 from engine.detect.evaluate import Evaluator, val_subset
@@ -28,6 +28,7 @@ from engine.errors import DataError, DistillError, PresetError
 from engine.task import ULTRALYTICS, Current, TaskKind
 
 DEFAULT_MONITOR_IMAGES = 500  # val images of the pruned-at-target mAP, unless a stage sets monitor_images
+GENERATED_DATA_WAIT = 600.0  # seconds a rank waits for rank 0 to write generated data
 UNMOVED_SHARE = 0.5  # pruned at the target below this share of the unpruned mAP: the cut still costs
 
 
@@ -48,6 +49,20 @@ def unmoved_warning(stage: Any, last: dict[str, float], penalty: Any) -> str | N
             f"unpruned: the penalty did not move the gammas the cut removes{share}; {fix}")
 
 
+def _wait_for(path: Path, seconds: float) -> Path:
+    """`path` once another rank has written it (a rank cannot join a collective here: rank 0 may be
+    generating the data inside a step the others do not run)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise DataError(f"{path}: rank 0 did not write the generated detection data within {seconds:.0f} s "
+                            "(it writes it before its first stage; see rank 0's error, or give data.path)")
+        time.sleep(0.2)
+    return path
+
+
 class UltralyticsTask:
     kind: TaskKind = ULTRALYTICS
 
@@ -55,11 +70,6 @@ class UltralyticsTask:
         from engine.detect import ultra
 
         ultra.load()
-        if getattr(run.dist, "world_size", 1) > 1:
-            # each rank would run its own Ultralytics trainer and write the same run directory
-            raise PresetError(f"task detect runs as one process: this run was started by torchrun with "
-                              f"{run.dist.world_size} processes; start it with `slimlab --batch PRESET` "
-                              "(multi-GPU detection training is not available yet)")
         self.run = run  # the orchestrator (engine/pipeline.py)
         self._data: ydata.YoloData | None = None
         self._evaluators: dict[Any, Evaluator] = {}
@@ -90,8 +100,8 @@ class UltralyticsTask:
 
         root = self.run.writer.path / "data"
         if not (root / "data.yaml").exists():
-            if not self.run.dist.is_main:
-                raise DataError("generated detection data must be written by rank 0 first")
+            if not self.run.dist.is_main:  # rank 0 writes it (whole, then renamed into place): wait for it
+                return _wait_for(root / "data.yaml", GENERATED_DATA_WAIT)
             write_dataset(root, train=spec.train_size, val=spec.val_size, classes=spec.num_classes, seed=spec.seed,
                           overwrite=root.exists())
         return root / "data.yaml"
@@ -197,23 +207,61 @@ class UltralyticsTask:
         model = copy.deepcopy(cur.model)  # Ultralytics trains in place; the run's current model stays as it was
         session = Session(stage=stage.name, writer=run.writer, arch=cur.arch, plan=cur.plan,
                           meta={"spec": run.spec.model_dump(mode="json")}, stop=run.stop,
-                          reporter=run.reporter or NullReporter(), log_every=cfg.log_every, resume=resume, **parts)
+                          reporter=run.reporter or NullReporter(), log_every=cfg.log_every, resume=resume,
+                          dist=run.dist, device=run.device, **parts)
         if cfg.epochs == 0:
             out = run.finish(stage, cur)
-            return self.measure(cur, out) | {"epochs": 0}
+            return self.measure(cur, out) | {"epochs": 0} if run.dist.is_main else {}
         best = ultralytics_train(model, self.data(), args, session)
+        distributed.barrier(run.dist)  # rank 0 wrote best.pt; every rank continues from it
         best_path = run.writer.weights / "best.pt"
         loaded = checkpoint.load(best_path, trust=run.trust)
         cur = Current(loaded.model, loaded.arch, loaded.plan)
         out = run.finish(stage, cur, src=best_path)  # last.pt goes once the output is written (the run's commit)
+        if not run.dist.is_main:  # the figures are rank 0's to measure and record
+            return {}
         selected = {k: best[k] for k in ("mAP50_95_pruned_at_target", "mAP50_pruned_at_target", "s") if k in best}
         return (self.measure(cur, out, best)
                 | {"epochs": cfg.epochs, "best_epoch": best.get("epoch"), "selected_epoch": (best.get("epoch") or 0) + 1}
                 | selected)
 
     def runners(self) -> dict[str, Callable[[Any, dict | None], dict]]:
-        return {"train": self.train_stage, "finetune": self.finetune_stage, "distill": self.finetune_stage,
-                "sparse": self.sparse_stage}
+        own = {"train": self.train_stage, "finetune": self.finetune_stage, "distill": self.finetune_stage,
+               "sparse": self.sparse_stage}
+        if self.run.dist.enabled:  # under torchrun: the stages that only measure and cut, once, on rank 0
+            shared = self.run.shared_runners()
+            own |= {name: self._on_main_rank(shared[name]) for name in ("evaluate", "prune", "sweep")}
+        return own
+
+    def _on_main_rank(self, work: Callable[[Any, dict | None], dict]) -> Callable[[Any, dict | None], dict]:
+        """`work` run by global rank 0 alone (each validation is a full pass over the val images, the same
+        on every rank: measured once) while the other ranks wait; they then take its output from disk."""
+
+        def run_once(stage: Any, resume: dict | None) -> dict:
+            run = self.run
+            if run.dist.is_main:
+                with run.alone():
+                    figures = work(stage, resume)
+            else:
+                figures = {}
+            distributed.barrier(run.dist)
+            if not run.dist.is_main:
+                self._follow(stage)
+            return figures
+
+        return run_once
+
+    def _follow(self, stage: Any) -> None:
+        """What rank 0's evaluate or prune stage set in its pipeline, set in this rank's from its files."""
+        run = self.run
+        out = run.writer.weights / f"{stage.name}.pt"
+        if stage.type == "prune":
+            run.original = run.current_output(stage) or run.writer.weights / "original.pt"
+        elif stage.type != "evaluate" or run.current_output(stage) is not None:
+            return  # a sweep writes no model; an evaluate stage of an earlier output keeps that one
+        loaded = checkpoint.load(out, trust=run.trust)
+        run.outputs[stage.name] = out
+        run.current = Current(loaded.model, loaded.arch, loaded.plan)
 
     def monitor(self, stage: Any) -> tuple[Any, str]:
         """The pruned-at-target monitor of a train or sparse stage with a target, or (None, why not)."""
@@ -340,25 +388,28 @@ class UltralyticsTask:
     def export_file(self, cur: Current, out: Path, *, shape: tuple[int, int, int], batch: int | None, opset: int,
                     meta: dict, progress: Callable[[float, str], None]) -> dict[str, Any]:
         """The checked ONNX file of the detections, its mAP measured through onnxruntime (engine/detect/deploy.py)."""
+        from engine.detect import ultra
         from engine.detect.deploy import export_onnx
 
         run = self.run
-        return export_onnx(cur.model, out, data=self.data(), imgsz=shape[1], batch=batch, opset=opset,
-                           arch=cur.arch, plan=cur.plan, meta=meta, work_dir=run.writer.path / "ultralytics" / out.stem,
-                           log=run.writer.log, progress=progress)
+        with ultra.one_process():  # rank 0 alone (engine/deploy/stages.py), also under torchrun
+            return export_onnx(cur.model, out, data=self.data(), imgsz=shape[1], batch=batch, opset=opset,
+                               arch=cur.arch, plan=cur.plan, meta=meta,
+                               work_dir=run.writer.path / "ultralytics" / out.stem, log=run.writer.log, progress=progress)
 
     def export_runtime(self, cur: Current, fmt: str, *, stem: str, imgsz: int, samples: int,
                        progress: Callable[[float, str], None]) -> dict[str, Any]:
         """`cur` written by Ultralytics' exporter for another runtime (OpenVINO, ncnn, LiteRT) as
         `<stem><suffix>` in the run directory, its mAP through that runtime (engine/detect/runtimes.py)."""
-        from engine.detect import runtimes
+        from engine.detect import runtimes, ultra
 
         run = self.run
         out = run.writer.path / runtimes.artifact_name(stem, fmt)
         run.writer.log(f"{stem}: writing {out.name} ({fmt}) with Ultralytics' exporter")
         progress(0.0, f"exporting {out.name}")
-        return runtimes.export(cur.model, fmt, out, data=self.data(), imgsz=imgsz, samples=samples,
-                               log=lambda line: run.writer.log(f"{stem}: {line}"))
+        with ultra.one_process():  # rank 0 alone, also under torchrun
+            return runtimes.export(cur.model, fmt, out, data=self.data(), imgsz=imgsz, samples=samples,
+                                   log=lambda line: run.writer.log(f"{stem}: {line}"))
 
     def refuse_formats(self, names: list[str], where: str) -> None:
         """DeployError naming each of `names` whose packages are not installed here, and the install step."""

@@ -8,6 +8,14 @@ gradients after unscaling and before clipping and the optimizer step, checkpoint
 metrics.jsonl, and a stop request (SIGTERM/SIGINT) ends training at the next batch boundary with
 a resumable last.pt. A resumed stage restarts the interrupted epoch from the weights, EMA and
 optimizer state saved at the stop.
+
+Under torchrun every rank runs this trainer and Ultralytics' own DDP does the rest: its distributed
+sampler gives each rank its share of the batch, DDP averages the gradients in the backward pass,
+and its EMA, validation and checkpoint step run on rank 0 (`save_model`). slimlab adds what keeps
+the ranks identical and the run directory single-written: the penalty after the reduced gradients
+are unscaled (the same on every rank), the KD adapters' gradients averaged by hand (they live
+outside the DDP model), s: auto decided on rank 0 and sent to the others, a stop agreed by all
+ranks at the same batch, and only rank 0 writing (see `make_trainer` for the overrides).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import checkpoint
+from engine import checkpoint, distributed
 from engine.config import TrainingSpec
 from engine.detect import ultra
 from engine.detect.data import YoloData
@@ -82,11 +90,31 @@ class Session:
     # validation of a sparse stage, whose shrinking gammas leave the running averages behind
     recalibrate: Any = None
     resume: dict | None = None
+    dist: Any = None  # engine.distributed.DistInfo of a torchrun run; None or world size 1: one process
+    device: Any = None  # this rank's device (cuda:LOCAL_RANK under torchrun on GPUs)
     step: int = 0
     best: dict[str, Any] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
     epoch_start: float = 0.0
     train_time: float = 0.0  # the latest epoch's training batches, validation excluded
+
+    @property
+    def is_main(self) -> bool:
+        """The rank that measures, decides and writes (global rank 0: nodes may share storage)."""
+        return self.dist is None or self.dist.is_main
+
+    @property
+    def ddp(self) -> bool:
+        return self.dist is not None and self.dist.enabled
+
+    def share_s(self) -> None:
+        """s: auto is decided on rank 0 (it measures the model); every rank's penalty takes its s."""
+        if self.ddp and self.controller is not None:
+            import torch.distributed as dist
+
+            box = [self.penalty.s]
+            dist.broadcast_object_list(box, src=0)
+            self.penalty.s = float(box[0])
 
     # ------------------------------------------------------------ checkpoints
 
@@ -144,13 +172,19 @@ class Session:
         view = self.view(trainer, trainer.start_epoch)
         if self.penalty is not None:
             self.penalty.on_fit_start(view)
-        if self.monitor is not None:
+        if self.monitor is not None and self.is_main:  # it measures in save_model, on rank 0 only
             self.monitor.on_fit_start(view)
         resumed = self.resume is not None and "auto_s" in self.resume
-        if self.controller is not None and not resumed:
+        if self.controller is not None and not resumed and self.is_main:
             self.controller.on_fit_start(SimpleNamespace(**{**vars(view), "slim_metrics": None}))
+        self.share_s()
         if self.distill is not None:
             self.distill.attach(_unwrap(trainer.model))  # after the EMA copy: the EMA keeps the plain loss
+            if self.ddp:  # each rank drew its own adapters' initial weights: rank 0's for all, as DDP does
+                import torch.distributed as dist
+
+                for t in self.distill.adapters.state_dict().values():
+                    dist.broadcast(t, src=0)
         self.epoch_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
@@ -158,7 +192,9 @@ class Session:
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self.train_time = time.perf_counter() - self.epoch_start
-        if self.recalibrate is not None and trainer.ema is not None:
+        # rank 0's EMA is the one validated and saved: Ultralytics' validate() sends its buffers (the
+        # re-estimated BatchNorm statistics among them) to the other ranks
+        if self.recalibrate is not None and trainer.ema is not None and self.is_main:
             self.recalibrate(trainer.ema.ema)
 
     def on_train_batch_end(self, trainer: Any) -> None:
@@ -173,8 +209,12 @@ class Session:
             done = trainer.epoch + ((self.step - 1) % nb + 1) / nb
             self.writer.status(progress=min(1.0, done / max(1, trainer.epochs)))
             self.reporter.stage_progress(self.stage, trainer.epoch, trainer.epochs, (self.step - 1) % nb + 1, nb, loss)
-        if self.stop.requested:
-            self.save_last(trainer, trainer.epoch)
+        stop = self.stop.requested
+        if self.ddp:  # a signal reaches one rank, or the ranks at different batches: all stop at this one
+            stop = distributed.any_true(stop, self.dist, trainer.device)
+        if stop:
+            if self.is_main:
+                self.save_last(trainer, trainer.epoch)
             raise Cancelled(f"{self.stop.signal_name or 'stop'} at epoch {trainer.epoch + 1} step {self.step}")  # 1-based, as printed
 
     def epoch_metrics(self, trainer: Any) -> dict[str, Any]:
@@ -210,11 +250,22 @@ class Session:
         return trainer.fitness is not None and trainer.best_fitness == trainer.fitness
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
+        self.share_s()  # every rank runs this callback; on_model_save (s: auto's decision) ran on rank 0
         metrics = {**self.last, **memory_figures(trainer.device)}
         self.writer.metrics(metrics)
         self.writer.status(progress=(trainer.epoch + 1) / max(1, trainer.epochs),
                            best_mAP50_95=self.best.get("mAP50_95"))
         self.reporter.epoch_done(self.stage, metrics)
+
+
+def _average_grads(params: list[nn.Parameter], world_size: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world_size
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -237,7 +288,35 @@ def make_trainer(model: nn.Module, data: YoloData, args: dict[str, Any], session
         def get_dataset(self) -> dict:
             return data.ultralytics_dict()  # checked by slimlab; Ultralytics' check would download
 
+        def _setup_ddp(self) -> None:
+            """Under slimlab's torchrun the process group exists already (engine.distributed.init, one init
+            for the run: the run directory's name was agreed through it); Ultralytics' own would init it
+            a second time and index its device list by LOCAL_RANK. Only its device step is kept."""
+            self.device = session.device or self.device
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+
+        def _setup_train(self) -> None:
+            if not (session.ddp and self.device.type == "cpu"):
+                return super()._setup_train()
+            # Ultralytics wraps the model in DDP with device_ids=[device.index], which torch refuses for
+            # a CPU module (the gloo test runs): the CPU wrap goes without device ids, for this call only
+            ddp = nn.parallel.DistributedDataParallel
+
+            class CpuDDP(ddp):
+                def __init__(self, module: nn.Module, device_ids: Any = None, **kwargs: Any) -> None:
+                    super().__init__(module, device_ids=None, **kwargs)
+
+            nn.parallel.DistributedDataParallel = CpuDDP
+            try:
+                super()._setup_train()
+            finally:
+                nn.parallel.DistributedDataParallel = ddp
+
         def optimizer_step(self) -> None:
+            extra = session.distill.parameters() if session.distill is not None else []
+            if session.ddp and extra:  # the KD adapters are outside the DDP model: their gradients averaged here
+                _average_grads(extra, session.dist.world_size)
             penalty = session.penalty
             if penalty is None:
                 return super().optimizer_step()
@@ -275,6 +354,12 @@ def make_trainer(model: nn.Module, data: YoloData, args: dict[str, Any], session
 
     with _quiet():
         trainer = SlimDetectionTrainer(overrides=args)
+    if session.ddp:
+        # Ultralytics counts the processes from args.device ("cpu": 0, "0": 1) in the process that
+        # would spawn its own DDP workers; under torchrun the ranks exist already and LOCAL_RANK is
+        # set, so it spawns none and uses this count for the DDP wrap, the per-rank batch
+        # (batch // world_size) and its rank-0-only steps
+        trainer.world_size = session.dist.world_size
     trainer.model = model
     for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
                   "on_fit_epoch_end"):
@@ -295,7 +380,8 @@ def train(model: nn.Module, data: YoloData, args: dict[str, Any], session: Sessi
         with _quiet():
             trainer.train()
     finally:
-        _tidy(Path(args["project"]) / args["name"])
+        if session.is_main:
+            _tidy(Path(args["project"]) / args["name"])
     return session.best
 
 

@@ -16,7 +16,10 @@ A test runs a detection run with sockets refused and fails on any connection att
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 from engine.errors import SlimlabError
@@ -73,6 +76,32 @@ def _amp_as_asked(model: object) -> bool:
 
 def _no_font(font: str = "") -> None:
     """Fonts are for plots, which slimlab never draws; Ultralytics would download one."""
+
+
+@contextlib.contextmanager
+def one_process() -> Iterator[None]:
+    """Ultralytics as a single process for what one rank does alone (validation outside the trainer,
+    calibration loaders, exporters), also under torchrun.
+
+    Ultralytics reads RANK and LOCAL_RANK from the environment once, at import, into the globals of
+    each module that uses them; with them set, a validator gathers its statistics from every rank and
+    `torch_distributed_zero_first` waits in a barrier, both collectives the other ranks never join
+    while rank 0 measures a model alone. Inside this block those globals say -1 (no DDP), as in a
+    process torchrun did not start; the trainer's DDP outside it sees the real ranks."""
+    saved: list[tuple[ModuleType, str, int]] = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "ultralytics" or name.startswith("ultralytics.")):
+            continue
+        for attr in ("RANK", "LOCAL_RANK"):
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and value != -1:
+                saved.append((module, attr, value))
+                setattr(module, attr, -1)
+    try:
+        yield
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)
 
 
 def version() -> str:
