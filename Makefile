@@ -78,8 +78,10 @@ lint: setup
 	$(BIN)/ruff check engine tui tests benchmarks verify
 
 # timm_prune.py needs timm and torch-pruning: it runs with the detection benchmarks.
+# recipe_figures.py reads photos that scikit-learn, matplotlib and Ultralytics ship: it runs with the
+# detection benchmarks too.
 bench: setup
-	for b in $(filter-out benchmarks/timm_prune.py,$(wildcard benchmarks/*.py)); do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out benchmarks/timm_prune.py benchmarks/recipe_figures.py,$(wildcard benchmarks/*.py)); do $(BIN)/python $$b || exit 1; done
 
 # The ARM path under emulation (not part of test or CI): the fp32 and INT8 (int8 activations) files
 # of a detection and a classification run, on an arm64 Debian root (debootstrap, first stage)
@@ -91,8 +93,8 @@ verify-arm: setup-detect
 
 # Detection benchmarks (and timm's CNNs beside Torch-Pruning) run in the detection environment.
 bench-detect: setup-detect
-	$(DETECT_BIN)/pip install -q --isolated "torch-pruning==1.6.1"
-	for b in benchmarks/detect/*.py benchmarks/timm_prune.py; do $(DETECT_BIN)/python $$b || exit 1; done
+	$(DETECT_BIN)/pip install -q --isolated "torch-pruning==1.6.1" scikit-image
+	for b in benchmarks/detect/*.py benchmarks/timm_prune.py benchmarks/recipe_figures.py; do $(DETECT_BIN)/python $$b || exit 1; done
 
 # The CUDA paths in one table (AMP, sparse with AMP, memory lines, detection AMP, ORT CUDA, cudnn):
 # the detection environment holds the CUDA build of torch. Without CUDA it says so and exits 0.

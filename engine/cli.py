@@ -304,10 +304,14 @@ def execute(path: Path, *, resume: bool, plain: bool | None, trust: bool = False
         if lock is not None:
             lock.release()
         if not info.enabled:
-            # a torchrun rank keeps its handlers to the end: torchrun sends SIGTERM to the ranks still
-            # running as soon as the first one exits, and a rank that has said 130 must not die of it
             for sig, old in previous_handlers.items():
                 signal.signal(sig, old)
+        else:
+            # torchrun sends SIGTERM to the ranks still running as soon as the first one exits, and a
+            # rank whose work is done must not die of it. Its own handler is not enough: Python puts
+            # the default handlers back while the interpreter shuts down (SIG_IGN it leaves alone).
+            for sig in previous_handlers:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def leave_together(info: Any) -> None:
