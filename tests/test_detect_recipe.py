@@ -225,23 +225,3 @@ def test_classification_refuses_the_detection_kd_terms(tmp_path):
     with pytest.raises(PresetError, match=r"features\[0\]\.type cwd .* not available for classification models"):
         load_preset(classify)
 
-
-def test_a_detect_preset_under_torchrun_is_refused_with_the_command_that_works(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from test_ddp import free_port
-
-    preset = write_preset(tmp_path, stages=[{"type": "train"}])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "engine", "--batch", str(preset)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode != 0
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 2 and all("task detect runs as one process" in e and "slimlab --batch PRESET" in e
-                                    for e in errors)  # each rank says it, before any run directory exists
-    assert f'File "{Path.cwd() / "engine"}' not in out.stderr  # no traceback of slimlab's (torchrun prints its own)
-    assert not (tmp_path / "runs").exists()
