@@ -267,6 +267,16 @@ def adopt(module: nn.Module, raw: Any, source: str) -> tuple[nn.Module, dict, di
     imgsz = args.get("imgsz", DEFAULT_IMGSZ) if isinstance(args, dict) else DEFAULT_IMGSZ
     imgsz = imgsz if isinstance(imgsz, int) and imgsz % 32 == 0 else DEFAULT_IMGSZ
     model = build_plain(cfg, nc, int(cfg.get("channels", 3)), source)
+    load_foreign_weights(model, module, source, "Ultralytics")
+    model = finish(model.eval(), names, imgsz)
+    name = Path(str(cfg.get("yaml_file", "model.yaml"))).name
+    meta = {"ultralytics": {k: raw.get(k) for k in ("version", "date", "epoch", "best_fitness") if isinstance(raw, dict)}}
+    return model, arch_of(model, name), meta
+
+
+def load_foreign_weights(model: nn.Module, module: nn.Module, source: Any, family: str) -> None:
+    """`module`'s weights (fp16 in a best.pt) into `model`, rebuilt from its yaml; CheckpointError when
+    they do not fit (a model pruned by another tool)."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
     try:
         model.load_state_dict(state)
@@ -274,9 +284,5 @@ def adopt(module: nn.Module, raw: Any, source: str) -> tuple[nn.Module, dict, di
         first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
         raise CheckpointError(
             f"{source}: its weights do not fit the model its yaml describes ({first[0].strip()}); was it pruned "
-            "by another tool? slimlab needs the unpruned Ultralytics model or a slimlab checkpoint"
+            f"by another tool? slimlab needs the unpruned {family} model or a slimlab checkpoint"
         ) from None
-    model = finish(model.eval(), names, imgsz)
-    name = Path(str(cfg.get("yaml_file", "model.yaml"))).name
-    meta = {"ultralytics": {k: raw.get(k) for k in ("version", "date", "epoch", "best_fitness") if isinstance(raw, dict)}}
-    return model, arch_of(model, name), meta

@@ -115,8 +115,13 @@ class UltralyticsTask:
             work = run.writer.path / "ultralytics" / ("val" if images is None else f"subset-{len(self._evaluators)}")
             self._evaluators[key] = Evaluator(self.data(), imgsz=self.imgsz, batch=max(1, bs), device=run.device,
                                               work_dir=work, images=images, rect=rect,
-                                              workers=data_workers(run.spec.data.workers) if workers is None else workers)
+                                              workers=data_workers(run.spec.data.workers) if workers is None else workers,
+                                              **self.validator_options())
         return self._evaluators[key]
+
+    def validator_options(self) -> dict[str, Any]:
+        """What a family changes in Ultralytics' validator (its IoU, a validator subclass): nothing here."""
+        return {}
 
     def fresh(self, spec_model: Any) -> Current:
         run = self.run

@@ -26,6 +26,7 @@ import torch
 import yaml as pyyaml
 from torch import nn
 
+from engine.detect.model import load_foreign_weights
 from engine.detect.yolov5 import compat
 from engine.errors import CheckpointError, ModelError
 
@@ -306,15 +307,7 @@ def adopt(module: nn.Module, raw: Any, source: str) -> tuple[Yolov5Detector, dic
             apply_plan(model, PrunePlan.from_dict(plan), verify=False)
         except Exception as e:  # data from the file: a mismatch is the file's problem
             raise CheckpointError(f"{source}: its slimlab plan does not fit its yaml ({type(e).__name__}: {e})") from None
-    state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
-        raise CheckpointError(
-            f"{source}: its weights do not fit the model its yaml describes ({first[0].strip()}); was it pruned "
-            "by another tool? slimlab needs the unpruned YOLOv5 model or a slimlab checkpoint"
-        ) from None
+    load_foreign_weights(model, module, source, "YOLOv5")
     model.eval()
     name = Path(str(cfg.get("yaml_file") or getattr(module, "yaml_file", None) or "model.yaml")).name
     meta = {"yolov5": {k: _plain(raw.get(k)) for k in ("epoch", "best_fitness", "date") if isinstance(raw, dict)}}

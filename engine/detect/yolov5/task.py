@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from engine import checkpoint
-from engine.detect.evaluate import Evaluator
 from engine.detect.task import UltralyticsTask
 from engine.errors import PresetError
 from engine.task import YOLOV5, Current, TaskKind
@@ -36,19 +35,11 @@ class Yolov5Task(UltralyticsTask):
 
         compat.load()
 
-    def evaluator(self, images: list[str] | None = None, rect: bool = True, workers: int | None = None) -> Evaluator:
-        from engine.data.resources import data_workers
+    def validator_options(self) -> dict[str, Any]:
+        """The repository's val.py rules: its IoU, boxes clipped to the image, its ap_per_class."""
         from engine.detect.yolov5.repository_metrics import repository_validator
 
-        key = (tuple(images) if images else None, rect, workers)
-        if key not in self._evaluators:
-            run = self.run
-            work = run.writer.path / "ultralytics" / ("val" if images is None else f"subset-{len(self._evaluators)}")
-            self._evaluators[key] = Evaluator(self.data(), imgsz=self.imgsz, batch=max(1, run.spec.training.batch_size),
-                                              device=run.device, work_dir=work, images=images, rect=rect,
-                                              workers=data_workers(run.spec.data.workers) if workers is None else workers,
-                                              iou=REPOSITORY_IOU, validator=repository_validator())
-        return self._evaluators[key]
+        return {"iou": REPOSITORY_IOU, "validator": repository_validator()}
 
     def fresh(self, spec_model: Any) -> Current:
         from engine.detect.yolov5.model import arch_of, is_arch
