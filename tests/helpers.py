@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Small settings per built-in model with BatchNorm, so each forward/backward stays quick.
@@ -99,3 +104,38 @@ def make_images(root: Any, classes: int, per_class: int, *, seed: int = 0, size=
         for i in range(per_class):
             arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(arr).save(folder / f"{i:04d}{'.png' if i % 2 else '.jpg'}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str) -> subprocess.Popen:
+    """`torchrun --nproc_per_node 2 -m engine --batch ARGS` on this machine (gloo), its output piped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "engine", "--batch", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_preset(preset: Path, runs_dir: Path, name: str) -> tuple[Path, str]:
+    """A preset run to the end in a new run directory as `slimlab --batch --plain` runs it: the run's
+    path and what it printed, the final table included."""
+    import io
+
+    from engine.cli import prepare_run_dir, show_summary
+    from engine.config import load_preset
+    from engine.pipeline import Pipeline
+    from engine.progress import PlainReporter
+    from engine.runs import create_run_dir
+
+    spec = load_preset(preset)
+    path = create_run_dir(runs_dir, name)
+    prepare_run_dir(path, spec)
+    out = io.StringIO()
+    reporter = PlainReporter(out)
+    Pipeline(spec, path, reporter=reporter).run()
+    show_summary(reporter, path)
+    return path, out.getvalue()

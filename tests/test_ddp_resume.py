@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,21 +20,10 @@ from engine import checkpoint, runs
 from engine.cli import ExitCode, install_signal_handlers, main
 from engine.train import StopFlag
 
+from helpers import torchrun
+
 KD_STUDENT = {"arch": "kd_student", "kwargs": {"bn": True}}
 ENGINE_FRAMES = ("engine/pipeline.py", "engine/train.py", "engine/cli.py", "engine/distributed.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "engine", "--batch", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_until(condition, what: str, timeout: float = 180) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,22 +23,15 @@ from detect_helpers import TINY_DETECT, write_preset
 from engine import checkpoint, runs
 from engine.cli import ExitCode, main
 
+import helpers
+
 pytestmark = [pytest.mark.detect, pytest.mark.usefixtures("ultralytics_offline")]
 
 ENGINE_FRAMES = ("engine/pipeline.py", "engine/cli.py", "engine/detect/trainer.py", "engine/distributed.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "engine", "--batch", *args, "--plain"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return helpers.torchrun(*args, "--plain")
 
 
 def finish(p: subprocess.Popen, timeout: float = 400) -> tuple[int, str, str]:
@@ -166,7 +158,7 @@ def test_every_rank_trains_the_same_weights_penalty_ema_and_kd_adapters(tmp_path
     script.write_text(RANK_DUMP)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script), str(tmp_path), str(preset), "--plain"]
+           "--master_port", str(helpers.free_port()), str(script), str(tmp_path), str(preset), "--plain"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for stage in ("sparse", "kd"):

@@ -4,7 +4,6 @@ epoch rules, the verdict line, and the run's headline (the deployed model's accu
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -15,12 +14,14 @@ import yaml
 from conftest import TINY
 
 from engine import checkpoint, runs
-from engine.cli import prepare_run_dir, show_summary
+from engine.cli import prepare_run_dir
 from engine.config import load_preset, spec_from_dict
 from engine.errors import PresetError
 from engine.pipeline import Pipeline
-from engine.progress import PlainReporter, verdict
+from engine.progress import verdict
 from engine.train import lr_factor
+
+from helpers import run_preset
 
 STAGES = [
     {"type": "train", "training": {"epochs": 2}},
@@ -40,14 +41,7 @@ def control_run(tmp_path_factory) -> tuple[Path, str]:
     data["stages"] = STAGES
     preset = tmp / "tiny.yaml"
     preset.write_text(yaml.safe_dump(data))
-    spec = load_preset(preset)
-    path = runs.create_run_dir(tmp / "runs", "controls")
-    prepare_run_dir(path, spec)
-    out = io.StringIO()
-    reporter = PlainReporter(out)
-    Pipeline(spec, path, reporter=reporter).run()
-    show_summary(reporter, path)
-    return path, out.getvalue()
+    return run_preset(preset, tmp / "runs", "controls")
 
 
 def summary_of(path: Path) -> dict:

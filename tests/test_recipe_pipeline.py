@@ -3,7 +3,6 @@ max_drop targets, the scratch control, epoch selection and early stopping, headl
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -11,13 +10,11 @@ import pytest
 import torch
 
 from engine import checkpoint, data
-from engine.cli import prepare_run_dir
 from engine.config import load_preset
 from engine.errors import PresetError
-from engine.pipeline import Pipeline
-from engine.progress import PlainReporter
-from engine.runs import create_run_dir
 from engine.slim.monitor import PrunedAtTarget
+
+from helpers import run_preset
 
 RECIPE = [
     {"type": "train", "target": {"percent": 0.3}},
@@ -30,16 +27,7 @@ RECIPE = [
 
 
 def run(tmp_path: Path, preset: Path, name: str) -> tuple[Path, str]:
-    spec = load_preset(preset)
-    path = create_run_dir(tmp_path / "runs", name)
-    prepare_run_dir(path, spec)
-    out = io.StringIO()
-    reporter = PlainReporter(out)
-    Pipeline(spec, path, reporter=reporter).run()
-    from engine.cli import show_summary
-
-    show_summary(reporter, path)
-    return path, out.getvalue()
+    return run_preset(preset, tmp_path / "runs", name)
 
 
 def metrics(path: Path, stage: str) -> list[dict]:
