@@ -59,20 +59,20 @@ tools:
 	@command -v tmux >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 \
 		|| echo "tmux could not be installed: the end-to-end workbench test will be skipped"
 
-test: test-core test-detect
+# The detection environment installs (network and disk) while the core tests run (CPU).
+test:
+	$(MAKE) -j2 test-core setup-detect
+	$(MAKE) test-detect
 
 test-core: setup tools
 	$(BIN)/ruff check engine tui tests benchmarks verify
-	$(BIN)/python -m pytest -q -m "not detect"
+	$(BIN)/python -m pytest -q -n 2 -m "not detect"
 
-# The detection and torchvision tests, for real, in the detection environment. Each module runs in a
-# process of its own: the native runtimes (onnxruntime, OpenVINO, NNCF, ncnn with its own OpenMP) and
-# Ultralytics' trainers pile up threads and libraries in one process, and one run of all of them died
-# of SIGSEGV after about 40 tests where each module alone passes.
+# The detection and torchvision tests, for real, in the detection environment: each module in a
+# process of its own, two at a time (tests/run_each.py says why).
 DETECT_TESTS = $(shell grep -l "mark.detect" tests/test_*.py)
 test-detect: setup-detect
-	@failed=""; for t in $(DETECT_TESTS); do echo "$$t"; $(DETECT_BIN)/python -m pytest -q -m detect $$t || failed="$$failed $$t"; \
-		done; if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
+	$(DETECT_BIN)/python tests/run_each.py --jobs 2 $(DETECT_TESTS) -- -q -m detect
 
 lint: setup
 	$(BIN)/ruff check engine tui tests benchmarks verify

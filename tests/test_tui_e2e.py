@@ -49,7 +49,8 @@ class Terminal:
 
     def __init__(self, command: str, cwd: Path, width: int = 80, height: int = 24) -> None:
         self.name = f"slimlab-e2e-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        # COLUMNS/LINES (set by pytest-xdist's workers) would pin Textual's size and hide a resize
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"OMP_NUM_THREADS": "2"}
         subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
                         "-c", str(cwd), command], check=True, env=env)
 
