@@ -103,9 +103,15 @@ def test_a_run_under_a_relative_runs_folder_keeps_ultralytics_files_inside_it(tm
     assert not (tmp_path / "runs" / "detect").exists()  # Ultralytics' own default folder stays unused
 
 
-def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network):
+# the Ultralytics family (the preset's model) and the YOLOv5 repository's (its own modules and loss)
+FAMILIES = pytest.mark.parametrize("model", [TINY_DETECT["model"], {"arch": "yolov5:yolov5n.yaml", "kwargs": {"width": 0.125}}],
+                                   ids=["ultralytics", "yolov5"])
+
+
+@FAMILIES
+def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network, model):
     stages = [{"type": "sparse", "s": 1e-3}, {"type": "prune", "percent": [0.3, 0.2]}, {"type": "finetune"}]
-    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages, rounds=2))
+    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages, rounds=2, model=model))
     Pipeline(spec, path).run()
     summary = json.loads((path / "summary.json").read_text())
     names = ["sparse", "prune", "finetune", "sparse-r2", "prune-r2", "finetune-r2"]
@@ -119,9 +125,10 @@ def test_rounds_repeat_sparse_prune_finetune_on_a_detector(tmp_path, no_network)
     assert sum(p.numel() for p in again.parameters()) == summary["finetune-r2"]["params"]
 
 
-def test_sigterm_stops_at_a_batch_and_the_run_resumes(tmp_path, no_network):
+@FAMILIES
+def test_sigterm_stops_at_a_batch_and_the_run_resumes(tmp_path, no_network, model):
     stages = [{"type": "train", "training": {"epochs": 2}}]
-    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages))
+    spec, path = start(tmp_path, write_preset(tmp_path, stages=stages, model=model))
     with pytest.raises(Cancelled, match="SIGTERM at epoch 2 step 4"):  # epochs counted from 1, as printed
         Pipeline(spec, path, stop=StopAfter(3)).run()
     last = torch.load(path / "weights" / "last.pt", weights_only=True)

@@ -297,3 +297,27 @@ def test_apply_reuses_the_trace_of_the_model_precompute_traced():
     assert trace_for(model, shape) is first  # unchanged: precompute's trace serves apply
     apply_plan(model, plan)
     assert trace_for(model, shape) is not first  # cut: a new structure is traced anew
+
+
+def test_composition_keeps_the_first_cut_of_a_group_the_second_leaves_whole():
+    """A group the second prune does not cut may be traced into other units at the new width: the
+    composed plan keeps the first plan's decision for it instead of refusing."""
+    from dataclasses import replace
+
+    from engine.slim.compose import compose
+
+    model = build("resnet_cifar")
+    first = plan_from_inputs(precompute(model), percent=0.3)
+    pruned = apply_plan(copy.deepcopy(model), first)
+    second = plan_from_inputs(precompute(pruned), percent=0.2)
+    whole = next(i for i, g in enumerate(second.groups) if g.kept_idxs)
+    g = second.groups[whole]
+    # the same group, uncut, counted in one more unit than the first plan kept
+    second.groups[whole] = replace(g, total=g.total + 1, kept_idxs=list(range(g.total + 1)))
+    both = compose(first, second)
+    assert both.groups[whole].kept_idxs == first.groups[whole].kept_idxs
+    cut = next(i for i, g in enumerate(second.groups) if i != whole and len(g.kept_idxs) < g.total)
+    assert both.groups[cut].kept_idxs == [first.groups[cut].kept_idxs[i] for i in second.groups[cut].kept_idxs]
+    with pytest.raises(PruneError, match="has .* channels in the second plan"):
+        bad = replace(second.groups[cut], total=second.groups[cut].total + 1)
+        compose(first, replace(second, groups=[*second.groups[:cut], bad, *second.groups[cut + 1:]]))

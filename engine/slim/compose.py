@@ -26,6 +26,13 @@ def compose(first: PrunePlan, second: PrunePlan) -> PrunePlan:
         g1 = by_root.pop(g2.root, None)
         if g1 is None:
             raise PruneError(f"cannot compose plans: group {g2.root} is not in the earlier plan")
+        if len(g2.kept_idxs) == g2.total:
+            # the second prune cuts nothing here: the first's decision stands whatever units the second
+            # trace found (a group the plan never cuts, e.g. a YOLOv5 Detect head's outputs through its
+            # anchor decoding, may be split into a different number of units at another width)
+            groups.append(replace(g2, id=g1.id, total=g1.total, kept_idxs=list(g1.kept_idxs),
+                                  sizes=dict(g1.sizes), width=g1.width))
+            continue
         if g2.total != g1.kept:
             raise PruneError(
                 f"cannot compose plans: group {g2.root} has {g2.total} channels in the second plan "
