@@ -13,6 +13,7 @@ from test_yolov5_models import repository_checkpoint
 from engine import checkpoint
 from engine.cli import prepare_run_dir
 from engine.config import load_preset
+from engine.detect.yolov5.task import REPOSITORY_IOU
 from engine.pipeline import Pipeline
 from engine.runs import create_run_dir
 from engine.trust import Trust
@@ -30,10 +31,25 @@ def run(tmp_path, name, trust=None, **changes):
     return path, json.loads((path / "summary.json").read_text())
 
 
-def test_a_yolov5_model_slims_end_to_end(tmp_path):
-    stages = [{"type": "train"}, {"type": "sparse", "s": 1e-3}, {"type": "prune", "percent": 0.5},
-              {"type": "finetune"}, {"type": "export"}, {"type": "quantize", "samples": 16}]
+def test_a_yolov5_model_slims_end_to_end(tmp_path, monkeypatch):
+    from engine.detect import deploy
+
+    built = []  # the validators that score exported files: by the repository's val.py rules too
+
+    class Spy(deploy.Evaluator):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(deploy, "Evaluator", Spy)
+    stages = [{"type": "train"}, {"type": "sparse", "s": 1e-3}, {"type": "sweep", "ratios": [0.0, 0.5], "val_images": 8},
+              {"type": "prune", "percent": 0.5}, {"type": "finetune"}, {"type": "export"},
+              {"type": "quantize", "samples": 16}]
     path, summary = run(tmp_path, "v5", model=MODEL, stages=stages, latency={"repeats": 3, "warmup": 1, "runs": 1})
+    sweep = json.loads((path / "sweep.json").read_text())
+    assert [r["ratio"] for r in sweep["rows"]] == [0.0, 0.5] and "mAP50_95" in sweep["rows"][0]
+    assert len(built) >= 3  # original.onnx, export.onnx, the quantize stage's scorer
+    assert all(k.get("iou") == REPOSITORY_IOU and k.get("validator").__name__ == "RepositoryMatching" for k in built)
     rows = summary["comparison"]
     assert {"train", "sparse", "prune", "finetune", "export.onnx"} <= set(rows)
     for row in rows.values():

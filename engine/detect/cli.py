@@ -78,6 +78,7 @@ def quantize_data(args: argparse.Namespace, info: Any, work_dir: Path) -> tuple[
         onnx_scorer,
         probe_images,
     )
+    from engine.detect.evaluate import family_options
     from engine.errors import DeployError
 
     ultra.load()
@@ -101,7 +102,7 @@ def quantize_data(args: argparse.Namespace, info: Any, work_dir: Path) -> tuple[
     batches, available = calibration_batches(data, imgsz, args.samples)
     notes = [] if available >= args.samples else [
         f"the training split has {available} images, fewer than --samples {args.samples}: calibrating on all of them"]
-    score = onnx_scorer(data, imgsz, work_dir)
+    score = onnx_scorer(data, imgsz, work_dir, options=family_options(info.metadata.get("slimlab.arch")))
     return QuantizeData(batches, score, compare=detection_sqnr, probe=probe_images(imgsz), notes=notes), str(yaml_path)
 
 

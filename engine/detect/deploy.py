@@ -30,7 +30,7 @@ from torch import nn
 
 from engine.detect import ultra
 from engine.detect.data import YoloData
-from engine.detect.evaluate import Evaluator
+from engine.detect.evaluate import Evaluator, family_options
 from engine.errors import DeployError
 
 BOX_TOLERANCE = 1e-4  # of the image size, on box coordinates in pixels (0.064 px at 640)
@@ -127,12 +127,15 @@ def detection_sqnr(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
     return min(boxes, scores)
 
 
-def onnx_scorer(data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16) -> Callable[[Any], dict[str, float]]:
+def onnx_scorer(data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16,
+                options: dict[str, Any] | None = None) -> Callable[[Any], dict[str, float]]:
     """score(ONNX file or bytes) -> precision, recall, mAP50, mAP50-95 on the val split through
-    onnxruntime; the validator's dataloader is built once for every file it scores."""
+    onnxruntime, by the rules of the model's family (`options`: engine/detect/evaluate.py
+    `family_options`); the validator's dataloader is built once for every file it scores."""
     from engine.deploy import runtime
 
-    evaluator = Evaluator(data, imgsz=imgsz, batch=batch, device=torch.device("cpu"), work_dir=work_dir, rect=False)
+    evaluator = Evaluator(data, imgsz=imgsz, batch=batch, device=torch.device("cpu"), work_dir=work_dir, rect=False,
+                          **(options or {}))
     names = dict(enumerate(data.names))
 
     def score(model: Any) -> dict[str, float]:
@@ -175,10 +178,11 @@ class OnnxDetector(nn.Module):
         return None, {"box_loss": zero, "cls_loss": zero, "dfl_loss": zero}
 
 
-def onnx_map(model_bytes: bytes, data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16) -> dict[str, float]:
+def onnx_map(model_bytes: bytes, data: YoloData, imgsz: int, work_dir: Path, *, batch: int = 16,
+             options: dict[str, Any] | None = None) -> dict[str, float]:
     """precision, recall, mAP50, mAP50-95 of an exported file through onnxruntime, on the validation
     images letterboxed to its square input size."""
-    return onnx_scorer(data, imgsz, work_dir, batch=batch)(model_bytes)
+    return onnx_scorer(data, imgsz, work_dir, batch=batch, options=options)(model_bytes)
 
 
 def ultralytics_metadata(model: nn.Module, imgsz: int, batch: int | None) -> dict[str, str]:
@@ -239,7 +243,7 @@ def export_onnx(
     if data is not None:
         say(0.6, f"mAP of {out.name} through onnxruntime")
         figures = onnx_map(onnxfile.serialize(done.model), data, imgsz, work_dir or out.parent / "ultralytics" / "onnx",
-                           batch=batch or 16)
+                           batch=batch or 16, options=family_options(arch))
     params, flops = measure.count_params(deployed), measure.count_flops(deployed, shape)
     names = [str(model.names[i]) for i in range(int(model.nc))]
     onnxfile.set_metadata(done.model, {

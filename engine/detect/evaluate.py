@@ -44,6 +44,17 @@ def ultralytics_args(**overrides: Any) -> Any:
     return get_cfg(overrides={"plots": False, "verbose": False, **overrides})
 
 
+def family_options(arch: Any) -> dict[str, Any]:
+    """The Evaluator settings of a model's detection family, told from its arch record (a checkpoint's,
+    or an ONNX file's `slimlab.arch`): the YOLOv5 repository's val.py rules for its models, so a file is
+    judged as the model it came from; Ultralytics' defaults otherwise."""
+    if isinstance(arch, dict) and arch.get("family") == "yolov5":
+        from engine.detect.yolov5.repository_metrics import validator_options
+
+        return validator_options()
+    return {}
+
+
 class Evaluator:
     """Validates models on one dataset split at one image size; the dataloader is built once."""
 

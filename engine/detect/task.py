@@ -447,5 +447,6 @@ class UltralyticsTask:
         if available < samples:
             notes.append(f"the training split has {available} images, fewer than samples {samples}: "
                          f"calibrating on all {available}")
-        score = onnx_scorer(self.data(), imgsz, self.run.writer.path / "ultralytics" / "quantize")
+        score = onnx_scorer(self.data(), imgsz, self.run.writer.path / "ultralytics" / "quantize",
+                            options=self.validator_options())
         return QuantizeData(batches, score, compare=detection_sqnr, probe=probe_images(imgsz), notes=notes)

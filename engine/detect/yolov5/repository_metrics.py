@@ -78,6 +78,12 @@ def repository_map(model: nn.Module, loader: Any, raw: Any = None) -> dict[str, 
             "mAP50_95": float(ap.mean())}
 
 
+def validator_options() -> dict[str, Any]:
+    """The Evaluator settings (engine/detect/evaluate.py) that judge a model by val.py's rules: its IoU
+    threshold and the validator below. Every mAP of a yolov5: model, PyTorch or exported, uses them."""
+    return {"iou": IOU, "validator": repository_validator()}
+
+
 def repository_validator() -> type:
     """Ultralytics' DetectionValidator (its data, NMS and matching: the same as the repository's),
     giving the repository's val.py figures where the two differ:

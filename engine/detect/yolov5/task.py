@@ -11,7 +11,8 @@ What differs from `UltralyticsTask` is the model and how it is judged:
   NMS ranks them) at the repository's val.py IoU threshold, 0.6 (Ultralytics' default is 0.7), its
   boxes clipped to the image before matching as the repository's val.py clips them
   (engine/detect/yolov5/repository_metrics.py): tests/test_yolov5_metrics.py checks the figures
-  against the repository's own NMS, matching and AP code.
+  against the repository's own NMS, matching and AP code. Exported files are scored by the same
+  rules (`validator_options`, and `family_options` in engine/detect/evaluate.py for the CLI).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any
 
 from engine import checkpoint
 from engine.detect.task import UltralyticsTask
+from engine.detect.yolov5.repository_metrics import IOU as REPOSITORY_IOU
 from engine.errors import PresetError
 from engine.task import YOLOV5, Current, TaskKind
-
-REPOSITORY_IOU = 0.6  # val.py's --iou-thres default (and train.py's validation's, off COCO)
 
 
 class Yolov5Task(UltralyticsTask):
@@ -37,9 +37,9 @@ class Yolov5Task(UltralyticsTask):
 
     def validator_options(self) -> dict[str, Any]:
         """The repository's val.py rules: its IoU, boxes clipped to the image, its ap_per_class."""
-        from engine.detect.yolov5.repository_metrics import repository_validator
+        from engine.detect.yolov5.repository_metrics import validator_options
 
-        return {"iou": REPOSITORY_IOU, "validator": repository_validator()}
+        return validator_options()
 
     def fresh(self, spec_model: Any) -> Current:
         from engine.detect.yolov5.model import arch_of, is_arch
