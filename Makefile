@@ -93,7 +93,7 @@ verify-arm: setup-detect
 
 # Detection benchmarks (and timm's CNNs beside Torch-Pruning) run in the detection environment.
 bench-detect: setup-detect
-	$(DETECT_BIN)/pip install -q --isolated "torch-pruning==1.6.1" scikit-image
+	$(DETECT_BIN)/pip install -q --isolated "torch-pruning==1.6.1" scikit-image scikit-learn
 	for b in benchmarks/detect/*.py benchmarks/timm_prune.py benchmarks/recipe_figures.py; do $(DETECT_BIN)/python $$b || exit 1; done
 
 # The CUDA paths in one table (AMP, sparse with AMP, memory lines, detection AMP, ORT CUDA, cudnn):
