@@ -10,6 +10,8 @@ distillation on the Detect head's inputs). Printed:
 - per sparse epoch: s, the unpruned mAP50-95 and the pruned-at-target mAP50-95, and the monitor's
   cost as a share of the epoch;
 - per seed and arm: mAP50-95 and mAP50, FLOPs removed;
+- the teacher's mAP (the sparse output) against both finetunes: whether the plain finetune already
+  passes the model that KD pulls the student toward;
 - the training-batch time of the KD finetune over the plain one (teacher forward included; the
   two finetunes run back to back in one process, validation excluded).
 
@@ -104,6 +106,11 @@ def main() -> None:
             print(f"  {stage:12s} {r['mAP50_95']:.4f}  {r['mAP50']:.4f}  {100 * (r['mAP50_95'] - base['mAP50_95']):+6.2f}"
                   f"  {removed:.1%}")
         gains.append(100 * (summary["finetune-kd"]["mAP50_95"] - summary["finetune"]["mAP50_95"]))
+        # the teacher is `original`: the sparse stage's output, the model the prune cut
+        teacher = summary["sparse"]["mAP50_95"]
+        print(f"seed {seed}: teacher (the sparse stage's output) {teacher:.4f}; plain finetune "
+              f"{100 * (summary['finetune']['mAP50_95'] - teacher):+.2f} points above it, KD finetune "
+              f"{100 * (summary['finetune-kd']['mAP50_95'] - teacher):+.2f}")
         plain = statistics.median(r["train_time"] for r in epochs_of(run, "finetune"))
         kd = statistics.median(r["train_time"] for r in epochs_of(run, "finetune-kd"))
         ratios.append(kd / plain)
