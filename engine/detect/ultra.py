@@ -11,6 +11,8 @@ Ultralytics reaches out to the network in several places; slimlab closes each be
   yaml itself and hands Ultralytics the resolved dict), pretrained weights (`pretrained=False`; models
   are built from their yaml)
 - model yamls built from checkpoints go through the restricted (no eval) model parser
+- the label caches beside a dataset's labels (pickles) are read by an arrays-only unpickler and
+  written atomically (engine/detect/label_cache.py)
 A test runs a detection run with sockets refused and fails on any connection attempt.
 """
 
@@ -65,6 +67,9 @@ def load() -> ModuleType:
     callbacks.add_integration_callbacks = no_integrations
     trainer_mod.check_amp = _amp_as_asked
     data_utils.check_font = _no_font
+    from engine.detect import label_cache
+
+    label_cache.install()
     _loaded = ultralytics
     return ultralytics
 
