@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -91,10 +92,20 @@ def _gone(pid: int) -> bool:
         return False
 
 
-def lost_ranks(info: DistInfo) -> list[int]:
-    """The ranks on this machine that are gone (a rank on another machine cannot be looked at from here)."""
+def lost_ranks(info: DistInfo, wait: float = 0.0) -> list[int]:
+    """The ranks on this machine that are gone (a rank on another machine cannot be looked at from here).
+
+    `wait`: seconds to keep looking while none is gone yet. A killed process closes its sockets
+    before it turns into a zombie, so the survivor's collective can fail while the dead rank still
+    looks alive (seen on a loaded machine)."""
     host = socket.gethostname()
-    return [r for r, (h, pid) in enumerate(_peers) if r != info.rank and h == host and _gone(pid)]
+    local = [(r, pid) for r, (h, pid) in enumerate(_peers) if r != info.rank and h == host]
+    deadline = time.monotonic() + wait
+    while True:
+        gone = [r for r, pid in local if _gone(pid)]
+        if gone or not local or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.05)
 
 
 def shutdown() -> None:
@@ -132,6 +143,8 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+PEER_EXIT_WAIT = 3.0  # seconds a survivor waits to name the rank that went away
+
 # What gloo and NCCL say when another process of the run went away (killed, out of memory, ...).
 PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "communicator was aborted",
               "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo", "gloo/transport")
@@ -152,7 +165,7 @@ def lost_peer(e: BaseException, info: DistInfo) -> str | None:
     if cause.startswith("[") and "] " in cause:  # "[.../gloo/transport/tcp/pair.cc:537] Read error ..."
         cause = cause.split("] ", 1)[1]
     cause = cause.split(". ", 1)[0].strip()[:160]
-    gone = lost_ranks(info)
+    gone = lost_ranks(info, wait=PEER_EXIT_WAIT)
     which = (f"rank {', '.join(map(str, gone))} of this torchrun run stopped" if gone
              else "another process of this torchrun run stopped")
     return (f"{which} (killed, out of memory, or its machine went away), so rank {info.rank} of "

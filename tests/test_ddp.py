@@ -82,3 +82,17 @@ def test_torchrun_batch_cli_writes_one_run_dir(tmp_path: Path, tiny_preset):
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
     assert (tmp_path / "runs" / "tiny" / "weights" / "best.pt").exists()
+
+
+def test_a_killed_rank_is_named_once_it_has_exited(monkeypatch):
+    """A killed rank closes its sockets before it is a zombie: the survivor waits a moment to name it."""
+    from engine import distributed
+
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        monkeypatch.setattr(distributed, "_peers", [(socket.gethostname(), os.getpid()), (socket.gethostname(), peer.pid)])
+        info = distributed.DistInfo(rank=0, world_size=2)
+        assert distributed.lost_ranks(info) == []  # still running
+        assert distributed.lost_ranks(info, wait=10.0) == [1]  # exited (a zombie: not reaped yet)
+    finally:
+        peer.wait()
