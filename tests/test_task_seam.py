@@ -64,6 +64,26 @@ def test_a_detection_preset_is_refused_the_stages_its_task_cannot_run(stage, wha
     assert why.startswith(f"stage {spec.stages[-1].name}: ")
 
 
+@pytest.mark.parametrize("where, key, value, says", [
+    ("training", "accumulate", 4, "nominal batch of 64 images"),
+    ("stage", "accumulate", 2, "nominal batch of 64 images"),
+    ("training", "clip_norm", 1.0, "clips gradients at norm 10"),
+    ("stage", "clip_norm", 5.0, "clips gradients at norm 10"),
+    ("training", "sync_bn", True, "keeps Ultralytics' BatchNorm"),
+])
+def test_training_keys_ultralytics_does_its_own_way_are_refused_for_detection(where, key, value, says):
+    data = detect_preset(type="finetune")
+    section = data.setdefault("training", {}) if where == "training" else data["stages"][-1].setdefault("training", {})
+    section[key] = value
+    with pytest.raises(PresetError) as e:
+        spec_from_dict(data, source="d.yaml")
+    at = "training" if where == "training" else "stages[1].training"
+    assert f"d.yaml: {at}.{key}: " in str(e.value) and says in str(e.value)
+    assert f"remove {key} from a task: detect preset" in str(e.value)
+    section[key] = {"accumulate": 1, "clip_norm": None, "sync_bn": False}[key]  # the values that change nothing
+    spec_from_dict(data, source="d.yaml")
+
+
 def test_a_detection_preset_takes_a_teacher():
     for stage in ({"type": "distill", "teacher": "train"}, {"type": "finetune", "teacher": "train",
                                                              "features": [{"type": "cwd", "student": "detect",

@@ -32,11 +32,31 @@ def check_detect_names(spec: Any, source: str) -> None:
             reasons = [r for r in (unavailable(f) for f in stage.formats) if r]
             if reasons:
                 raise PresetError(f"{source}: stages[{i}].formats: " + "; ".join(reasons))
+    _check_training_keys(spec, source)
     if spec.data.dataset not in DATASETS:
         raise PresetError(
             f"{source}: data.dataset: task detect reads YOLO-format data: dataset: yolo with path: <data.yaml>, "
             "or dataset: yolo_shapes (generated)"
         )
+
+
+# training keys of classification's loop that Ultralytics' trainer does its own way: refused, not ignored
+# (the value that changes nothing, why)
+TRAINER_OWN = {
+    "accumulate": (1, "detection training accumulates gradients to Ultralytics' nominal batch of 64 images "
+                      "(an optimizer step every 64 / batch_size batches); set batch_size instead"),
+    "clip_norm": (None, "detection training clips gradients at norm 10, as Ultralytics' trainer does"),
+    "sync_bn": (False, "detection training under torchrun keeps Ultralytics' BatchNorm as it is"),
+}
+
+
+def _check_training_keys(spec: Any, source: str) -> None:
+    sections = [("training", spec.training)] + [(f"stages[{i}].training", s.training) for i, s in enumerate(spec.stages)]
+    for where, training in sections:
+        for key, (harmless, why) in TRAINER_OWN.items():
+            value = getattr(training, key, harmless)
+            if key in training.model_fields_set and value is not None and value != harmless:
+                raise PresetError(f"{source}: {where}.{key}: {why}; remove {key} from a task: detect preset")
 
 
 def family(model: Any) -> str:
